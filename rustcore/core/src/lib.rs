@@ -1,0 +1,1 @@
+//! PyAgent core (placeholder until the pnet cipher lands).
