@@ -165,9 +165,8 @@ class FrameDecoder:
                 if index > 0 and byte == 0:
                     raise RemoteProtocolError("non-minimal varint length prefix")
                 if value > self.limits.frame_size_bytes_max:
-                    raise RemoteProtocolError(
-                        f"frame length {value} exceeds frame_size_bytes_max={self.limits.frame_size_bytes_max}"
-                    )
+                    limit = self.limits.frame_size_bytes_max
+                    raise RemoteProtocolError(f"frame length {value} exceeds frame_size_bytes_max={limit}")
                 return value, index + 1
         if len(self._buffer) >= VARINT_BYTES_MAX:
             raise RemoteProtocolError("varint length prefix too long")
