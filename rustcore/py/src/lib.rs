@@ -1,7 +1,75 @@
+//! `pyagent._core`: the Python face of `pyagent-core`. Conversions and error mapping only; the logic
+//! and its tests live in the pure crate.
+use pyagent_core::pnet;
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+/// Above this size the keystream is applied with the GIL released, so other Python threads run
+/// meanwhile; below it, releasing and re-taking the GIL would cost more than the XOR itself.
+const DETACH_THRESHOLD_BYTES: usize = 64 * 1024;
+
+fn fixed_bytes<const N: usize>(what: &str, data: &[u8]) -> PyResult<[u8; N]> {
+    <[u8; N]>::try_from(data)
+        .map_err(|_| PyValueError::new_err(format!("{what} must be {N} bytes, got {}", data.len())))
+}
+
+/// XSalsa20 keystream for one direction of a private-network connection. `apply` advances the
+/// keystream position, so feed each direction's bytes to its own instance, once and in order.
+#[pyclass(module = "pyagent._core")]
+struct XSalsa20 {
+    cipher: pnet::PnetCipher,
+}
+
+#[pymethods]
+impl XSalsa20 {
+    #[new]
+    fn new(key: &[u8], nonce: &[u8]) -> PyResult<Self> {
+        let key = fixed_bytes::<{ pnet::KEY_LEN_BYTES }>("key", key)?;
+        let nonce = fixed_bytes::<{ pnet::NONCE_LEN_BYTES }>("nonce", nonce)?;
+        Ok(Self { cipher: pnet::PnetCipher::new(&key, &nonce) })
+    }
+
+    /// Return `data` XORed with the next `len(data)` keystream bytes (encrypts and decrypts alike).
+    fn apply<'py>(&mut self, py: Python<'py>, data: &[u8]) -> Bound<'py, PyBytes> {
+        let mut buffer = data.to_vec();
+        if buffer.len() >= DETACH_THRESHOLD_BYTES {
+            let cipher = &mut self.cipher;
+            py.detach(|| cipher.apply_keystream(&mut buffer));
+        } else {
+            self.cipher.apply_keystream(&mut buffer);
+        }
+        PyBytes::new(py, &buffer)
+    }
+}
+
+/// Parse the text of a `swarm.key` file into the 32-byte key; ValueError says what is wrong.
+#[pyfunction]
+fn parse_swarm_key<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyBytes>> {
+    let key = pnet::parse_swarm_key(text).map_err(|error| PyValueError::new_err(error.to_string()))?;
+    Ok(PyBytes::new(py, &key))
+}
+
+/// The `swarm.key` text (base16 form) for a 32-byte key.
+#[pyfunction]
+fn format_swarm_key(key: &[u8]) -> PyResult<String> {
+    Ok(pnet::format_swarm_key(&fixed_bytes("key", key)?))
+}
+
+/// The go/rust-libp2p compatible fingerprint of a 32-byte key (32 hex characters, not secret).
+#[pyfunction]
+fn key_fingerprint(key: &[u8]) -> PyResult<String> {
+    Ok(pnet::key_fingerprint(&fixed_bytes("key", key)?))
+}
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("KEY_LEN_BYTES", pnet::KEY_LEN_BYTES)?;
+    m.add("NONCE_LEN_BYTES", pnet::NONCE_LEN_BYTES)?;
+    m.add_class::<XSalsa20>()?;
+    m.add_function(wrap_pyfunction!(parse_swarm_key, m)?)?;
+    m.add_function(wrap_pyfunction!(format_swarm_key, m)?)?;
+    m.add_function(wrap_pyfunction!(key_fingerprint, m)?)?;
     Ok(())
 }
