@@ -46,10 +46,10 @@ class NodeCore:
         self._last_now_us: int | None = None
 
     @classmethod
-    def standard(cls, local_peer: PeerId, rng: Rng) -> NodeCore:
-        """The composition the daemon ships with."""
+    def standard(cls, local_peer: PeerId, rng: Rng, extra: Sequence[Component] = ()) -> NodeCore:
+        """The composition the daemon and simnet ship with, plus components that plugins add."""
         table = peers.PeerTable()
-        return cls(local_peer, rng, [table, ping.Ping(rng, table)])
+        return cls(local_peer, rng, [table, ping.Ping(rng, table), *extra])
 
     def component(self, name: str) -> Component:
         return self._by_name[name]

@@ -1,0 +1,275 @@
+"""The ``pyagent`` command line.
+
+Exit codes: 0 success; 1 the operation failed (no daemon running, a dial or ping failed); 2 the user's
+input or configuration is wrong. Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pyagent import __version__
+from pyagent.config import CONFIG_FILE, IDENTITY_FILE, resolve_home
+from pyagent.controlclient import ControlClient, ControlError, DaemonNotRunning
+from pyagent.errors import ConfigError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+Runner = Callable[[argparse.Namespace, "CliContext"], int]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that says where to find help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+class CliContext:
+    """What a command (built-in or a plugin's) gets besides its arguments (``hookspecs.CliContext``)."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self._client: ControlClient | None = None
+
+    def call(self, method: str, **params: Any) -> Any:
+        if self._client is None:
+            self._client = ControlClient(self.home)
+        return self._client.call(method, **params)
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip()
+             for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def format_rtt(rtt_us: int | None) -> str:
+    return "-" if rtt_us is None else f"{rtt_us / 1000:.2f} ms"
+
+
+# ---- commands ---------------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace, ctx: CliContext) -> int:
+    from pyagent import config, identity
+
+    home = ctx.home
+    key_path = home / IDENTITY_FILE
+    if key_path.exists():
+        raise ConfigError(f"{home} is already initialized (identity at {key_path})")
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key_pair = identity.create(key_path)
+    config_path = home / CONFIG_FILE
+    if not config_path.exists():
+        config_path.write_text(config.render(args.listen or [config.DEFAULT_LISTEN], args.swarm_key or ""))
+    print(f"initialized {home}")
+    print(f"peer id: {identity.peer_id_of(key_pair)}")
+    return EXIT_OK
+
+
+def cmd_daemon(args: argparse.Namespace, ctx: CliContext) -> int:
+    import trio
+
+    from pyagent import config, logs
+    from pyagent.node import daemon
+
+    cfg = config.load(ctx.home)
+    if args.listen:
+        cfg.node.listen = list(args.listen)
+    cfg.node.bootstrap += args.bootstrap or []
+    logs.configure(args.log_level or cfg.log.level, cfg.log.format)
+    trio.run(daemon.run, ctx.home, cfg)
+    return EXIT_OK
+
+
+def cmd_id(args: argparse.Namespace, ctx: CliContext) -> int:
+    info = ctx.call("id")
+    if args.json:
+        _print_json(info)
+        return EXIT_OK
+    print(f"peer id: {info['peer_id']}")
+    print(f"agent:   {info['agent_version']}")
+    for addr in info["addrs"]:
+        print(f"addr:    {addr}")
+    return EXIT_OK
+
+
+def cmd_peers(args: argparse.Namespace, ctx: CliContext) -> int:
+    peers = ctx.call("peers")
+    if args.json:
+        _print_json(peers)
+        return EXIT_OK
+    if not peers:
+        print("no peers connected")
+        return EXIT_OK
+    rows = [[p["peer"], ",".join(p["addrs"][:1]) or "-", format_rtt(p["rtt_us"]), p["agent_version"] or "-"]
+            for p in peers]
+    print(_table(rows, ["PEER", "ADDRESS", "RTT", "AGENT"]))
+    return EXIT_OK
+
+
+def cmd_connect(args: argparse.Namespace, ctx: CliContext) -> int:
+    if not args.addr.startswith("/") or "/p2p/" not in args.addr:
+        raise ConfigError(f"'{args.addr}' is not a multiaddr with a peer id, e.g. /ip4/1.2.3.4/tcp/4001/p2p/12D3...")
+    result = ctx.call("connect", addr=args.addr)
+    print(f"connected to {result['peer_id']}")
+    return EXIT_OK
+
+
+def cmd_ping(args: argparse.Namespace, ctx: CliContext) -> int:
+    if args.count < 1:
+        raise ConfigError("--count must be at least 1")
+    failures = 0
+    for index in range(args.count):
+        if index:
+            time.sleep(args.interval)
+        try:
+            result = ctx.call("ping", peer=args.peer)
+        except ControlError as exc:
+            failures += 1
+            print(f"ping failed: {exc}", file=sys.stderr)
+            continue
+        print(f"pong from {result['peer_id']}: rtt {format_rtt(result['rtt_us'])}")
+    return EXIT_FAILED if failures == args.count else EXIT_OK
+
+
+def cmd_plugins(args: argparse.Namespace, ctx: CliContext) -> int:
+    from dataclasses import asdict
+
+    from pyagent import pluginhost
+
+    infos = [asdict(info) for info in pluginhost.describe_plugins(pluginhost.load_plugins())]
+    if args.json:
+        _print_json(infos)
+        return EXIT_OK
+    rows = [[i["name"], f"{i['distribution']} {i['version']}", ", ".join(i["hooks"])] for i in infos]
+    print(_table(rows, ["PLUGIN", "DISTRIBUTION", "HOOKS"]))
+    return EXIT_OK
+
+
+def cmd_mesh_new_private(args: argparse.Namespace, ctx: CliContext) -> int:
+    from pyagent.node import pnet
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise ConfigError(f"{out} already exists; pass --force to replace it (peers using it will be cut off)")
+    text = pnet.generate_swarm_key()
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    print(f"wrote {out}; copy it to every peer of the mesh and set [mesh] swarm_key_file")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace, ctx: CliContext) -> int:
+    from pyagent import demo
+
+    if args.peers < 2:
+        raise ConfigError("--peers must be at least 2")
+    if args.duration is not None and args.duration <= 0:
+        raise ConfigError("--duration must be positive")
+    return demo.main(args.peers, args.duration)
+
+
+# ---- parser -----------------------------------------------------------------------------------------
+
+
+def build_parser(plugins: Any = None) -> OneLineParser:
+    parser = OneLineParser(
+        prog="pyagent",
+        description="PyAgent peer daemon and its tools. Start with `pyagent init`, then `pyagent daemon`.",
+    )
+    parser.add_argument("--version", action="version", version=f"pyagent {__version__}")
+    parser.add_argument("--home", help="node directory (default: $PYAGENT_HOME or the per-user data dir)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+
+    p = sub.add_parser("init", help="create an identity and a config in the home directory")
+    p.add_argument("--listen", action="append", metavar="MULTIADDR", help="listen address (repeatable)")
+    p.add_argument("--swarm-key", metavar="FILE", help="join the private mesh of this swarm.key")
+    p.set_defaults(run=cmd_init)
+
+    p = sub.add_parser("daemon", help="run the peer in the foreground (Ctrl-C or SIGTERM stops it)")
+    p.add_argument("--listen", action="append", metavar="MULTIADDR", help="override [node] listen")
+    p.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="peer to join at start (repeatable)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(run=cmd_daemon)
+
+    p = sub.add_parser("id", help="show this node's peer id and addresses")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_id)
+
+    p = sub.add_parser("peers", help="list connected peers with their round-trip times")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_peers)
+
+    p = sub.add_parser("connect", help="connect to a peer by multiaddr (ending in /p2p/<peer id>)")
+    p.add_argument("addr", metavar="MULTIADDR")
+    p.set_defaults(run=cmd_connect)
+
+    p = sub.add_parser("ping", help="measure round-trip time to a peer (peer id or multiaddr)")
+    p.add_argument("peer", metavar="PEER")
+    p.add_argument("-c", "--count", type=int, default=3, help="number of pings (default 3)")
+    p.add_argument("-i", "--interval", type=float, default=0.5, help="seconds between pings (default 0.5)")
+    p.set_defaults(run=cmd_ping)
+
+    p = sub.add_parser("plugins", help="list the installed plugins and the hooks they implement")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_plugins)
+
+    mesh = sub.add_parser("mesh", help="manage meshes").add_subparsers(
+        dest="mesh_command", metavar="COMMAND", parser_class=OneLineParser, required=True
+    )
+    p = mesh.add_parser("new-private", help="write a new libp2p swarm.key for a private mesh")
+    p.add_argument("--out", default="swarm.key", help="where to write it (default ./swarm.key)")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.set_defaults(run=cmd_mesh_new_private)
+
+    p = sub.add_parser("demo", help="start a local mesh of daemons on 127.0.0.1 and show it working")
+    p.add_argument("--peers", type=int, default=3, help="number of daemons (default 3)")
+    p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    p.set_defaults(run=cmd_demo)
+
+    if plugins is not None:
+        plugins.hook.pyagent_add_cli_commands(subparsers=sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pyagent import pluginhost
+
+    try:
+        plugins = pluginhost.load_plugins()
+        parser = build_parser(plugins)
+        args = parser.parse_args(argv)
+        if not hasattr(args, "run"):
+            parser.print_help()
+            return EXIT_USAGE
+        return int(args.run(args, CliContext(resolve_home(args.home))))
+    except ConfigError as exc:
+        print(f"pyagent: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except DaemonNotRunning as exc:
+        print(f"pyagent: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except ControlError as exc:
+        print(f"pyagent: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The daemon's TOML configuration: where it lives, its schema, and validation with one-line errors.
+
+Every value has a default, so an empty file (or none at all) is a working configuration. Unknown keys are
+errors rather than warnings: a misspelt key silently ignored is how a private mesh ends up public.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from pyagent.errors import ConfigError
+
+HOME_ENV = "PYAGENT_HOME"
+CONFIG_FILE = "config.toml"
+IDENTITY_FILE = "identity.key"
+CONTROL_SOCKET = "control.sock"
+
+DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4001"
+
+
+def resolve_home(flag: str | None) -> Path:
+    """``--home`` beats ``$PYAGENT_HOME`` beats the per-user data directory."""
+    if flag:
+        return Path(flag).expanduser().resolve()
+    if env := os.environ.get(HOME_ENV):
+        return Path(env).expanduser().resolve()
+    return Path(platformdirs.user_data_dir("pyagent"))
+
+
+@dataclass(slots=True)
+class NodeSection:
+    listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
+    bootstrap: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class MeshSection:
+    # Path to a libp2p swarm.key; empty means a public mesh. Relative paths are relative to the home.
+    swarm_key_file: str = ""
+
+
+@dataclass(slots=True)
+class HostSection:
+    dial_timeout_ms: int = 5_000
+    upgrade_timeout_ms: int = 5_000
+    open_stream_timeout_ms: int = 5_000
+    connections_max: int = 256
+
+
+@dataclass(slots=True)
+class LogSection:
+    level: str = "info"
+    # "text" for people, "json" for log shippers.
+    format: str = "text"
+
+
+@dataclass(slots=True)
+class PluginsSection:
+    disabled: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Config:
+    node: NodeSection = field(default_factory=NodeSection)
+    mesh: MeshSection = field(default_factory=MeshSection)
+    host: HostSection = field(default_factory=HostSection)
+    log: LogSection = field(default_factory=LogSection)
+    plugins: PluginsSection = field(default_factory=PluginsSection)
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+def load(home: Path) -> Config:
+    path = home / CONFIG_FILE
+    if not path.exists():
+        return Config()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax or re-create it with `pyagent init`")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    return parse(raw, source=str(path))
+
+
+def parse(raw: dict[str, Any], source: str) -> Config:
+    config = Config()
+    sections = {f.name: getattr(config, f.name) for f in fields(config)}
+    for name, value in raw.items():
+        if name not in sections:
+            raise ConfigError(f"{source}: unknown section [{name}]; valid sections: {', '.join(sections)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table")
+        _fill_section(sections[name], value, f"{source}: [{name}]")
+    _validate(config, source)
+    return config
+
+
+def _fill_section(section: Any, values: dict[str, Any], where: str) -> None:
+    known = {f.name: f for f in fields(section)}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{where} unknown key '{key}'; valid keys: {', '.join(known)}")
+        default = getattr(section, key)
+        if isinstance(default, list):
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise ConfigError(f"{where} '{key}' must be a list of strings")
+        elif isinstance(default, bool) or not isinstance(value, type(default)) or isinstance(value, bool):
+            raise ConfigError(f"{where} '{key}' must be a {type(default).__name__}, got {value!r}")
+        setattr(section, key, value)
+
+
+def _validate(config: Config, source: str) -> None:
+    for f in fields(config.host):
+        if getattr(config.host, f.name) <= 0:
+            raise ConfigError(f"{source}: [host] '{f.name}' must be positive")
+    if config.log.level not in LOG_LEVELS:
+        raise ConfigError(f"{source}: [log] 'level' must be one of {', '.join(LOG_LEVELS)}")
+    if config.log.format not in LOG_FORMATS:
+        raise ConfigError(f"{source}: [log] 'format' must be one of {', '.join(LOG_FORMATS)}")
+    if not config.node.listen:
+        raise ConfigError(f"{source}: [node] 'listen' needs at least one multiaddr")
+
+
+def render(listen: list[str], swarm_key_file: str = "") -> str:
+    """The commented config that ``pyagent init`` writes."""
+    listen_toml = ", ".join(f'"{addr}"' for addr in listen)
+    return f"""# PyAgent daemon configuration. Every key is optional; these are the defaults unless noted.
+
+[node]
+# Multiaddrs to listen on. Port 0 picks a free port at each start.
+listen = [{listen_toml}]
+# Peers to connect to at start, as multiaddrs ending in /p2p/<peer id>.
+bootstrap = []
+
+[mesh]
+# A libp2p swarm.key (`pyagent mesh new-private`) makes this a private mesh. Empty: public mesh.
+swarm_key_file = "{swarm_key_file}"
+
+[host]
+dial_timeout_ms = 5000
+upgrade_timeout_ms = 5000
+open_stream_timeout_ms = 5000
+connections_max = 256
+
+[log]
+level = "info"     # debug, info, warning, error
+format = "text"    # text or json
+
+[plugins]
+disabled = []      # plugin names, as `pyagent plugins` lists them
+"""

@@ -1,0 +1,120 @@
+"""The daemon side of the control API: a unix socket serving newline-delimited JSON requests.
+
+The socket file is created with mode 0600 inside the home, so only the node's user can drive the node;
+that file permission is the whole authentication story (docs/adr/0001-control-api.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from pyagent.controlclient import LINE_BYTES_MAX, encode_line
+from pyagent.errors import ConfigError, PyAgentError
+
+log = logging.getLogger("pyagent.control")
+
+Method = Callable[[dict[str, Any]], Awaitable[Any]]
+
+CONNECTIONS_MAX = 32
+# sun_path is 108 bytes on Linux, including the terminating NUL.
+SOCKET_PATH_BYTES_MAX = 107
+
+
+class MethodError(PyAgentError):
+    """A control method refused a request; the message goes back to the caller verbatim."""
+
+
+async def _socket_in_use(path: Path) -> bool:
+    try:
+        stream = await trio.open_unix_socket(str(path))
+    except OSError:
+        return False
+    await stream.aclose()
+    return True
+
+
+async def open_listener(path: Path) -> trio.SocketListener:
+    if len(os.fsencode(path)) > SOCKET_PATH_BYTES_MAX:
+        raise ConfigError(f"home path too long for a unix socket ({path}); choose a shorter --home")
+    if path.exists():
+        if await _socket_in_use(path):
+            raise ConfigError(f"a daemon is already running with home {path.parent}")
+        path.unlink()  # stale socket from a daemon that was killed
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        await sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    sock.listen(CONNECTIONS_MAX)
+    return trio.SocketListener(sock)
+
+
+class ControlServer:
+    def __init__(self, path: Path, methods: Mapping[str, Method]) -> None:
+        self.path = path
+        self.methods = dict(methods)
+        self._limiter = trio.CapacityLimiter(CONNECTIONS_MAX)
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listener = await open_listener(self.path)
+        try:
+            async with listener, trio.open_nursery() as nursery:
+                task_status.started()
+                while True:
+                    stream = await listener.accept()
+                    nursery.start_soon(self._serve_connection, stream)
+        finally:
+            self.path.unlink(missing_ok=True)
+
+    async def _serve_connection(self, stream: trio.abc.Stream) -> None:
+        async with stream, self._limiter:
+            buffer = bytearray()
+            while True:
+                while b"\n" not in buffer:
+                    if len(buffer) > LINE_BYTES_MAX:
+                        await stream.send_all(encode_line({"id": None, "error": "request too large"}))
+                        return
+                    try:
+                        chunk = await stream.receive_some(65536)
+                    except trio.BrokenResourceError:
+                        return
+                    if not chunk:
+                        return
+                    buffer += chunk
+                end = buffer.index(b"\n")
+                line = bytes(buffer[:end])
+                del buffer[: end + 1]
+                try:
+                    await stream.send_all(encode_line(await self._answer(line)))
+                except trio.BrokenResourceError:
+                    return
+
+    async def _answer(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+        except ValueError:
+            return {"id": None, "error": "request is not JSON"}
+        if not isinstance(request, dict) or not isinstance(request.get("method"), str):
+            return {"id": None, "error": "request must be an object with a string 'method'"}
+        request_id, params = request.get("id"), request.get("params") or {}
+        method = self.methods.get(request["method"])
+        if method is None:
+            return {"id": request_id, "error": f"unknown method {request['method']!r}"}
+        if not isinstance(params, dict):
+            return {"id": request_id, "error": "'params' must be an object"}
+        try:
+            return {"id": request_id, "result": await method(params)}
+        except (MethodError, ValueError, ConfigError) as exc:
+            return {"id": request_id, "error": str(exc)}
+        except Exception:
+            # A bug in a method must not take the daemon down; it is logged with its traceback.
+            log.exception("control method %s failed", request["method"])
+            return {"id": request_id, "error": f"internal error in {request['method']!r}; see the daemon log"}
