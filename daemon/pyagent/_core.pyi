@@ -1,0 +1,32 @@
+"""Type stub of ``pyagent._core``, the PyO3 binding of the Rust crate ``pyagent-core``.
+
+Checked against the built module by ``python -m mypy.stubtest pyagent._core``.
+"""
+
+from typing import final
+
+__all__ = [
+    "KEY_LEN_BYTES",
+    "NONCE_LEN_BYTES",
+    "XSalsa20",
+    "__version__",
+    "format_swarm_key",
+    "key_fingerprint",
+    "parse_swarm_key",
+]
+
+__version__: str
+KEY_LEN_BYTES: int
+NONCE_LEN_BYTES: int
+
+@final
+class XSalsa20:
+    """XSalsa20 keystream for one direction of a private-network connection (stateful position)."""
+
+    # PyO3 constructs in ``__new__``; stubtest checks that, and callers write ``XSalsa20(key, nonce)``.
+    def __new__(cls, key: bytes, nonce: bytes) -> XSalsa20: ...
+    def apply(self, data: bytes) -> bytes: ...
+
+def parse_swarm_key(text: str) -> bytes: ...
+def format_swarm_key(key: bytes) -> str: ...
+def key_fingerprint(key: bytes) -> str: ...
