@@ -51,8 +51,10 @@ def _print_json(value: object) -> None:
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip()
-             for row in [header, *rows]]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip()
+        for row in [header, *rows]
+    ]
     return "\n".join(lines)
 
 
@@ -115,15 +117,19 @@ def cmd_peers(args: argparse.Namespace, ctx: CliContext) -> int:
     if not peers:
         print("no peers connected")
         return EXIT_OK
-    rows = [[p["peer"], ",".join(p["addrs"][:1]) or "-", format_rtt(p["rtt_us"]), p["agent_version"] or "-"]
-            for p in peers]
+    rows = [
+        [p["peer"], ",".join(p["addrs"][:1]) or "-", format_rtt(p["rtt_us"]), p["agent_version"] or "-"]
+        for p in peers
+    ]
     print(_table(rows, ["PEER", "ADDRESS", "RTT", "AGENT"]))
     return EXIT_OK
 
 
 def cmd_connect(args: argparse.Namespace, ctx: CliContext) -> int:
     if not args.addr.startswith("/") or "/p2p/" not in args.addr:
-        raise ConfigError(f"'{args.addr}' is not a multiaddr with a peer id, e.g. /ip4/1.2.3.4/tcp/4001/p2p/12D3...")
+        raise ConfigError(
+            f"'{args.addr}' is not a multiaddr with a peer id, e.g. /ip4/1.2.3.4/tcp/4001/p2p/12D3..."
+        )
     result = ctx.call("connect", addr=args.addr)
     print(f"connected to {result['peer_id']}")
     return EXIT_OK
@@ -165,7 +171,9 @@ def cmd_mesh_new_private(args: argparse.Namespace, ctx: CliContext) -> int:
 
     out = Path(args.out)
     if out.exists() and not args.force:
-        raise ConfigError(f"{out} already exists; pass --force to replace it (peers using it will be cut off)")
+        raise ConfigError(
+            f"{out} already exists; pass --force to replace it (peers using it will be cut off)"
+        )
     text = pnet.generate_swarm_key()
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -203,7 +211,9 @@ def build_parser(plugins: Any = None) -> OneLineParser:
 
     p = sub.add_parser("daemon", help="run the peer in the foreground (Ctrl-C or SIGTERM stops it)")
     p.add_argument("--listen", action="append", metavar="MULTIADDR", help="override [node] listen")
-    p.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="peer to join at start (repeatable)")
+    p.add_argument(
+        "--bootstrap", action="append", metavar="MULTIADDR", help="peer to join at start (repeatable)"
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(run=cmd_daemon)
 

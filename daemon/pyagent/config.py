@@ -85,7 +85,9 @@ def load(home: Path) -> Config:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax or re-create it with `pyagent init`")
+        raise ConfigError(
+            f"{path}: not valid TOML ({exc}); fix the syntax or re-create it with `pyagent init`"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     return parse(raw, source=str(path))

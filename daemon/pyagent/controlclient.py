@@ -52,7 +52,9 @@ class ControlClient:
             sock.sendall(encode_line({"id": request_id, "method": method, "params": params}))
             reply = self._read_line(sock)
         except TimeoutError:
-            raise ControlError(f"the daemon did not answer {method!r} within {self.timeout_s:.0f} s") from None
+            raise ControlError(
+                f"the daemon did not answer {method!r} within {self.timeout_s:.0f} s"
+            ) from None
         finally:
             sock.close()
         if "error" in reply:

@@ -62,7 +62,9 @@ def wait_ready(peer: DemoPeer) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while True:
         if peer.process.poll() is not None:
-            raise RuntimeError(f"{peer.name} exited with code {peer.process.returncode}; see {peer.home}/daemon.log")
+            raise RuntimeError(
+                f"{peer.name} exited with code {peer.process.returncode}; see {peer.home}/daemon.log"
+            )
         try:
             info: dict[str, Any] = peer.client.call("id")
         except DaemonNotRunning:
@@ -142,5 +144,9 @@ def main(count: int, duration_s: float | None) -> int:
             _say(f"logs kept in {base}")
         else:
             shutil.rmtree(base, ignore_errors=True)
-    _say("demo finished: mesh complete, all daemons stopped cleanly" if not failed else "demo finished with errors")
+    _say(
+        "demo finished: mesh complete, all daemons stopped cleanly"
+        if not failed
+        else "demo finished with errors"
+    )
     return 1 if failed else 0

@@ -28,7 +28,9 @@ def create(path: Path) -> KeyPair:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
     except FileExistsError:
-        raise ConfigError(f"{path} already exists; remove it only if you mean to change this peer's id")
+        raise ConfigError(
+            f"{path} already exists; remove it only if you mean to change this peer's id"
+        ) from None
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
         handle.flush()

@@ -18,8 +18,12 @@ def _fields(record: logging.LogRecord) -> dict[str, object]:
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        parts = [f"{stamp}.{int(record.msecs):03d}Z", f"{record.levelname.lower():7s}", record.name,
-                 record.getMessage()]
+        parts = [
+            f"{stamp}.{int(record.msecs):03d}Z",
+            f"{record.levelname.lower():7s}",
+            record.name,
+            record.getMessage(),
+        ]
         parts += [f"{k}={v}" for k, v in _fields(record).items()]
         line = " ".join(parts)
         if record.exc_info:

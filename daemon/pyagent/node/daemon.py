@@ -17,13 +17,13 @@ from typing import Any
 import pluggy
 import trio
 from libp2p.crypto.keys import KeyPair
+from pyagent.node.host import DialError, Host, HostConfig
 
 from pyagent import __version__, identity, pluginhost
 from pyagent.config import CONTROL_SOCKET, IDENTITY_FILE, Config
 from pyagent.errors import ConfigError
 from pyagent.node.control import ControlServer, Method, MethodError
 from pyagent.node.driver import Driver, RequestFailed
-from pyagent.node.host import DialError, Host, HostConfig
 from pyagent.proto.events import Event, PeerConnected, PeerDisconnected
 from pyagent.proto.node import NodeCore
 from pyagent.proto.peers import ListPeers, PeerInfo
@@ -39,8 +39,15 @@ BOOTSTRAP_CONCURRENCY_MAX = 8
 class Node:
     """What plugins and control methods see of a running daemon (``hookspecs.NodeHandle``)."""
 
-    def __init__(self, home: Path, key_pair: KeyPair, host: Host, core: NodeCore, driver: Driver,
-                 plugins: pluggy.PluginManager) -> None:
+    def __init__(
+        self,
+        home: Path,
+        key_pair: KeyPair,
+        host: Host,
+        core: NodeCore,
+        driver: Driver,
+        plugins: pluggy.PluginManager,
+    ) -> None:
         self.home = home
         self.peer_id = identity.peer_id_of(key_pair)
         self.host = host
@@ -201,7 +208,11 @@ async def run(home: Path, config: Config) -> None:
             plugins.hook.pyagent_startup(node=node, nursery=nursery)
             log.info(
                 "daemon ready",
-                extra={"peer_id": peer_id, "addrs": ",".join(host.listen_addrs()), "private": psk is not None},
+                extra={
+                    "peer_id": peer_id,
+                    "addrs": ",".join(host.listen_addrs()),
+                    "private": psk is not None,
+                },
             )
             if config.node.bootstrap:
                 nursery.start_soon(_bootstrap, node, list(config.node.bootstrap))

@@ -18,7 +18,14 @@ from typing import Protocol
 import trio
 
 from pyagent.errors import LocalProtocolError, RemoteProtocolError
-from pyagent.proto.events import Event, LocalRequest, MessageReceived, PeerConnected, PeerDisconnected, TimerFired
+from pyagent.proto.events import (
+    Event,
+    LocalRequest,
+    MessageReceived,
+    PeerConnected,
+    PeerDisconnected,
+    TimerFired,
+)
 from pyagent.proto.node import NodeCore
 from pyagent.proto.ready import CancelTimer, Ready, Reply
 from pyagent.proto.types import US_PER_S

@@ -85,13 +85,13 @@ def decode_body(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
             body,
             raw=False,
             strict_map_key=True,
-            max_buffer_size=limits.frame_size_bytes_max,
             max_array_len=limits.count_max,
             max_map_len=limits.count_max,
             max_str_len=limits.frame_size_bytes_max,
             max_bin_len=limits.frame_size_bytes_max,
             max_ext_len=0,
         )
+    # TypeError is what msgpack raises for an unhashable map key (e.g. a list used as a key).
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise RemoteProtocolError(f"bad msgpack: {exc}") from None
     except RecursionError:
