@@ -1,0 +1,129 @@
+"""Real ``pyagent daemon`` processes on 127.0.0.1, each with its own home: for the demo and the tests.
+
+Everything goes through the process boundary and the control API, as it would for an operator, so what
+works here works on a real machine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyagent import config, identity
+from pyagent.config import CONFIG_FILE, IDENTITY_FILE
+from pyagent.controlclient import ControlClient, DaemonNotRunning
+
+STARTUP_TIMEOUT_S = 30.0
+SHUTDOWN_TIMEOUT_S = 10.0
+LOOPBACK_ANY_PORT = "/ip4/127.0.0.1/tcp/0"
+
+
+def init_home(home: Path, listen: str = LOOPBACK_ANY_PORT, swarm_key_file: str = "") -> str:
+    """Create a node home (identity + config) and return its peer id."""
+    home.mkdir(mode=0o700, parents=True)
+    key_pair = identity.create(home / IDENTITY_FILE)
+    (home / CONFIG_FILE).write_text(config.render([listen], swarm_key_file))
+    return identity.peer_id_of(key_pair)
+
+
+@dataclass
+class LocalPeer:
+    name: str
+    home: Path
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+    peer_id: str = ""
+    addr: str = ""
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "daemon.log"
+
+    @property
+    def client(self) -> ControlClient:
+        return ControlClient(self.home, timeout_s=15.0)
+
+    def call(self, method: str, **params: Any) -> Any:
+        return self.client.call(method, **params)
+
+    def start(self) -> None:
+        assert self.process is None or self.process.poll() is not None, f"{self.name} is already running"
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pyagent.cli", "--home", str(self.home), "daemon", *self.extra_args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+
+    def wait_ready(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with code {self.process.returncode}; see {self.log_path}"
+                )
+            try:
+                info = self.call("id")
+            except DaemonNotRunning:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name} did not start within {timeout_s:.0f} s") from None
+                time.sleep(0.05)
+                continue
+            self.peer_id, self.addr = info["peer_id"], info["addrs"][0]
+            return
+
+    def stop(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> int:
+        """SIGTERM, wait, and SIGKILL only if it hangs. Returns the exit code."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def kill(self) -> None:
+        """``kill -9``: no shutdown path runs."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def start_mesh(base: Path, count: int, swarm_key_file: str = "") -> list[LocalPeer]:
+    """Start ``count`` daemons under ``base`` and wait until each answers its control API."""
+    peers = []
+    for index in range(1, count + 1):
+        peer = LocalPeer(f"node-{index}", base / f"node-{index}")
+        init_home(peer.home, swarm_key_file=swarm_key_file)
+        peer.start()
+        peers.append(peer)
+    for peer in peers:
+        peer.wait_ready()
+    return peers
+
+
+def connect_all(peers: list[LocalPeer]) -> None:
+    for index, peer in enumerate(peers):
+        for other in peers[:index]:
+            peer.call("connect", addr=other.addr)
+
+
+def stop_all(peers: list[LocalPeer]) -> list[int]:
+    for peer in peers:
+        if peer.process is not None and peer.process.poll() is None:
+            peer.process.send_signal(signal.SIGTERM)
+    return [peer.stop() for peer in peers]
