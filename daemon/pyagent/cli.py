@@ -93,8 +93,20 @@ def cmd_daemon(args: argparse.Namespace, ctx: CliContext) -> int:
         cfg.node.listen = list(args.listen)
     cfg.node.bootstrap += args.bootstrap or []
     logs.configure(args.log_level or cfg.log.level, cfg.log.format)
-    trio.run(daemon.run, ctx.home, cfg)
+    try:
+        trio.run(daemon.run, ctx.home, cfg)
+    except BaseExceptionGroup as group:
+        # A ConfigError raised inside the daemon's nurseries arrives wrapped; the operator needs only it.
+        config_errors, others = group.split(ConfigError)
+        if config_errors is None or others is not None:
+            raise
+        raise _first_leaf(config_errors) from None
     return EXIT_OK
+
+
+def _first_leaf(group: BaseExceptionGroup[ConfigError]) -> ConfigError:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def cmd_id(args: argparse.Namespace, ctx: CliContext) -> int:

@@ -58,18 +58,20 @@ async def open_listener(path: Path) -> trio.SocketListener:
 
 
 class ControlServer:
-    def __init__(self, path: Path, methods: Mapping[str, Method]) -> None:
+    """Serves ``methods`` on a listener from ``open_listener``, which the daemon binds before anything
+    else starts: a second daemon on the same home must fail before it touches the network."""
+
+    def __init__(self, path: Path, listener: trio.SocketListener, methods: Mapping[str, Method]) -> None:
         self.path = path
         self.methods = dict(methods)
+        self._listener = listener
         self._limiter = trio.CapacityLimiter(CONNECTIONS_MAX)
 
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listener = await open_listener(self.path)
+    async def serve(self) -> None:
         try:
-            async with listener, trio.open_nursery() as nursery:
-                task_status.started()
+            async with self._listener, trio.open_nursery() as nursery:
                 while True:
-                    stream = await listener.accept()
+                    stream = await self._listener.accept()
                     nursery.start_soon(self._serve_connection, stream)
         finally:
             self.path.unlink(missing_ok=True)

@@ -22,7 +22,7 @@ from pyagent.node.host import DialError, Host, HostConfig
 from pyagent import __version__, identity, pluginhost
 from pyagent.config import CONTROL_SOCKET, IDENTITY_FILE, Config
 from pyagent.errors import ConfigError
-from pyagent.node.control import ControlServer, Method, MethodError
+from pyagent.node.control import ControlServer, Method, MethodError, open_listener
 from pyagent.node.driver import Driver, RequestFailed
 from pyagent.proto.events import Event, PeerConnected, PeerDisconnected
 from pyagent.proto.node import NodeCore
@@ -198,13 +198,15 @@ async def run(home: Path, config: Config) -> None:
     for protocol_id, limits in core.protocols.items():
         host.register_protocol(protocol_id, limits)
 
+    control_listener = await open_listener(home / CONTROL_SOCKET)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with host.running(), trio.open_nursery() as nursery:
             driver = Driver(core, host, events_out)
             node = Node(home, key_pair, host, core, driver, plugins)
             driver.on_event = node.notify_plugins
             nursery.start_soon(driver.run)
-            await nursery.start(ControlServer(home / CONTROL_SOCKET, node.control_methods()).serve)
+            control = ControlServer(home / CONTROL_SOCKET, control_listener, node.control_methods())
+            nursery.start_soon(control.serve)
             plugins.hook.pyagent_startup(node=node, nursery=nursery)
             log.info(
                 "daemon ready",
