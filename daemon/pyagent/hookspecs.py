@@ -1,0 +1,182 @@
+"""The plugin contract: every hook a PyAgent plugin may implement, and the types those hooks receive.
+
+This module is the whole contract. Each hook's docstring says when it runs, what it receives, what it may
+return and whether it is ``firstresult``. Hooks are named ``pyagent_<phase>_<what>``.
+
+Hooks are plain synchronous functions. The ones that shape protocol behaviour
+(``pyagent_add_components``) must be deterministic and do no I/O, because the simulator calls them too.
+A plugin that needs I/O starts its own tasks from ``pyagent_node_started``, in the nursery it is given.
+
+A plugin is a module (or object) whose hook functions carry ``@hookimpl``, registered under the
+entry-point group ``pyagent``; ``docs/plugins.md`` walks through one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+
+import pluggy
+
+if TYPE_CHECKING:
+    import trio
+
+    from pyagent.proto.component import Component
+    from pyagent.proto.peers import PeerInfo
+    from pyagent.proto.types import Rng
+
+PROJECT_NAME = "pyagent"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+class NodeHandle(Protocol):
+    """What a running daemon lends to plugins. The daemon implements it; plugins only call it."""
+
+    @property
+    def peer_id(self) -> str:
+        """This node's libp2p peer id (base58)."""
+
+    @property
+    def home(self) -> pathlib.Path:
+        """This node's home directory, where a plugin may keep its own files (under ``home/<plugin>``)."""
+
+    def peers(self) -> list[PeerInfo]:
+        """The peers connected now, sorted by peer id."""
+
+    async def request(self, command: object) -> object:
+        """Run a local command through ``NodeCore`` and return its reply value.
+
+        ``command`` must be an instance of a type some component lists in ``command_types``. Raises
+        ``pyagent.errors.LocalProtocolError`` when no component handles it and ``RuntimeError`` carrying
+        the reply's error text when the component answers with an error.
+        """
+
+    def send(self, peer: str, protocol_id: str, message: dict[str, Any]) -> None:
+        """Queue ``message`` (wire map with ``v`` and ``t``) to ``peer`` on ``protocol_id``; never blocks."""
+
+
+class CliContext(Protocol):
+    """What a CLI subcommand receives next to its parsed arguments."""
+
+    @property
+    def home(self) -> pathlib.Path:
+        """The home directory the command acts on (``--home`` or the default)."""
+
+    def call(self, method: str, **params: Any) -> Any:
+        """Call ``method`` on the running daemon's control API and return its JSON result.
+
+        Raises a ``pyagent.errors.PyAgentError`` whose message tells the user what to do when no daemon
+        runs under ``home`` or the method fails.
+        """
+
+
+ControlMethod: TypeAlias = Callable[[NodeHandle, dict[str, Any]], Awaitable[Any]]
+"""A control-API method: called with the node and the request's params, returns a JSON-serializable value."""
+
+CliRun: TypeAlias = Callable[[argparse.Namespace, CliContext], int]
+"""What a subcommand sets as ``run``: takes the parsed arguments and the context, returns the exit code."""
+
+
+@hookspec
+def pyagent_add_components(local_peer: str, rng: Rng, plugin_names: tuple[str, ...]) -> list[Component]:
+    """Return the sans-I/O protocol components this plugin adds to ``NodeCore``.
+
+    Runs once per node, when its ``NodeCore`` is built: in the daemon before the host listens, and in the
+    simulator once per simulated peer. ``local_peer`` is this node's peer id, ``rng`` the node's seeded
+    random generator (the only randomness a component may use) and ``plugin_names`` the sorted names of
+    every plugin loaded on this node.
+
+    Must be deterministic and must do no I/O: read no clock, no files, no environment. Return a list
+    (possibly empty) of new ``pyagent.proto.component.Component`` instances; their names, protocol ids
+    and command types must not clash with any other component's.
+
+    Not firstresult: every plugin's list is collected (``pyagent.pluginhost.collect_components``).
+    Synchronous.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def pyagent_add_cli_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add subcommands to the ``pyagent`` command line.
+
+    Runs once when the CLI builds its parser, before any argument is parsed and whether or not a daemon
+    runs. Call ``subparsers.add_parser(name, help=...)`` and give each parser ``set_defaults(run=fn)``,
+    where ``fn(args: argparse.Namespace, ctx: CliContext) -> int`` returns the exit code (a ``CliRun``).
+    Talk to the daemon only inside ``fn``, through ``ctx.call``.
+
+    Returns nothing. Not firstresult: every plugin adds its commands. Synchronous.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def pyagent_control_methods() -> dict[str, ControlMethod]:
+    """Return extra control-API methods, by name.
+
+    Runs once at daemon startup, before the control API accepts connections. Name each method
+    ``"<plugin>.<method>"`` with your plugin's name (lowercase letters, digits and ``_`` on both sides of
+    the dot), so that names cannot clash with the core's or another plugin's; a clash stops the daemon
+    with a ``ConfigError``. Each value is an ``async def method(node: NodeHandle, params: dict) -> Any``
+    whose result must be JSON-serializable; raise ``ValueError`` for bad params.
+
+    Not firstresult: every plugin's methods are merged (``pyagent.pluginhost.collect_control_methods``).
+    Synchronous; the methods it returns are async and run in the daemon's trio loop.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def pyagent_node_started(node: NodeHandle, nursery: trio.Nursery) -> None:
+    """The daemon is up: its host listens and its control API serves.
+
+    Runs once per daemon, in the trio loop, before any peer connects. A plugin that needs I/O (files,
+    sockets, its own timers) starts its tasks here with ``nursery.start_soon``; they are cancelled at
+    shutdown, and an exception escaping one of them stops the daemon. Do not block here: start a task.
+    Never called by the simulator.
+
+    Returns nothing. Not firstresult: every plugin is told. Synchronous.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def pyagent_node_stopping(node: NodeHandle) -> None:
+    """The daemon is about to close its host.
+
+    Runs once per daemon, after the control API stops and before connections close, while tasks started
+    from ``pyagent_node_started`` still run (they are cancelled right after). Flush what must survive a
+    restart; do not block. Never called by the simulator.
+
+    Returns nothing. Not firstresult: every plugin is told. Synchronous.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def pyagent_peer_connected(node: NodeHandle, peer: PeerInfo) -> None:
+    """A peer has connected and identified itself.
+
+    Runs in the daemon after ``NodeCore`` has seen the ``PeerConnected`` event, so ``node.peers()``
+    already lists ``peer``. A notification for I/O-side bookkeeping (a component sees the same event
+    deterministically through ``on_peer_connected``). Must not block: hand slow work to a task.
+
+    Returns nothing. Not firstresult: every plugin is told. Synchronous.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def pyagent_peer_disconnected(node: NodeHandle, peer: str) -> None:
+    """The last connection to ``peer`` (a peer id) has closed.
+
+    Runs in the daemon after ``NodeCore`` has seen the ``PeerDisconnected`` event. A notification; must
+    not block.
+
+    Returns nothing. Not firstresult: every plugin is told. Synchronous.
+    """
+    raise NotImplementedError

@@ -1,0 +1,86 @@
+"""The plugin contract documents itself: every hook is named by the rule and says what it is."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import types
+
+from pyagent import hookspecs
+
+HOOK_NAME = re.compile(r"pyagent_[a-z]+_[a-z]+(_[a-z]+)*")
+SPEC_MARK = f"{hookspecs.PROJECT_NAME}_spec"
+
+
+def contract_problems(module: types.ModuleType) -> list[str]:
+    """Everything wrong with ``module`` as a hook-spec module, one line per problem."""
+    problems: list[str] = []
+    for name, value in vars(module).items():
+        if not name.startswith("pyagent_") or not callable(value):
+            continue
+        if not hasattr(value, SPEC_MARK):
+            problems.append(f"{name}: named like a hook but not marked @hookspec")
+        if not HOOK_NAME.fullmatch(name):
+            problems.append(f"{name}: not named pyagent_<phase>_<what>")
+        doc = inspect.getdoc(value) or ""
+        if not doc.strip():
+            problems.append(f"{name}: no docstring")
+        elif "firstresult" not in doc:
+            problems.append(f"{name}: docstring does not say whether it is firstresult")
+    return problems
+
+
+def hook_names(module: types.ModuleType) -> list[str]:
+    return sorted(name for name, value in vars(module).items() if hasattr(value, SPEC_MARK))
+
+
+def test_every_hook_in_the_contract_is_named_and_documented() -> None:
+    assert contract_problems(hookspecs) == []
+
+
+def test_the_contract_defines_the_hooks_the_daemon_calls() -> None:
+    assert hook_names(hookspecs) == [
+        "pyagent_add_cli_commands",
+        "pyagent_add_components",
+        "pyagent_control_methods",
+        "pyagent_node_started",
+        "pyagent_node_stopping",
+        "pyagent_peer_connected",
+        "pyagent_peer_disconnected",
+    ]
+
+
+def test_firstresult_in_the_docstring_matches_the_marker() -> None:
+    for name in hook_names(hookspecs):
+        firstresult = getattr(getattr(hookspecs, name), SPEC_MARK)["firstresult"]
+        doc = inspect.getdoc(getattr(hookspecs, name)) or ""
+        assert ("Not firstresult" not in doc) == firstresult, name
+
+
+def test_the_check_catches_an_undocumented_or_misnamed_hook() -> None:
+    synthetic = types.ModuleType("synthetic_hookspecs")
+
+    @hookspecs.hookspec
+    def pyagent_add_widgets() -> None:
+        pass
+
+    @hookspecs.hookspec
+    def pyagent_startup() -> None:
+        """Runs at startup. Not firstresult."""
+
+    @hookspecs.hookspec
+    def pyagent_add_gadgets() -> None:
+        """Runs whenever."""
+
+    def pyagent_add_gizmos() -> None:
+        """Forgot the marker. Not firstresult."""
+
+    for hook in (pyagent_add_widgets, pyagent_startup, pyagent_add_gadgets, pyagent_add_gizmos):
+        setattr(synthetic, hook.__name__, hook)
+
+    assert sorted(contract_problems(synthetic)) == [
+        "pyagent_add_gadgets: docstring does not say whether it is firstresult",
+        "pyagent_add_gizmos: named like a hook but not marked @hookspec",
+        "pyagent_add_widgets: no docstring",
+        "pyagent_startup: not named pyagent_<phase>_<what>",
+    ]
