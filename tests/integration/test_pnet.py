@@ -26,7 +26,7 @@ from libp2p.security.noise.transport import Transport as Noise
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-from pyagent.node.pnet import NonceTimeoutError, PnetTCP, find_key_mismatch
+from pyagent.node.pnet import NonceExchangeError, PnetTCP, find_key_mismatch
 
 LOOPBACK = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")
 ECHO = TProtocol("/pyagent/test-echo/1.0.0")
@@ -49,8 +49,13 @@ async def running_host(psk: bytes | None) -> AsyncIterator[IHost]:
         await host.close()
 
 
+def listen_address(host: IHost) -> multiaddr.Multiaddr:
+    """The host's first listen address with its peer id, as another peer would dial it."""
+    return host.get_addrs()[0].encapsulate(multiaddr.Multiaddr(f"/p2p/{host.get_id()}"))
+
+
 def peer_info(host: IHost) -> PeerInfo:
-    return info_from_p2p_addr(host.get_addrs()[0].encapsulate(multiaddr.Multiaddr(f"/p2p/{host.get_id()}")))
+    return info_from_p2p_addr(listen_address(host))
 
 
 async def echo(stream: INetStream) -> None:
@@ -117,6 +122,6 @@ async def test_a_silent_peer_cannot_hold_the_handshake() -> None:
         connection = await transport.dial(multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{port}"))
         with pytest.raises(RawConnError) as failure:
             await connection.read(1)
-        assert isinstance(failure.value.__cause__, NonceTimeoutError)
+        assert isinstance(failure.value.__cause__, NonceExchangeError)
         assert "sent no nonce within 300 ms" in str(failure.value.__cause__)
         nursery.cancel_scope.cancel()

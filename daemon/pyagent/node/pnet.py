@@ -63,7 +63,7 @@ class KeyMismatchError(PrivateNetworkError):
     """The peer does not hold our swarm key: a different key, or none at all."""
 
 
-class NonceTimeoutError(PrivateNetworkError):
+class NonceExchangeError(PrivateNetworkError):
     """The peer did not send its 24-byte nonce in time, or closed before it did."""
 
 
@@ -198,7 +198,7 @@ class PnetStream(ReadWriteCloser):
             while len(received) < NONCE_LEN_BYTES:
                 chunk = await self._inner.read(NONCE_LEN_BYTES - len(received))
                 if not chunk:
-                    raise NonceTimeoutError(
+                    raise NonceExchangeError(
                         f"private-network peer {self._peer_name()} closed the connection before sending "
                         "its nonce (it may use a different swarm.key or none)"
                     )
@@ -206,7 +206,7 @@ class PnetStream(ReadWriteCloser):
                 if received.startswith(MULTISTREAM_HEADER):
                     raise self._mismatch("it speaks plaintext multistream-select (it has no swarm.key)")
             return bytes(received)
-        raise NonceTimeoutError(
+        raise NonceExchangeError(
             f"private-network peer {self._peer_name()} sent no nonce within {self._nonce_timeout_ms} ms"
         )
 
@@ -240,11 +240,6 @@ class PnetTCP(TCP):
             raise ValueError(f"nonce_timeout_ms must be positive, got {nonce_timeout_ms}")
         self._psk = psk
         self._nonce_timeout_ms = nonce_timeout_ms
-
-    @property
-    def fingerprint(self) -> str:
-        """The key's go/rust-libp2p compatible fingerprint, safe to log."""
-        return key_fingerprint(self._psk)
 
     async def dial(self, maddr: Multiaddr) -> RawConnection:
         return self._protect(await super().dial(maddr))
