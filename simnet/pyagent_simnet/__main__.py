@@ -1,0 +1,5 @@
+import sys
+
+from pyagent_simnet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,233 @@
+"""``pyagent simnet run | check-determinism | sweep``; also ``python -m pyagent_simnet`` without the daemon.
+
+Every command handler has the plugin shape ``fn(args, ctx) -> int`` so the same parsers serve the daemon's
+CLI (through the plugin hook) and this module's own ``main``. A ``ConfigError`` becomes one line on stderr
+and exit code 2; a failing run prints the one command that replays it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pyagent.errors import ConfigError
+from pyagent_simnet import report, runner, scenario
+from pyagent_simnet.sim import Sim
+
+Command = Callable[[argparse.Namespace, object], int]
+
+STANDALONE_PROG = "python -m pyagent_simnet"
+DAEMON_PROG = "pyagent simnet"
+# The figures a run prints on its summary line, when the run produced them.
+SUMMARY_KEYS = (
+    "peers_total",
+    "simulated_s",
+    "wall_s",
+    "events",
+    "speedup_x_real_time",
+    "messages_per_peer_per_s",
+    "bytes_per_peer_per_s",
+    "false_positives",
+    "detection_p50_s",
+    "detection_max_s",
+    "convergence_s",
+    "liveness_converged_after_s",
+    "pings_ok",
+    "pings_failed",
+    "trace_hash",
+)
+
+
+def add_commands(parent: argparse._SubParsersAction[argparse.ArgumentParser], prog: str) -> None:
+    """Add ``run``, ``check-determinism`` and ``sweep`` under ``parent``; ``prog`` prefixes replay lines."""
+    run = parent.add_parser("run", help="run one scenario under one seed")
+    _common(run)
+    run.add_argument("--out", type=Path, help="directory for report.json and the PNG plots")
+    run.set_defaults(run=cmd_run, simnet_prog=prog)
+
+    det = parent.add_parser("check-determinism", help="run twice and compare the trace hashes")
+    _common(det)
+    det.set_defaults(run=cmd_check_determinism, simnet_prog=prog)
+
+    sweep = parent.add_parser("sweep", help="run a parameter grid and plot each figure against it")
+    _common(sweep)
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        required=True,
+        help="a parameter and its values; repeat for a grid (first one is the x axis)",
+    )
+    sweep.add_argument(
+        "--figure",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a report.json figure to plot (default: a few standard ones)",
+    )
+    sweep.add_argument("--out", type=Path, required=True)
+    sweep.set_defaults(run=cmd_sweep, simnet_prog=prog)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "scenario",
+        help=f"a scenario file, or the name of a shipped one ({', '.join(scenario.shipped_names())})",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="the one seed (default: the scenario's)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scenario value, e.g. --set peers=100 --set network.loss=0.05",
+    )
+
+
+def _one_line_errors(fn: Command) -> Command:
+    """A user's bad input is one line and exit 2 however the command was reached (plugin or standalone)."""
+
+    @functools.wraps(fn)
+    def guarded(args: argparse.Namespace, ctx: object = None) -> int:
+        try:
+            return fn(args, ctx)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return runner.EXIT_BAD_INPUT
+
+    return guarded
+
+
+@_one_line_errors
+def cmd_run(args: argparse.Namespace, ctx: object = None) -> int:
+    sim = Sim(args.scenario, args.seed, args.overrides)
+    outcome = runner.run_scenario(sim)
+    _print_summary(outcome.result)
+    if args.out is not None:
+        written = report.write_run(outcome.result, args.out)
+        print(f"report: {', '.join(str(p) for p in written)}")
+    for problem in outcome.problems:
+        print(problem, file=sys.stderr)
+    if outcome.exit_code != runner.EXIT_OK:
+        print(
+            "replay: "
+            + runner.replay_command(args.simnet_prog, args.scenario, sim.seed, sim.scenario.overrides),
+            file=sys.stderr,
+        )
+    return outcome.exit_code
+
+
+@_one_line_errors
+def cmd_check_determinism(args: argparse.Namespace, ctx: object = None) -> int:
+    hashes = []
+    for attempt in (1, 2):
+        sim = Sim(args.scenario, args.seed, args.overrides)
+        outcome = runner.run_scenario(sim)
+        hashes.append(outcome.result["trace_hash"])
+        print(
+            f"run {attempt}: trace_hash={hashes[-1]} records={outcome.result['trace_records']} "
+            f"exit_code={outcome.exit_code}"
+        )
+    if hashes[0] != hashes[1]:
+        print(
+            "NOT deterministic: the two runs differ; replay: "
+            + runner.replay_command(args.simnet_prog, args.scenario, sim.seed, sim.scenario.overrides),
+            file=sys.stderr,
+        )
+        return 1
+    print("deterministic")
+    return 0
+
+
+DEFAULT_SWEEP_FIGURES = (
+    "detection_p50_s",
+    "false_positives_per_member_hour",
+    "convergence_s",
+    "bytes_per_peer_per_s",
+    "messages_per_peer_per_s",
+    "wall_s",
+)
+
+
+@_one_line_errors
+def cmd_sweep(args: argparse.Namespace, ctx: object = None) -> int:
+    params: list[str] = []
+    values: list[list[str]] = []
+    for item in args.grid:
+        key, sep, text = item.partition("=")
+        if not sep or not text:
+            raise ConfigError(f"--grid {item}: expected KEY=V1,V2,...")
+        params.append(key)
+        values.append(text.split(","))
+    points = list(itertools.product(*values))
+    # Validate every point before spending minutes on the first ones.
+    for point in points:
+        scenario.load(
+            args.scenario, [*args.overrides, *(f"{k}={v}" for k, v in zip(params, point, strict=True))]
+        )
+    rows: list[dict[str, Any]] = []
+    worst = runner.EXIT_OK
+    started = time.perf_counter()
+    for done, point in enumerate(points):
+        _progress(done, len(points), started)
+        sets = [*args.overrides, *(f"{k}={v}" for k, v in zip(params, point, strict=True))]
+        sim = Sim(args.scenario, args.seed, sets)
+        outcome = runner.run_scenario(sim)
+        result = {k: v for k, v in outcome.result.items() if k not in ("per_peer", "series")}
+        rows.append({"params": {k: _number(v) for k, v in zip(params, point, strict=True)}, "result": result})
+        worst = max(worst, outcome.exit_code)
+        if outcome.exit_code != runner.EXIT_OK:
+            sys.stderr.write(
+                "\n"
+                + "; ".join(p.splitlines()[0] for p in outcome.problems)
+                + "\nreplay: "
+                + runner.replay_command(args.simnet_prog, args.scenario, sim.seed, tuple(sets))
+                + "\n"
+            )
+    _progress(len(points), len(points), started)
+    sys.stderr.write("\n")
+    written = report.write_sweep(rows, params, args.figure or list(DEFAULT_SWEEP_FIGURES), args.out)
+    print(f"sweep: {len(points)} runs; report: {', '.join(str(p) for p in written)}")
+    return worst
+
+
+def _number(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _progress(done: int, total: int, started: float) -> None:
+    width = 30
+    filled = width * done // max(1, total)
+    elapsed = time.perf_counter() - started
+    eta = f" eta {elapsed / done * (total - done):.0f}s" if done else ""
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {elapsed:.0f}s{eta}   ")
+    sys.stderr.flush()
+
+
+def _print_summary(result: dict[str, Any]) -> None:
+    shown = [f"{key}={result[key]}" for key in SUMMARY_KEYS if result.get(key) is not None]
+    print(f"{result['scenario']} seed={result['seed']}: " + " ".join(shown))
+
+
+def build_parser(prog: str = STANDALONE_PROG) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="PyAgent's deterministic network simulator")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_commands(commands, prog)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.run(args, None)
+    return code

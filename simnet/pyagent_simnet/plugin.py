@@ -1,0 +1,24 @@
+"""simnet's entry in the ``pyagent`` plugin group: it adds ``pyagent simnet ...`` to the daemon's CLI.
+
+Registered exactly as a third-party plugin registers (``[project.entry-points.pyagent]`` in
+simnet/pyproject.toml), so simnet proves the plugin path rather than bypassing it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pluggy
+
+from pyagent_simnet import cli
+
+try:
+    from pyagent.hookspecs import hookimpl
+except ImportError:  # the hook specification module lands separately; the marker is the same object kind
+    hookimpl = pluggy.HookimplMarker("pyagent")
+
+
+@hookimpl
+def pyagent_add_cli_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    simnet = subparsers.add_parser("simnet", help="run deterministic network simulations (pyagent-simnet)")
+    cli.add_commands(simnet.add_subparsers(dest="simnet_command", required=True), cli.DAEMON_PROG)

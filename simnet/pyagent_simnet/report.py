@@ -1,0 +1,121 @@
+"""``report.json`` and the PNG plots of one run, and the figure-against-parameter plots of a sweep.
+
+matplotlib runs on its Agg backend, so reports render on a headless CI machine.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def write_run(result: dict[str, Any], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(
+        json.dumps(result, indent=1, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    written = [out_dir / "report.json"]
+    series = result.get("series", {})
+    if series.get("convergence"):
+        written.append(
+            _line(
+                out_dir / "convergence.png",
+                series["convergence"],
+                "simulated time (s)",
+                "fraction of correct (observer, member) pairs",
+                "Membership convergence",
+            )
+        )
+    if result.get("detection_latencies_s"):
+        written.append(
+            _cdf(
+                out_dir / "detection_cdf.png",
+                result["detection_latencies_s"],
+                "detection latency (s): crash to dead everywhere",
+                "Detection latency CDF",
+            )
+        )
+    written.append(_traffic(out_dir / "traffic_per_peer.png", result["per_peer"]))
+    written.append(_timeline(out_dir / "faults_timeline.png", result["faults"], result["simulated_s"]))
+    return written
+
+
+def _line(path: Path, points: list[list[float]], xlabel: str, ylabel: str, title: str) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([p[0] for p in points], [p[1] for p in points])
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _cdf(path: Path, values: list[float], xlabel: str, title: str) -> Path:
+    ordered = sorted(values)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.step(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], where="post")
+    ax.set(xlabel=xlabel, ylabel="fraction", title=title, ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _traffic(path: Path, per_peer: dict[str, list[float]]) -> Path:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.hist(per_peer["messages_sent_per_s"], bins=40)
+    left.set(xlabel="messages sent / s", ylabel="peers", title="Messages per peer per second")
+    right.hist(per_peer["bytes_sent_per_s"], bins=40)
+    right.set(xlabel="bytes sent / s", ylabel="peers", title="Bytes per peer per second")
+    return _save(fig, path)
+
+
+def _timeline(path: Path, faults: list[dict[str, Any]], end_s: float) -> Path:
+    fig, ax = plt.subplots(figsize=(9, 3))
+    actions = sorted({f["action"] for f in faults})
+    for fault in faults:
+        row = actions.index(fault["action"])
+        ax.plot([fault["t_s"]], [row], "o")
+        ax.annotate(
+            fault["detail"][:24], (fault["t_s"], row), fontsize=6, xytext=(3, 3), textcoords="offset points"
+        )
+    ax.set_yticks(range(len(actions)), actions)
+    ax.set(xlim=(0, max(end_s, 1.0)), xlabel="simulated time (s)", title="Faults")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def write_sweep(
+    rows: list[dict[str, Any]], params: list[str], figures: list[str], out_dir: Path
+) -> list[Path]:
+    """One plot per figure: the figure against the first parameter, one line per value of the others."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "sweep.json").write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    written = [out_dir / "sweep.json"]
+    x_param, line_params = params[0], params[1:]
+    for figure in figures:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        groups: dict[str, list[tuple[Any, Any]]] = {}
+        for row in rows:
+            label = ", ".join(f"{p}={row['params'][p]}" for p in line_params) or figure
+            value = row["result"].get(figure)
+            if isinstance(value, int | float):
+                groups.setdefault(label, []).append((row["params"][x_param], value))
+        for label, points in sorted(groups.items()):
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        ax.set(xlabel=x_param, ylabel=figure, title=f"{figure} vs {x_param}")
+        ax.grid(alpha=0.3)
+        if groups:
+            ax.legend(fontsize=7)
+        written.append(_save(fig, out_dir / f"{figure}_vs_{x_param.replace('.', '_')}.png"))
+    return written
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

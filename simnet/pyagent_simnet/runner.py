@@ -1,0 +1,135 @@
+"""One whole experiment: the safety phase with every fault, then a liveness phase with every fault healed.
+
+The exit codes tell the three ways a run can fail apart, so a script or CI job can react to each:
+0 ok, 1 safety violation, 2 bad input (the CLI's ConfigError), 3 liveness failure, 4 crash (an exception
+escaped a NodeCore or the simulator itself: always a bug, and the replay command reproduces it).
+"""
+
+from __future__ import annotations
+
+import resource
+import shlex
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyagent_simnet.sim import US_PER_S, Sim
+
+EXIT_OK = 0
+EXIT_SAFETY = 1
+EXIT_BAD_INPUT = 2
+EXIT_LIVENESS = 3
+EXIT_CRASH = 4
+
+
+@dataclass(slots=True)
+class Outcome:
+    exit_code: int
+    result: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def replay_command(prog: str, scenario: str, seed: int, overrides: tuple[str, ...]) -> str:
+    parts = [*shlex.split(prog), "run", scenario, "--seed", str(seed)]
+    for item in overrides:
+        parts += ["--set", item]
+    return shlex.join(parts)
+
+
+def run_scenario(sim: Sim) -> Outcome:
+    """Run ``sim`` through both phases and collect every figure. Never raises for a failing run."""
+    started = time.perf_counter()
+    checks = sim.scenario.checks
+    problems: list[str] = []
+    exit_code = EXIT_OK
+    liveness_s: float | None = None
+    try:
+        sim.run(sim.scenario.top["duration_s"])
+        for observer in sim.observers:
+            observer.check()
+            problems += [f"safety: {v}" for v in observer.violations]
+        if problems:
+            exit_code = EXIT_SAFETY
+        elif checks["liveness"]:
+            liveness_s = _liveness(sim, checks["liveness_bound_s"])
+            if liveness_s is None:
+                exit_code = EXIT_LIVENESS
+                problems.append(
+                    f"liveness: not converged within checks.liveness_bound_s={checks['liveness_bound_s']}"
+                    f" after every fault was healed ({_unconverged(sim)})"
+                )
+    except Exception:
+        exit_code = EXIT_CRASH
+        problems.append("crash: " + traceback.format_exc().rstrip())
+    wall_s = time.perf_counter() - started
+    result = collect(sim, wall_s)
+    result["liveness_converged_after_s"] = liveness_s
+    result["exit_code"] = exit_code
+    result["problems"] = problems
+    return Outcome(exit_code, result, problems)
+
+
+def _liveness(sim: Sim, bound_s: float) -> float | None:
+    sim.faults.heal_all()
+    for observer in sim.observers:
+        observer.start_liveness()
+    start_us = sim.now_us
+    step_s = sim.scenario.top["sample_interval_s"]
+    deadline_s = start_us / US_PER_S + bound_s
+    while sim.now_us / US_PER_S < deadline_s:
+        sim.run(min(deadline_s, sim.now_us / US_PER_S + step_s))
+        if all(observer.converged() for observer in sim.observers):
+            return (sim.now_us - start_us) / US_PER_S
+    return None
+
+
+def _unconverged(sim: Sim) -> str:
+    names = [observer.name for observer in sim.observers if not observer.converged()]
+    return "waiting on: " + ", ".join(names)
+
+
+def collect(sim: Sim, wall_s: float) -> dict[str, Any]:
+    """Every figure of the run, JSON-ready."""
+    sim_s = sim.now_us / US_PER_S
+    nodes = sim.nodes
+    up_seconds = sum(max(0.0, sim_s - node.started_us / US_PER_S) for node in nodes if node.up) or 1.0
+    sent_msgs = sum(node.sent_msgs for node in nodes)
+    sent_bytes = sum(node.sent_bytes for node in nodes)
+    result: dict[str, Any] = {
+        "scenario": sim.scenario.name,
+        "source": sim.scenario.source,
+        "seed": sim.seed,
+        "overrides": list(sim.scenario.overrides),
+        "peers_initial": sim.scenario.top["peers"],
+        "peers_total": len(nodes),
+        "peers_up_at_end": sum(1 for node in nodes if node.up),
+        "simulated_s": sim_s,
+        "wall_s": round(wall_s, 3),
+        "speedup_x_real_time": round(sim_s / wall_s, 2) if wall_s > 0 else None,
+        "events": sim.counters["events"],
+        "events_per_wall_s": round(sim.counters["events"] / wall_s) if wall_s > 0 else None,
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "trace_hash": sim.trace.hexdigest(),
+        "trace_records": sim.trace.count,
+        "counters": dict(sim.counters),
+        "drops": dict(sorted(sim.drops.items())),
+        "messages_sent": sent_msgs,
+        "bytes_sent": sent_bytes,
+        "messages_per_peer_per_s": round(sent_msgs / up_seconds, 3),
+        "bytes_per_peer_per_s": round(sent_bytes / up_seconds, 1),
+        "faults": [{"t_s": t, "action": a, "detail": d} for t, a, d in sim.fault_log],
+        "per_peer": {
+            "bytes_sent_per_s": [
+                round(n.sent_bytes / max(1e-9, sim_s - n.started_us / US_PER_S), 1) for n in nodes
+            ],
+            "messages_sent_per_s": [
+                round(n.sent_msgs / max(1e-9, sim_s - n.started_us / US_PER_S), 3) for n in nodes
+            ],
+        },
+    }
+    for observer in sim.observers:
+        result.update(observer.figures())
+        for name, points in observer.series.items():
+            result.setdefault("series", {})[name] = points
+    return result

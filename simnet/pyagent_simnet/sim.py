@@ -1,0 +1,448 @@
+"""The discrete-event loop that drives real ``NodeCore`` objects on a virtual clock.
+
+The heap holds plain tuples ``(time_us, seq, kind, node, a, b)``; ``seq`` is unique, so ties never
+compare further and the order is fixed by the order events were scheduled. Each node's effects are carried
+out exactly as the daemon would: persist into the node's durable store, encode every ``Send`` with the real
+codec, route the bytes through the network model, and decode them with the real ``FrameDecoder``.
+
+One seed makes one root generator; the network, faults, workload, churn and every node core get their own
+generator derived from it in a fixed order, so adding a fault does not shift the network's draws.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pyagent.errors import LocalProtocolError, RemoteProtocolError
+from pyagent.proto.events import (
+    Event,
+    LocalRequest,
+    MessageReceived,
+    PeerConnected,
+    PeerDisconnected,
+    TimerFired,
+)
+from pyagent.proto.node import NodeCore
+from pyagent.proto.ready import Reply, Send, SetTimer
+from pyagent.proto.types import PeerId
+from pyagent.proto.wire import FrameDecoder, Limits, encode_frame
+from pyagent_simnet import components
+from pyagent_simnet import scenario as scenario_mod
+from pyagent_simnet.network import (
+    DROP_DOWN,
+    DROP_HELD_FULL,
+    DROP_PARTITION,
+    DROP_UNKNOWN,
+    DROP_UNSUPPORTED,
+    Network,
+)
+from pyagent_simnet.observe import Observer
+from pyagent_simnet.scenario import Scenario
+from pyagent_simnet.trace import Trace
+
+US_PER_MS = 1_000
+US_PER_S = 1_000_000
+
+# Event kinds. An event a gray node has already waited for carries GRAY_WAITED added to its kind.
+DELIVER, TIMER, CONNECT, DISCONNECT, CALL = range(5)
+GRAY_WAITED = 8
+NO_NODE = -1
+
+ReplyHandler = Callable[["SimNode", Reply], None]
+
+
+class SimNode:
+    """One simulated peer: its current ``NodeCore`` (None while down) and what outlives a crash."""
+
+    __slots__ = (
+        "connected",
+        "core",
+        "epoch",
+        "gray_delay_us",
+        "index",
+        "left",
+        "paused",
+        "peer",
+        "pending",
+        "protocols",
+        "recv_bytes",
+        "recv_msgs",
+        "region",
+        "sent_bytes",
+        "sent_msgs",
+        "started_us",
+        "store",
+        "timers",
+        "up",
+    )
+
+    def __init__(self, index: int, peer: PeerId, region: int) -> None:
+        self.index = index
+        self.peer = peer
+        self.region = region
+        self.store: dict[str, bytes] = {}
+        self.core: NodeCore | None = None
+        self.up = False
+        self.left = False  # gone for good (a churn or scenario leave): never restarted
+        self.epoch = 0  # bumps at each crash, so frames and timers addressed to the old process die
+        self.timers: dict[str, int] = {}  # key -> generation of the one live deadline
+        self.paused = False
+        self.pending: list[tuple[int, int, Any, Any]] = []
+        self.gray_delay_us = 0
+        self.connected: set[int] = set()
+        self.protocols: dict[str, Limits] = {}
+        self.sent_msgs = self.sent_bytes = self.recv_msgs = self.recv_bytes = 0
+        self.started_us = 0
+
+
+class Sim:
+    """A simulation of one scenario under one seed. Build, then ``run(until_s)`` or ``run_scenario()``."""
+
+    def __init__(
+        self,
+        scenario: Scenario | Mapping[str, Any] | str | Path,
+        seed: int | None = None,
+        overrides: Iterable[str] = (),
+    ) -> None:
+        if isinstance(scenario, Scenario):
+            self.scenario = scenario
+        elif isinstance(scenario, Mapping):
+            self.scenario = scenario_mod.from_dict(scenario, "<dict>", tuple(overrides))
+        else:
+            self.scenario = scenario_mod.load(str(scenario), tuple(overrides))
+        sc = self.scenario
+        self.seed = sc.top["seed"] if seed is None else seed
+        root = random.Random(self.seed)
+        # Fixed derivation order: append new generators at the end, never in between.
+        self.network_rng = random.Random(root.getrandbits(64))
+        self.fault_rng = random.Random(root.getrandbits(64))
+        self.workload_rng = random.Random(root.getrandbits(64))
+        self.churn_rng = random.Random(root.getrandbits(64))
+        self.node_seed_rng = random.Random(root.getrandbits(64))
+        self.placement_rng = random.Random(root.getrandbits(64))
+        self.network = Network(sc.network, self.network_rng, sc.source)
+        self.trace = Trace(keep=sc.top["trace"])
+        self.now_us = 0
+        self._heap: list[tuple[int, int, int, int, Any, Any]] = []
+        self._seq = itertools.count()
+        self.nodes: list[SimNode] = []
+        self.index_of: dict[PeerId, int] = {}
+        self.kits = [components.AVAILABLE[name] for name in sc.top["components"]]
+        self._extra = [components.load_extra(spec, sc.source) for spec in sc.top["extra_components"]]
+        self._connections = sc.top["connections"] == "on-first-send"
+        self._disconnect_detect_us = int(sc.network["disconnect_detect_ms"] * US_PER_MS)
+        self._replies: dict[int, tuple[SimNode, ReplyHandler]] = {}
+        self._request_ids = itertools.count(1)
+        self.counters: dict[str, int] = {
+            "events": 0,
+            "delivered": 0,
+            "decode_errors": 0,
+            "truncated_frames": 0,
+            "step_rejected": 0,
+            "timers_fired": 0,
+            "persisted": 0,
+            "replies": 0,
+            "notices": 0,
+        }
+        self.drops: dict[str, int] = {}
+        self.fault_log: list[tuple[float, str, str]] = []
+        self.observers: list[Observer] = []
+        from pyagent_simnet import faults, workload
+
+        self.observers.append(workload.PingWorkload(self))
+        for kit in self.kits:
+            observer = kit.observer(self)
+            if observer is not None:
+                self.observers.append(observer)
+        self.faults = faults.FaultDriver(self)
+        join_spread_us = int(sc.top["join_spread_s"] * US_PER_S)
+        for _ in range(sc.top["peers"]):
+            at_us = self.placement_rng.randrange(join_spread_us + 1) if join_spread_us else 0
+            self.add_node(at_us)
+        self.faults.schedule()
+        for observer in self.observers:
+            observer.start()
+
+    # ----- the loop
+
+    def schedule(self, at_us: int, fn: Callable[[Any], None], arg: Any = None) -> None:
+        """Call ``fn(arg)`` at virtual time ``at_us`` (never earlier than now)."""
+        at_us = max(at_us, self.now_us)
+        heapq.heappush(self._heap, (at_us, next(self._seq), CALL, NO_NODE, fn, arg))
+
+    def step_once(self) -> bool:
+        """Process the next event; False when nothing is left."""
+        if not self._heap:
+            return False
+        self._dispatch(heapq.heappop(self._heap))
+        return True
+
+    def run(self, until_s: float) -> None:
+        """Process every event due at or before ``until_s`` seconds of virtual time."""
+        until_us = int(until_s * US_PER_S)
+        heap, pop, dispatch = self._heap, heapq.heappop, self._dispatch
+        while heap and heap[0][0] <= until_us:
+            dispatch(pop(heap))
+        self.now_us = max(self.now_us, until_us)
+
+    def _dispatch(self, event: tuple[int, int, int, int, Any, Any]) -> None:
+        time_us, _, kind, index, a, b = event
+        self.now_us = time_us
+        self.counters["events"] += 1
+        if kind == CALL:
+            a(b)
+            return
+        node = self.nodes[index]
+        if not node.up:
+            if kind == DELIVER:
+                self._drop(DROP_DOWN, a, index)
+            return
+        if node.paused:
+            node.pending.append((kind, index, a, b))
+            return
+        if kind >= GRAY_WAITED:
+            kind -= GRAY_WAITED
+        elif node.gray_delay_us:
+            self._push(time_us + node.gray_delay_us, kind + GRAY_WAITED, index, a, b)
+            return
+        if kind == DELIVER:
+            self._deliver(node, a, b)
+        elif kind == TIMER:
+            if node.timers.get(a) == b:
+                del node.timers[a]
+                self.counters["timers_fired"] += 1
+                self.trace.add(b"%d T %d %s\n" % (time_us, index, a.encode()))
+                self._step(node, TimerFired(a))
+        elif b == node.epoch:
+            other = self.nodes[a].peer
+            self._step(
+                node, PeerConnected(other, (f"/sim/{other}",)) if kind == CONNECT else PeerDisconnected(other)
+            )
+
+    def _push(self, at_us: int, kind: int, index: int, a: Any, b: Any) -> int:
+        seq = next(self._seq)
+        heapq.heappush(self._heap, (at_us, seq, kind, index, a, b))
+        return seq
+
+    # ----- carrying out a NodeCore's effects
+
+    def _step(self, node: SimNode, event: Event) -> None:
+        core = node.core
+        assert core is not None
+        try:
+            ready = core.step(event, self.now_us)
+        except RemoteProtocolError:
+            self.counters["step_rejected"] += 1
+            return
+        if ready.persist:
+            store = node.store
+            for record in ready.persist:
+                store[record.key] = record.value
+            self.counters["persisted"] += len(ready.persist)
+        for send in ready.send:
+            self._send(node, send)
+        for item in ready.apply:
+            self._apply(node, item)
+        now_us = self.now_us
+        for timer in ready.timers:
+            if type(timer) is SetTimer:
+                at_us = timer.at_us if timer.at_us > now_us else now_us
+                seq = next(self._seq)
+                node.timers[timer.key] = seq
+                heapq.heappush(self._heap, (at_us, seq, TIMER, node.index, timer.key, seq))
+            else:
+                node.timers.pop(timer.key, None)
+
+    def _apply(self, node: SimNode, item: object) -> None:
+        if isinstance(item, Reply):
+            self.counters["replies"] += 1
+            waiting = self._replies.pop(item.request_id, None)
+            if waiting is not None:
+                waiting[1](node, item)
+            return
+        self.counters["notices"] += 1
+        for observer in self.observers:
+            observer.on_notice(node, item, self.now_us)
+
+    def _send(self, node: SimNode, send: Send) -> None:
+        limits = node.protocols.get(send.protocol)
+        if limits is None:
+            raise LocalProtocolError(f"{node.peer} sent on {send.protocol}, which it does not speak")
+        frame = encode_frame(send.message, limits)
+        node.sent_msgs += 1
+        node.sent_bytes += len(frame)
+        src = node.index
+        dst = self.index_of.get(send.peer)
+        if dst is None:
+            self._drop(DROP_UNKNOWN, src, -1)
+            return
+        net = self.network
+        if net.cut and net.blocked(src, dst):
+            self._drop(DROP_PARTITION, src, dst)
+            return
+        if (net.clogged_peers or net.clogged_links) and net.clogged(src, dst):
+            if len(net.held) >= net.held_messages_max:
+                self._drop(DROP_HELD_FULL, src, dst)
+            else:
+                net.held.append((src, dst, send.protocol, frame, self.nodes[dst].epoch))
+            return
+        self._transmit(src, dst, send.protocol, frame, self.nodes[dst].epoch)
+
+    def _transmit(self, src: int, dst: int, protocol: str, frame: bytes, dst_epoch: int) -> None:
+        source, target = self.nodes[src], self.nodes[dst]
+        verdict = self.network.route(src, dst, source.region, target.region, frame, self.now_us)
+        if verdict.dropped is not None:
+            self._drop(verdict.dropped, src, dst)
+            return
+        if self._connections and dst not in source.connected and target.up and source.up:
+            # The first frame dials: each side learns of the other, the receiver just before the frame.
+            source.connected.add(dst)
+            target.connected.add(src)
+            self._push(self.now_us, CONNECT, src, dst, source.epoch)
+            self._push(min(verdict.deliver_at_us), CONNECT, dst, src, target.epoch)
+        payload = (protocol, verdict.frame, dst_epoch)
+        for at_us in verdict.deliver_at_us:
+            self._push(at_us, DELIVER, dst, src, payload)
+
+    def _deliver(self, node: SimNode, src: int, payload: tuple[str, bytes, int]) -> None:
+        protocol, frame, epoch = payload
+        if epoch != node.epoch:
+            self._drop(DROP_DOWN, src, node.index)
+            return
+        limits = node.protocols.get(protocol)
+        if limits is None:
+            self._drop(DROP_UNSUPPORTED, src, node.index)
+            return
+        self.counters["delivered"] += 1
+        node.recv_msgs += 1
+        node.recv_bytes += len(frame)
+        self.trace.add(b"%d D %d %d " % (self.now_us, src, node.index) + frame)
+        decoder = FrameDecoder(limits)
+        try:
+            messages = decoder.feed(frame)
+        except RemoteProtocolError:
+            self.counters["decode_errors"] += 1
+            return
+        if decoder.buffered_bytes:
+            # Each delivery is one whole stream write: bytes left over mean the stream ends mid-frame.
+            self.counters["truncated_frames"] += 1
+        peer = self.nodes[src].peer
+        for message in messages:
+            if not node.up:
+                return
+            self._step(node, MessageReceived(peer, protocol, message))
+
+    def _drop(self, reason: str, src: int, dst: int) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+        self.trace.add(b"%d X %d %d %s\n" % (self.now_us, src, dst, reason.encode()))
+
+    # ----- requests and node lifecycle (the library API faults and workloads use)
+
+    def request(self, node: SimNode, command: object, on_reply: ReplyHandler | None = None) -> None:
+        """Send a local command to a running node now; ``on_reply`` gets its ``Reply``."""
+        if not node.up or node.core is None:
+            return
+        request_id = next(self._request_ids)
+        if on_reply is not None:
+            self._replies[request_id] = (node, on_reply)
+        self._step(node, LocalRequest(request_id, command))
+
+    def add_node(self, at_us: int | None = None) -> SimNode:
+        index = len(self.nodes)
+        node = SimNode(index, f"p{index:05d}", self.network.pick_region())
+        self.nodes.append(node)
+        self.index_of[node.peer] = index
+        self.schedule(self.now_us if at_us is None else at_us, self._start, node)
+        return node
+
+    def _start(self, node: SimNode) -> None:
+        if node.up or node.left:
+            return
+        rng = random.Random(self.node_seed_rng.getrandbits(64))
+        built: dict[str, Any] = {}
+        parts = []
+        for kit in self.kits:
+            made = kit.build(node.peer, rng, node.store, self.scenario, built)
+            for component in made:
+                built[component.name] = component
+            parts.extend(made)
+        parts.extend(factory(node.peer, rng, node.store, self.scenario) for factory in self._extra)
+        node.core = NodeCore(node.peer, rng, parts)
+        node.protocols = node.core.protocols
+        node.up = True
+        node.started_us = self.now_us
+        for observer in self.observers:
+            observer.on_node_up(node)
+        for kit in self.kits:
+            kit.on_start(self, node)
+
+    def restart(self, node: SimNode) -> None:
+        """Start a down node again: a new NodeCore built from whatever its durable store kept."""
+        self._start(node)
+
+    def crash(self, node: SimNode, wipe: bool = False) -> None:
+        if not node.up:
+            return
+        node.up = False
+        node.core = None
+        node.timers = {}
+        node.epoch += 1
+        node.paused = False
+        node.pending = []
+        node.gray_delay_us = 0
+        if wipe:
+            node.store = {}
+        self._drop_connections(node)
+        for observer in self.observers:
+            observer.on_node_down(node)
+
+    def leave(self, node: SimNode) -> None:
+        """Leave for good: kits may say goodbye first (a graceful leave), then the process stops."""
+        if not node.up:
+            return
+        node.left = True
+        for kit in self.kits:
+            kit.on_leave(self, node)
+        self.crash(node)
+
+    def _drop_connections(self, node: SimNode) -> None:
+        # The peers' kernels answer with a reset, which reaches them a little later.
+        at_us = self.now_us + self._disconnect_detect_us
+        for other_index in sorted(node.connected):
+            other = self.nodes[other_index]
+            other.connected.discard(node.index)
+            self._push(at_us, DISCONNECT, other_index, node.index, other.epoch)
+        node.connected = set()
+
+    def pause(self, node: SimNode) -> None:
+        if node.up:
+            node.paused = True
+
+    def resume(self, node: SimNode) -> None:
+        if not node.paused:
+            return
+        node.paused = False
+        queued, node.pending = node.pending, []
+        for kind, index, a, b in queued:
+            self._push(self.now_us, kind, index, a, b)
+
+    def release_held(self) -> None:
+        """Lift every clog; held frames leave now, in the order they were sent."""
+        for src, dst, protocol, frame, epoch in self.network.unclog():
+            self._transmit(src, dst, protocol, frame, epoch)
+
+    def up_nodes(self) -> list[SimNode]:
+        return [node for node in self.nodes if node.up]
+
+    def node(self, peer_or_index: PeerId | int) -> SimNode:
+        if isinstance(peer_or_index, int):
+            return self.nodes[peer_or_index]
+        return self.nodes[self.index_of[peer_or_index]]
+
+    def log_fault(self, action: str, detail: str) -> None:
+        self.fault_log.append((self.now_us / US_PER_S, action, detail))
