@@ -1,0 +1,69 @@
+"""`DialError`: why a connect failed, in words an operator can act on.
+
+py-libp2p reports every dial failure as a ``SwarmException`` wrapping a chain of causes; the reason
+is recovered from that chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+from libp2p.security.exceptions import HandshakeFailure
+from libp2p.security.noise.exceptions import PeerIDMismatchesPubkey
+from libp2p.transport.exceptions import OpenConnectionError, SecurityUpgradeFailure
+
+DialReason = Literal["unreachable", "timeout", "wrong-peer-id", "key-mismatch", "security", "refused"]
+
+_REASON_HINTS: dict[str, str] = {
+    "unreachable": "nothing accepts TCP connections there (wrong address, or the peer is down)",
+    "timeout": "no complete handshake in time (a silent server, or a network that drops packets)",
+    "wrong-peer-id": "a different peer answered at that address (the /p2p/ id is stale or mistyped)",
+    "key-mismatch": "the peer uses a different private-network key",
+    "security": "the security handshake failed (not a Noise libp2p peer, or its handshake was bad)",
+    "refused": "the peer or this host refused the connection (connection limits)",
+}
+
+# Where py-libp2p says "the peer's key is not the one we dialed" without a dedicated exception.
+_PEER_ID_MISMATCH_TEXT = "Peer ID mismatch"
+_LIMIT_TEXTS = ("Maximum connections limit reached", "denied by resource manager")
+_PNET_MODULE = "pyagent.node.pnet"
+
+
+class DialError(Exception):
+    def __init__(self, reason: DialReason, address: str, detail: str = "") -> None:
+        self.reason: DialReason = reason
+        self.address = address
+        message = f"cannot connect to {address}: {reason}: {_REASON_HINTS[reason]}"
+        super().__init__(f"{message} ({detail})" if detail else message)
+
+
+def classify(exc: BaseException) -> DialReason:
+    chain = list(_causes(exc))
+    if any(isinstance(e, PeerIDMismatchesPubkey) or _PEER_ID_MISMATCH_TEXT in str(e) for e in chain):
+        return "wrong-peer-id"
+    if any(type(e).__module__.startswith(_PNET_MODULE) for e in chain):
+        return "key-mismatch"
+    if any(any(text in str(e) for text in _LIMIT_TEXTS) for e in chain):
+        return "refused"
+    if any(isinstance(e, OpenConnectionError | OSError) for e in chain):
+        return "unreachable"
+    if any(isinstance(e, SecurityUpgradeFailure | HandshakeFailure) for e in chain):
+        return "security"
+    return "unreachable"
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                pending.append(linked)

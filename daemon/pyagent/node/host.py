@@ -1,0 +1,342 @@
+"""The daemon's libp2p host: py-libp2p 0.8.1 behind an interface that cannot take the process down.
+
+What it adds to py-libp2p (each reason is in docs/adr/0003-libp2p-host.md): safe construction
+(``libp2p_factory``), a cap on multistream-select messages (``multistream_limit``), logging that reaches
+the daemon's handlers (``libp2p_logging``), deadlines on dial, upgrade and stream open, framed messages
+on registered protocols (``inbound``, ``outbound``), request/response (``request_response``), identify
+results as events (``presence``), and a shutdown that frees the port and leaves no task behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import trio
+from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.crypto.keys import KeyPair
+from libp2p.custom_types import TProtocol
+from libp2p.host.basic_host import BasicHost
+from libp2p.host.exceptions import StreamFailure
+from libp2p.host.ping import ID as PING_PROTOCOL_ID
+from libp2p.host.ping import PING_LENGTH
+from libp2p.io.utils import read_exactly
+from libp2p.network.stream.net_stream import NetStream
+from libp2p.network.swarm import Swarm
+from libp2p.peer.id import ID
+from multiaddr import Multiaddr
+from multiaddr.protocols import P_P2P
+
+from pyagent.errors import ConfigError
+from pyagent.node import multistream_limit
+from pyagent.node.counters import Counters
+from pyagent.node.dial_errors import DialError, classify
+from pyagent.node.host_config import HostConfig
+from pyagent.node.identify_client import PROTOCOL_ID as IDENTIFY_PROTOCOL_ID
+from pyagent.node.identify_client import read_identify
+from pyagent.node.inbound import message_handler
+from pyagent.node.libp2p_factory import build_libp2p_host
+from pyagent.node.libp2p_logging import restore_libp2p_logging
+from pyagent.node.outbound import OutboundQueues
+from pyagent.node.presence import PeerPresence
+from pyagent.node.request_response import RequestError, RequestHandler, request, request_handler
+from pyagent.proto.events import Event, PeerConnected
+from pyagent.proto.wire import DEFAULT_LIMITS, Limits, Message, encode_frame
+
+__all__ = ["DialError", "Host", "HostConfig", "RequestError"]
+
+logger = logging.getLogger(__name__)
+
+COUNTER_NAMES = (
+    "frames_in",
+    "bytes_in",
+    "frames_out",
+    "bytes_out",
+    "send_dropped_overflow",
+    "send_dropped_not_connected",
+    "send_dropped_error",
+    "send_stream_errors",
+    "protocol_errors",
+    "handler_errors",
+    "requests_out",
+    "requests_in",
+    "request_errors",
+    "request_handler_timeouts",
+    "dials",
+    "dial_errors",
+)
+
+# A shutdown that cannot finish in this time has a bug; it must still not hang the daemon forever.
+CLOSE_TIMEOUT_S = 10.0
+
+_PING_PROTOCOL = str(PING_PROTOCOL_ID)
+
+
+class Host:
+    def __init__(self, key_pair: KeyPair, config: HostConfig, events: trio.MemorySendChannel[Event]) -> None:
+        restore_libp2p_logging()
+        multistream_limit.install()
+        self._config = config
+        self._events = events
+        self._counters = Counters(COUNTER_NAMES)
+        self._libp2p = build_libp2p_host(key_pair, config, lambda: self._counters.add("handler_errors"))
+        swarm = self._libp2p.get_network()
+        assert isinstance(swarm, Swarm)
+        self._swarm = swarm
+        self._limits: dict[str, Limits] = {}
+        self._dial_locks: dict[str, trio.Lock] = {}
+        self._outbound = OutboundQueues(self._open_stream, config.send_queue_frames_max, self._counters)
+        self._presence = PeerPresence(
+            events, self._identify, self._known_info, config.identify_timeout_ms / 1000
+        )
+        swarm.register_notifee(_ConnectionNotifee(self._peer_connected, self._peer_disconnected))
+
+    @property
+    def peer_id(self) -> str:
+        return str(self._libp2p.get_id())
+
+    @property
+    def libp2p_host(self) -> BasicHost:
+        """The wrapped py-libp2p host, for interop probes and tests. Handlers set on it directly are
+        still guarded (an exception costs only its stream), but nothing else here applies to them."""
+        return self._libp2p
+
+    def listen_addrs(self) -> list[str]:
+        suffix = f"/p2p/{self.peer_id}"
+        return [str(a) if str(a).endswith(suffix) else f"{a}{suffix}" for a in self._libp2p.get_addrs()]
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Host]:
+        """Listens; on exit closes every connection and listener, and ends every task it started."""
+        listen = [_parse_listen_addr(addr) for addr in self._config.listen_addrs]
+        async with self._libp2p.run(listen_addrs=listen):
+            try:
+                if not self._swarm.listeners or not self._libp2p.get_addrs():
+                    raise ConfigError(f"cannot listen on {', '.join(self._config.listen_addrs)}")
+                async with trio.open_nursery() as nursery:
+                    self._outbound.attach(nursery)
+                    self._presence.attach(nursery)
+                    try:
+                        yield self
+                    finally:
+                        self._presence.attach(None)
+                        nursery.cancel_scope.cancel()
+            finally:
+                # Closing inside run() is what stops the listener: leaving run() alone keeps the
+                # port accepting. Shielded so that a cancelled daemon still frees its port.
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT_S):
+                    await self._libp2p.close()
+
+    def register_protocol(self, protocol_id: str, limits: Limits) -> None:
+        """Inbound frames on ``protocol_id`` become MessageReceived events; outbound ones obey ``limits``."""
+        self._limits[protocol_id] = limits
+        handler = message_handler(
+            protocol_id, limits, self._events, self._counters, self._config.read_chunk_size_bytes
+        )
+        self._libp2p.set_stream_handler(TProtocol(protocol_id), handler)
+
+    def register_request_handler(self, protocol_id: str, limits: Limits, handler: RequestHandler) -> None:
+        self._limits[protocol_id] = limits
+        stream_handler = request_handler(
+            protocol_id,
+            limits,
+            handler,
+            self._config.request_handler_timeout_ms / 1000,
+            self._counters,
+            self._config.read_chunk_size_bytes,
+        )
+        self._libp2p.set_stream_handler(TProtocol(protocol_id), stream_handler)
+
+    async def connect(self, maddr: str) -> str:
+        """Dials ``maddr`` (which must end with /p2p/<peer-id>) unless already connected; returns the
+        peer id. The whole dial, upgrade included, is bounded by ``dial_timeout_ms``."""
+        address, peer_id = _parse_dial_addr(maddr)
+        peer = str(peer_id)
+        if peer_id == self._libp2p.get_id():
+            raise ValueError(f"refusing to dial this host's own peer id: {maddr}")
+        lock = self._dial_locks.setdefault(peer, trio.Lock())
+        try:
+            async with lock:
+                if self._is_connected(peer_id):
+                    return peer
+                await self._dial(maddr, address, peer_id)
+                return peer
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._dial_locks.pop(peer, None)
+
+    async def disconnect(self, peer: str) -> None:
+        await self._swarm.close_peer(ID.from_base58(peer))
+
+    def connected_peers(self) -> list[str]:
+        return [str(peer_id) for peer_id, conns in self._swarm.connections.items() if conns]
+
+    def send(self, peer: str, protocol_id: str, message: Message) -> None:
+        """Best effort, never blocks: queued for the peer's long-lived stream on this protocol, or
+        dropped (and counted) when the peer is not connected or its queue is full."""
+        frame = encode_frame(message, self._limits.get(protocol_id, DEFAULT_LIMITS))
+        if not self._is_connected(ID.from_base58(peer)):
+            self._counters.add("send_dropped_not_connected")
+            return
+        self._outbound.enqueue(peer, protocol_id, frame)
+
+    async def request(self, peer: str, protocol_id: str, message: Message, timeout_ms: int) -> Message:
+        """One request, one response, within ``timeout_ms``; raises RequestError."""
+        return await request(
+            self._open_stream,
+            peer,
+            protocol_id,
+            message,
+            self._limits.get(protocol_id, DEFAULT_LIMITS),
+            timeout_ms / 1000,
+            self._counters,
+            self._config.read_chunk_size_bytes,
+        )
+
+    async def libp2p_ping(self, peer: str) -> float:
+        """Round-trip time in seconds over the standard ``/ipfs/ping/1.0.0``; raises RequestError."""
+        payload = os.urandom(PING_LENGTH)
+        stream = await self._open_stream(peer, _PING_PROTOCOL)
+        try:
+            with trio.fail_after(self._config.open_stream_timeout_ms / 1000):
+                start = trio.current_time()
+                await stream.write(payload)
+                echo = await read_exactly(stream, PING_LENGTH)
+                rtt_s = trio.current_time() - start
+        except trio.TooSlowError:
+            raise RequestError("timeout", peer, _PING_PROTOCOL) from None
+        except Exception as exc:
+            raise RequestError("stream", peer, _PING_PROTOCOL, repr(exc)) from None
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.close()
+        if echo != payload:
+            raise RequestError("protocol", peer, _PING_PROTOCOL, "echo differs from the payload")
+        return rtt_s
+
+    def stats(self) -> dict[str, int]:
+        snapshot = self._counters.snapshot()
+        snapshot["connected_peers"] = len(self.connected_peers())
+        return snapshot
+
+    async def _dial(self, maddr: str, address: Multiaddr, peer_id: ID) -> None:
+        self._counters.add("dials")
+        try:
+            with trio.fail_after(self._config.dial_timeout_ms / 1000):
+                await self._swarm.dial_addr(address, peer_id)
+        except trio.TooSlowError:
+            self._counters.add("dial_errors")
+            detail = f"no connection within {self._config.dial_timeout_ms} ms"
+            raise DialError("timeout", maddr, detail) from None
+        except Exception as exc:
+            self._counters.add("dial_errors")
+            raise DialError(classify(exc), maddr, _root_cause(exc)) from exc
+
+    async def _open_stream(self, peer: str, protocol: str) -> NetStream:
+        peer_id = ID.from_base58(peer)
+        # Checked first: py-libp2p's new_stream would otherwise dial by itself, around our deadlines.
+        if not self._is_connected(peer_id):
+            raise RequestError("not-connected", peer, protocol)
+        try:
+            with trio.fail_after(self._config.open_stream_timeout_ms / 1000):
+                stream = await self._libp2p.new_stream(peer_id, [TProtocol(protocol)])
+        except trio.TooSlowError:
+            raise RequestError("timeout", peer, protocol, "opening the stream") from None
+        except StreamFailure as exc:
+            raise RequestError("refused", peer, protocol, "the peer does not speak this protocol") from exc
+        except Exception as exc:
+            raise RequestError("stream", peer, protocol, repr(exc)) from exc
+        assert isinstance(stream, NetStream), type(stream)
+        return stream
+
+    def _is_connected(self, peer_id: ID) -> bool:
+        return bool(self._swarm.get_connections(peer_id))
+
+    async def _identify(self, peer: str) -> PeerConnected:
+        stream = await self._open_stream(peer, IDENTIFY_PROTOCOL_ID)
+        try:
+            info = await read_identify(stream)
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.close()
+        return PeerConnected(peer, info.addrs, info.protocols, info.agent_version)
+
+    def _known_info(self, peer: str) -> PeerConnected:
+        peer_id = ID.from_base58(peer)
+        peerstore = self._libp2p.get_peerstore()
+        try:
+            addrs = tuple(str(a) for a in peerstore.addrs(peer_id))
+        except Exception:
+            addrs = ()
+        try:
+            protocols = tuple(peerstore.get_protocols(peer_id))
+        except Exception:
+            protocols = ()
+        return PeerConnected(peer, addrs, protocols)
+
+    def _peer_connected(self, conn: INetConn) -> None:
+        self._presence.connected(str(conn.muxed_conn.peer_id))
+
+    def _peer_disconnected(self, conn: INetConn) -> None:
+        peer_id = conn.muxed_conn.peer_id
+        if self._is_connected(peer_id):
+            return
+        self._presence.disconnected(str(peer_id))
+        self._outbound.drop_peer(str(peer_id))
+
+
+class _ConnectionNotifee(INotifee):
+    """Forwards connection events; py-libp2p awaits notifees on its connection path, so these only
+    update state and never block."""
+
+    def __init__(self, on_connected: Callable[[INetConn], None], on_disconnected: Callable[[INetConn], None]):
+        self._on_connected = on_connected
+        self._on_disconnected = on_disconnected
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._on_connected(conn)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._on_disconnected(conn)
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def listen(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        return None
+
+
+def _parse_listen_addr(addr: str) -> Multiaddr:
+    try:
+        maddr = Multiaddr(addr)
+    except Exception as exc:
+        raise ConfigError(f"listen address {addr!r} is not a multiaddr: {exc}") from None
+    names = [p.name for p in maddr.protocols()]
+    if len(names) != 2 or names[0] not in ("ip4", "ip6") or names[1] != "tcp":
+        raise ConfigError(f"listen address {addr!r} must be /ip4/<ip>/tcp/<port> or /ip6/<ip>/tcp/<port>")
+    return maddr
+
+
+def _parse_dial_addr(maddr: str) -> tuple[Multiaddr, ID]:
+    try:
+        parsed = Multiaddr(maddr)
+        peer = parsed.value_for_protocol(P_P2P)
+    except Exception:
+        peer = None
+    if not peer:
+        raise ValueError(f"dial address must be a multiaddr ending with /p2p/<peer-id>, got {maddr!r}")
+    return parsed.decapsulate_code(P_P2P), ID.from_base58(peer)
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,45 @@
+"""Settings of the libp2p host wrapper. Units are in the names; every table and queue has a ``*_max``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_LISTEN_ADDRS = ("/ip4/127.0.0.1/tcp/0",)
+
+
+@dataclass
+class HostConfig:
+    listen_addrs: list[str] = field(default_factory=lambda: list(DEFAULT_LISTEN_ADDRS))
+    dial_timeout_ms: int = 5_000
+    # The whole connection upgrade (pnet + noise + yamux), inbound and outbound.
+    upgrade_timeout_ms: int = 5_000
+    open_stream_timeout_ms: int = 5_000
+    connections_max: int = 256
+    # Per (peer, protocol) outbound queue of `Host.send`.
+    send_queue_frames_max: int = 1024
+    # Private network pre-shared key (32 bytes); None for the public network.
+    psk: bytes | None = None
+    # How long PeerConnected waits for identify before it reports what is already known.
+    identify_timeout_ms: int = 5_000
+    # Server side of `register_request_handler`: read request + handle + write response.
+    request_handler_timeout_ms: int = 5_000
+    # Bytes asked of a stream per read; bounds each read's buffer, not the frame size.
+    read_chunk_size_bytes: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        for name in (
+            "dial_timeout_ms",
+            "upgrade_timeout_ms",
+            "open_stream_timeout_ms",
+            "connections_max",
+            "send_queue_frames_max",
+            "identify_timeout_ms",
+            "request_handler_timeout_ms",
+            "read_chunk_size_bytes",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"HostConfig.{name} must be positive, got {getattr(self, name)}")
+        if not self.listen_addrs:
+            raise ValueError("HostConfig.listen_addrs must not be empty")
+        if self.psk is not None and len(self.psk) != 32:
+            raise ValueError(f"HostConfig.psk must be 32 bytes, got {len(self.psk)}")

@@ -1,0 +1,54 @@
+"""Ask a peer who it is over the standard ``/ipfs/id/1.0.0`` protocol.
+
+py-libp2p runs identify on each new connection by itself, but keeps only addresses and protocols in
+its peerstore and drops the agent version, so PeerConnected needs its own, bounded, query.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from libp2p.abc import INetStream
+from libp2p.identity.identify.identify import ID as IDENTIFY_PROTOCOL_ID
+from libp2p.identity.identify.pb.identify_pb2 import Identify
+from libp2p.utils.varint import read_varint_prefixed_bytes_limited
+from multiaddr import Multiaddr
+
+from pyagent.errors import RemoteProtocolError
+
+# go-libp2p accepts 8 KiB (a signed peer record included); leave room for many listen addresses.
+IDENTIFY_MESSAGE_BYTES_MAX = 64 * 1024
+# Bounds what one peer can make us hold and forward in a PeerConnected event.
+IDENTIFY_ADDRS_MAX = 64
+IDENTIFY_PROTOCOLS_MAX = 256
+AGENT_VERSION_CHARS_MAX = 256
+
+PROTOCOL_ID = str(IDENTIFY_PROTOCOL_ID)
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifyInfo:
+    addrs: tuple[str, ...]
+    protocols: tuple[str, ...]
+    agent_version: str
+
+
+async def read_identify(stream: INetStream) -> IdentifyInfo:
+    """Reads one varint-prefixed Identify message (the format rust, go and py-libp2p send)."""
+    try:
+        body = await read_varint_prefixed_bytes_limited(stream, IDENTIFY_MESSAGE_BYTES_MAX)
+        message = Identify()
+        message.ParseFromString(body)
+    except Exception as exc:
+        raise RemoteProtocolError(f"bad identify message: {exc!r}") from None
+    addrs = []
+    for raw in message.listen_addrs[:IDENTIFY_ADDRS_MAX]:
+        try:
+            addrs.append(str(Multiaddr(raw)))
+        except Exception:
+            continue  # one unparseable address should not hide the others
+    return IdentifyInfo(
+        addrs=tuple(addrs),
+        protocols=tuple(message.protocols[:IDENTIFY_PROTOCOLS_MAX]),
+        agent_version=message.agent_version[:AGENT_VERSION_CHARS_MAX],
+    )

@@ -1,0 +1,52 @@
+"""The stream handler of a registered message protocol: frames in, `MessageReceived` events out.
+
+Awaiting the bounded events channel is the backpressure: while the daemon is busy, this stream stops
+reading, yamux's window fills, and the sender's writes wait. Bad bytes cost the peer this stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import trio
+from libp2p.abc import INetStream
+from libp2p.io.exceptions import IOException
+
+from pyagent.errors import RemoteProtocolError
+from pyagent.node.counters import Counters
+from pyagent.node.libp2p_factory import StreamHandler
+from pyagent.node.streams import FrameReader, finish_stream
+from pyagent.proto.events import Event, MessageReceived
+from pyagent.proto.wire import Limits
+
+logger = logging.getLogger(__name__)
+
+
+def message_handler(
+    protocol: str,
+    limits: Limits,
+    events: trio.MemorySendChannel[Event],
+    counters: Counters,
+    read_chunk_size_bytes: int,
+) -> StreamHandler:
+    async def handle(stream: INetStream) -> None:
+        peer = str(stream.muxed_conn.peer_id)
+        reader = FrameReader(stream, limits, read_chunk_size_bytes, partial(counters.add, "bytes_in"))
+        try:
+            async for message in reader.messages():
+                counters.add("frames_in")
+                await events.send(MessageReceived(peer, protocol, message))
+        except RemoteProtocolError as exc:
+            counters.add("protocol_errors")
+            logger.warning("protocol error from %s on %s: %s; resetting the stream", peer, protocol, exc)
+            await finish_stream(stream, reset=True)
+            return
+        except (IOException, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # The peer reset the stream, its connection died, or the daemon stopped listening.
+            logger.debug("message stream %s from %s ended: %r", protocol, peer, exc)
+            await finish_stream(stream, reset=True)
+            return
+        await finish_stream(stream, reset=False)
+
+    return handle

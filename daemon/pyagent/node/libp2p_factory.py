@@ -1,0 +1,105 @@
+"""Build a py-libp2p 0.8.1 host with safe settings: what `new_host()` defaults get wrong for us.
+
+- Security: Noise only. The defaults also offer TLS, secio and plaintext, and a plaintext peer can
+  claim any peer id.
+- Muxer: yamux only. Transport: TCP only (py-libp2p's QUIC moves 2.7 MB/s), or the pnet TCP wrapper.
+- ``max_connections_per_peer=1``: the default 3 makes each dial wait a 250 ms happy-eyeballs timer.
+- No dial retries and no auto-connector: membership decides whom to dial and when.
+- Upgrade and negotiation deadlines from our config (the defaults are 10 s, and the outbound
+  security handshake has none at all; `Host.connect` adds its own deadline around the dial).
+- Every stream handler runs inside a guard: an exception escaping one tears down the whole host.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from libp2p import new_host
+from libp2p.abc import INetStream, ITransport
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.host.basic_host import BasicHost
+from libp2p.network.auto_connector import AutoConnector
+from libp2p.network.config import ConnectionConfig, RetryConfig
+from libp2p.network.swarm import Swarm
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.transport.tcp.tcp import TCP
+
+from pyagent.node.host_config import HostConfig
+
+logger = logging.getLogger(__name__)
+
+StreamHandler = Callable[[INetStream], Awaitable[None]]
+
+
+class _IdleAutoConnector(AutoConnector):
+    """Never started, so its periodic task and its on-disconnect trigger both stay no-ops."""
+
+    async def start(self) -> None:
+        return None
+
+
+def build_libp2p_host(
+    key_pair: KeyPair, config: HostConfig, on_handler_error: Callable[[], None]
+) -> BasicHost:
+    upgrade_timeout_s = config.upgrade_timeout_ms / 1000
+    open_stream_timeout_s = config.open_stream_timeout_ms / 1000
+    connection_config = ConnectionConfig(
+        max_connections=config.connections_max,
+        min_connections=0,
+        low_watermark=0,
+        high_watermark=config.connections_max,
+        max_connections_per_peer=1,
+        dial_timeout=config.dial_timeout_ms / 1000,
+        inbound_upgrade_timeout=upgrade_timeout_s,
+        outbound_upgrade_timeout=upgrade_timeout_s,
+        inbound_stream_protocol_negotiation_timeout=open_stream_timeout_s,
+        outbound_stream_protocol_negotiation_timeout=open_stream_timeout_s,
+    )
+    noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    host = new_host(
+        key_pair=key_pair,
+        sec_opt={NOISE_PROTOCOL_ID: noise},
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        transports=[_transport(config.psk)],
+        connection_config=connection_config,
+        negotiate_timeout=max(1, round(open_stream_timeout_s)),
+    )
+    assert isinstance(host, BasicHost), type(host)
+    swarm = host.get_network()
+    assert isinstance(swarm, Swarm), type(swarm)
+    swarm.retry_config = RetryConfig(max_retries=0)
+    swarm.auto_connector = _IdleAutoConnector(swarm, connection_config.auto_connect_interval)
+    swarm.set_stream_handler(_guarded(swarm.common_stream_handler, on_handler_error))
+    return host
+
+
+def _transport(psk: bytes | None) -> ITransport:
+    if psk is None:
+        return TCP()
+    # Imported lazily: the private-network transport is optional and lives in its own module.
+    from pyagent.node.pnet import PnetTCP
+
+    transport: ITransport = PnetTCP(psk)
+    return transport
+
+
+def _guarded(handler: StreamHandler, on_handler_error: Callable[[], None]) -> StreamHandler:
+    """Wraps the swarm's one entry point for inbound streams (negotiation + every protocol handler,
+    py-libp2p's own identify and ping included), so that an error costs only that stream."""
+
+    async def guarded(stream: INetStream) -> None:
+        try:
+            await handler(stream)
+        except Exception as exc:
+            on_handler_error()
+            peer = stream.muxed_conn.peer_id
+            logger.warning("stream handler for %s from %s failed: %r", stream.get_protocol(), peer, exc)
+            await stream.reset()
+
+    return guarded
