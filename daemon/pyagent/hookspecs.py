@@ -1,11 +1,15 @@
 """The plugin contract: every hook a PyAgent plugin may implement, and the types those hooks receive.
 
 This module is the whole contract. Each hook's docstring says when it runs, what it receives, what it may
-return and whether it is ``firstresult``. Hooks are named ``pyagent_<phase>_<what>``.
+return and whether it is ``firstresult``.
+
+Hooks are named ``pyagent_<phase>_<what>``, or ``pyagent_<phase>`` when the phase says it all. The
+phases, in the order a daemon meets them: ``add`` (the node and the CLI are being built), ``control``
+(the control API is being built), ``startup``, ``peer`` (connections come and go) and ``shutdown``.
 
 Hooks are plain synchronous functions. The ones that shape protocol behaviour
 (``pyagent_add_components``) must be deterministic and do no I/O, because the simulator calls them too.
-A plugin that needs I/O starts its own tasks from ``pyagent_node_started``, in the nursery it is given.
+A plugin that needs I/O starts its own tasks from ``pyagent_startup``, in the nursery it is given.
 
 A plugin is a module (or object) whose hook functions carry ``@hookimpl``, registered under the
 entry-point group ``pyagent``; ``docs/plugins.md`` walks through one.
@@ -51,8 +55,8 @@ class NodeHandle(Protocol):
         """Run a local command through ``NodeCore`` and return its reply value.
 
         ``command`` must be an instance of a type some component lists in ``command_types``. Raises
-        ``pyagent.errors.LocalProtocolError`` when no component handles it and ``RuntimeError`` carrying
-        the reply's error text when the component answers with an error.
+        ``pyagent.errors.LocalProtocolError`` when no component handles it, and an exception whose
+        message is the reply's error text when the component answers with an error or not in time.
         """
 
     def send(self, peer: str, protocol_id: str, message: dict[str, Any]) -> None:
@@ -124,20 +128,20 @@ def pyagent_control_methods() -> dict[str, ControlMethod]:
     with a ``ConfigError``. Each value is an ``async def method(node: NodeHandle, params: dict) -> Any``
     whose result must be JSON-serializable; raise ``ValueError`` for bad params.
 
-    Not firstresult: every plugin's methods are merged (``pyagent.pluginhost.collect_control_methods``).
+    Not firstresult: every plugin's methods are merged (``pyagent.pluginhost.control_methods``).
     Synchronous; the methods it returns are async and run in the daemon's trio loop.
     """
     raise NotImplementedError
 
 
 @hookspec
-def pyagent_node_started(node: NodeHandle, nursery: trio.Nursery) -> None:
+def pyagent_startup(node: NodeHandle, nursery: trio.Nursery) -> None:
     """The daemon is up: its host listens and its control API serves.
 
-    Runs once per daemon, in the trio loop, before any peer connects. A plugin that needs I/O (files,
-    sockets, its own timers) starts its tasks here with ``nursery.start_soon``; they are cancelled at
-    shutdown, and an exception escaping one of them stops the daemon. Do not block here: start a task.
-    Never called by the simulator.
+    Runs once per daemon, in the trio loop, before it dials its bootstrap peers (inbound peers may
+    already be connecting). A plugin that needs I/O (files, sockets, its own timers) starts its tasks
+    here with ``nursery.start_soon``; they are cancelled at shutdown, and an exception escaping one of
+    them stops the daemon. Do not block here: start a task. Never called by the simulator.
 
     Returns nothing. Not firstresult: every plugin is told. Synchronous.
     """
@@ -145,12 +149,12 @@ def pyagent_node_started(node: NodeHandle, nursery: trio.Nursery) -> None:
 
 
 @hookspec
-def pyagent_node_stopping(node: NodeHandle) -> None:
-    """The daemon is about to close its host.
+def pyagent_shutdown(node: NodeHandle) -> None:
+    """The daemon has been asked to stop.
 
-    Runs once per daemon, after the control API stops and before connections close, while tasks started
-    from ``pyagent_node_started`` still run (they are cancelled right after). Flush what must survive a
-    restart; do not block. Never called by the simulator.
+    Runs once per daemon, before its host and control API close and before the tasks started from
+    ``pyagent_startup`` are cancelled. Flush what must survive a restart; do not block. Never called by
+    the simulator.
 
     Returns nothing. Not firstresult: every plugin is told. Synchronous.
     """

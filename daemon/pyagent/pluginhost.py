@@ -159,7 +159,7 @@ def collect_components(pm: pluggy.PluginManager, local_peer: str, rng: Rng) -> l
     return components
 
 
-def collect_control_methods(
+def control_methods(
     pm: pluggy.PluginManager, core_method_names: Collection[str] = ()
 ) -> dict[str, ControlMethod]:
     """Merge every plugin's ``pyagent_control_methods``; a name taken twice is a ``ConfigError``.

@@ -8,7 +8,9 @@ import types
 
 from pyagent import hookspecs
 
-HOOK_NAME = re.compile(r"pyagent_[a-z]+_[a-z]+(_[a-z]+)*")
+# The phases the hookspecs docstring lists; a new phase is a change to the contract, made here on purpose.
+PHASES = ("add", "control", "startup", "peer", "shutdown")
+HOOK_NAME = re.compile(rf"pyagent_({'|'.join(PHASES)})(_[a-z]+)*")
 SPEC_MARK = f"{hookspecs.PROJECT_NAME}_spec"
 
 
@@ -21,7 +23,7 @@ def contract_problems(module: types.ModuleType) -> list[str]:
         if not hasattr(value, SPEC_MARK):
             problems.append(f"{name}: named like a hook but not marked @hookspec")
         if not HOOK_NAME.fullmatch(name):
-            problems.append(f"{name}: not named pyagent_<phase>_<what>")
+            problems.append(f"{name}: not named pyagent_<phase>_<what> with a phase of {PHASES}")
         doc = inspect.getdoc(value) or ""
         if not doc.strip():
             problems.append(f"{name}: no docstring")
@@ -36,6 +38,7 @@ def hook_names(module: types.ModuleType) -> list[str]:
 
 def test_every_hook_in_the_contract_is_named_and_documented() -> None:
     assert contract_problems(hookspecs) == []
+    assert all(f"``{phase}``" in (hookspecs.__doc__ or "") for phase in PHASES)
 
 
 def test_the_contract_defines_the_hooks_the_daemon_calls() -> None:
@@ -43,10 +46,10 @@ def test_the_contract_defines_the_hooks_the_daemon_calls() -> None:
         "pyagent_add_cli_commands",
         "pyagent_add_components",
         "pyagent_control_methods",
-        "pyagent_node_started",
-        "pyagent_node_stopping",
         "pyagent_peer_connected",
         "pyagent_peer_disconnected",
+        "pyagent_shutdown",
+        "pyagent_startup",
     ]
 
 
@@ -65,8 +68,8 @@ def test_the_check_catches_an_undocumented_or_misnamed_hook() -> None:
         pass
 
     @hookspecs.hookspec
-    def pyagent_startup() -> None:
-        """Runs at startup. Not firstresult."""
+    def pyagent_boot_sequence() -> None:
+        """Runs at boot, a phase the contract does not know. Not firstresult."""
 
     @hookspecs.hookspec
     def pyagent_add_gadgets() -> None:
@@ -75,12 +78,12 @@ def test_the_check_catches_an_undocumented_or_misnamed_hook() -> None:
     def pyagent_add_gizmos() -> None:
         """Forgot the marker. Not firstresult."""
 
-    for hook in (pyagent_add_widgets, pyagent_startup, pyagent_add_gadgets, pyagent_add_gizmos):
+    for hook in (pyagent_add_widgets, pyagent_boot_sequence, pyagent_add_gadgets, pyagent_add_gizmos):
         setattr(synthetic, hook.__name__, hook)
 
     assert sorted(contract_problems(synthetic)) == [
         "pyagent_add_gadgets: docstring does not say whether it is firstresult",
         "pyagent_add_gizmos: named like a hook but not marked @hookspec",
         "pyagent_add_widgets: no docstring",
-        "pyagent_startup: not named pyagent_<phase>_<what>",
+        f"pyagent_boot_sequence: not named pyagent_<phase>_<what> with a phase of {PHASES}",
     ]

@@ -168,7 +168,7 @@ def test_describe_plugins_lists_each_plugin_with_its_distribution_and_hooks(inst
 
     class InProcess:
         @hookimpl
-        def pyagent_node_stopping(self, node: object) -> None:
+        def pyagent_shutdown(self, node: object) -> None:
             pass
 
     pm.register(InProcess(), name="inproc")
@@ -178,14 +178,14 @@ def test_describe_plugins_lists_each_plugin_with_its_distribution_and_hooks(inst
     assert [info.name for info in infos] == sorted(info.name for info in infos)
     by_name = {info.name: info for info in infos}
     assert by_name["demo"] == PluginInfo("demo", "demo-dist", "1.0", ("pyagent_control_methods",))
-    assert by_name["inproc"] == PluginInfo("inproc", None, None, ("pyagent_node_stopping",))
+    assert by_name["inproc"] == PluginInfo("inproc", None, None, ("pyagent_shutdown",))
     assert by_name["hello"].hooks == HELLO_HOOKS
 
 
 def test_control_methods_merge_across_plugins(install: Install) -> None:
     install("demo-dist", {"demo": CONTROL_PLUGIN})
 
-    methods = pluginhost.collect_control_methods(pluginhost.load_plugins(), core_method_names={"peers"})
+    methods = pluginhost.control_methods(pluginhost.load_plugins(), core_method_names={"peers"})
 
     assert methods["hello.list"] is pyagent_hello.plugin.list_hellos
     assert sorted(methods) == ["demo.status", "hello.list"]
@@ -197,7 +197,7 @@ def test_a_control_method_name_taken_twice_is_refused(install: Install) -> None:
 
     clash = r"'demo.status' is defined by both plugin 'copycat' and plugin 'demo'"
     with pytest.raises(ConfigError, match=clash):
-        pluginhost.collect_control_methods(pluginhost.load_plugins())
+        pluginhost.control_methods(pluginhost.load_plugins())
 
 
 def test_a_plugin_cannot_shadow_a_core_control_method() -> None:
@@ -205,7 +205,7 @@ def test_a_plugin_cannot_shadow_a_core_control_method() -> None:
 
     clash = r"'hello.list' is defined by both the pyagent core and plugin 'hello'"
     with pytest.raises(ConfigError, match=clash):
-        pluginhost.collect_control_methods(pm, core_method_names={"hello.list"})
+        pluginhost.control_methods(pm, core_method_names={"hello.list"})
 
 
 @pytest.mark.parametrize("bad_name", ["status", "Demo.status", "demo.", "demo.status.now", 7])
@@ -220,7 +220,7 @@ def test_a_control_method_name_must_be_namespaced(bad_name: object) -> None:
 
     refusal = r"plugin 'demo': control method name .* must look like 'demo.<method>'"
     with pytest.raises(ConfigError, match=refusal):
-        pluginhost.collect_control_methods(pm)
+        pluginhost.control_methods(pm)
 
 
 def test_components_are_collected_in_plugin_name_order_with_the_plugin_names() -> None:
