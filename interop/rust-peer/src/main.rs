@@ -25,7 +25,11 @@ async fn main() {
     let code = match tokio::time::timeout(RUN_TIMEOUT, run()).await {
         Ok(Ok(outcome)) => {
             println!("{outcome}");
-            if outcome.starts_with("PING_OK") { 0 } else { 1 }
+            if outcome.starts_with("PING_OK") {
+                0
+            } else {
+                1
+            }
         }
         Ok(Err(error)) => {
             println!("ERROR {error}");
@@ -62,18 +66,29 @@ async fn run() -> Result<String, Box<dyn Error>> {
             )
         })?
         .with_behaviour(|key| Behaviour {
-            identify: identify::Behaviour::new(identify::Config::new("/pyagent-interop/1.0.0".into(), key.public())),
-            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_millis(200))),
+            identify: identify::Behaviour::new(identify::Config::new(
+                "/pyagent-interop/1.0.0".into(),
+                key.public(),
+            )),
+            ping: ping::Behaviour::new(
+                ping::Config::new().with_interval(Duration::from_millis(200)),
+            ),
         })?
         .build();
     swarm.dial(address)?;
 
     loop {
         match swarm.select_next_some().await {
-            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => {
                 return Ok(format!("PING_OK {peer} {} us", rtt.as_micros()));
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { result: Err(error), .. })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                result: Err(error), ..
+            })) => {
                 return Ok(format!("PING_FAILED {error}"));
             }
             SwarmEvent::OutgoingConnectionError { error, .. } => {

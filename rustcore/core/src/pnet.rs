@@ -44,16 +44,25 @@ impl fmt::Display for SwarmKeyError {
         match self {
             Self::BadHeader => write!(f, "first line must be {HEADER}"),
             Self::UnknownEncoding(found) => {
-                write!(f, "second line must be /base16/ or /base64/, found {found:?}")
+                write!(
+                    f,
+                    "second line must be /base16/ or /base64/, found {found:?}"
+                )
             }
             Self::BinaryEncodingUnsupported => {
-                write!(f, "/bin/ keys are not supported; re-encode the key as /base16/")
+                write!(
+                    f,
+                    "/bin/ keys are not supported; re-encode the key as /base16/"
+                )
             }
             Self::BadLength { found_bytes } => {
                 write!(f, "key must be {KEY_LEN_BYTES} bytes, found {found_bytes}")
             }
             Self::BadCharacters { encoding } => {
-                write!(f, "key line contains characters that are not valid {encoding}")
+                write!(
+                    f,
+                    "key line contains characters that are not valid {encoding}"
+                )
             }
         }
     }
@@ -74,7 +83,9 @@ pub fn parse_swarm_key(text: &str) -> Result<[u8; KEY_LEN_BYTES], SwarmKeyError>
     let key_line = lines.next().unwrap_or("");
     let decoded = match encoding {
         "/base16/" => hex::decode(key_line).map_err(|error| match error {
-            hex::FromHexError::OddLength => SwarmKeyError::BadLength { found_bytes: key_line.len() / 2 },
+            hex::FromHexError::OddLength => SwarmKeyError::BadLength {
+                found_bytes: key_line.len() / 2,
+            },
             _ => SwarmKeyError::BadCharacters { encoding: "base16" },
         })?,
         "/base64/" => base64::engine::general_purpose::STANDARD
@@ -83,8 +94,9 @@ pub fn parse_swarm_key(text: &str) -> Result<[u8; KEY_LEN_BYTES], SwarmKeyError>
         "/bin/" => return Err(SwarmKeyError::BinaryEncodingUnsupported),
         other => return Err(SwarmKeyError::UnknownEncoding(other.to_owned())),
     };
-    <[u8; KEY_LEN_BYTES]>::try_from(decoded.as_slice())
-        .map_err(|_| SwarmKeyError::BadLength { found_bytes: decoded.len() })
+    <[u8; KEY_LEN_BYTES]>::try_from(decoded.as_slice()).map_err(|_| SwarmKeyError::BadLength {
+        found_bytes: decoded.len(),
+    })
 }
 
 /// The `swarm.key` text for `key`, in the base16 form every libp2p implementation reads.
@@ -116,7 +128,9 @@ pub struct PnetCipher {
 
 impl PnetCipher {
     pub fn new(key: &[u8; KEY_LEN_BYTES], nonce: &[u8; NONCE_LEN_BYTES]) -> Self {
-        Self { inner: XSalsa20::new(key.into(), nonce.into()) }
+        Self {
+            inner: XSalsa20::new(key.into(), nonce.into()),
+        }
     }
 
     /// XOR `data` in place with the next `data.len()` keystream bytes (encrypts and decrypts alike).
@@ -134,7 +148,9 @@ mod tests {
     // "24-byte nonce for xsalsa", plaintext "Hello world!".
     const VECTOR_KEY: &[u8; 32] = b"this is 32-byte key for xsalsa20";
     const VECTOR_NONCE: &[u8; 24] = b"24-byte nonce for xsalsa";
-    const VECTOR_CIPHERTEXT: [u8; 12] = [0x00, 0x2d, 0x45, 0x13, 0x84, 0x3f, 0xc2, 0x40, 0xc4, 0x01, 0xe5, 0x41];
+    const VECTOR_CIPHERTEXT: [u8; 12] = [
+        0x00, 0x2d, 0x45, 0x13, 0x84, 0x3f, 0xc2, 0x40, 0xc4, 0x01, 0xe5, 0x41,
+    ];
 
     #[test]
     fn xsalsa20_matches_published_vector() {
@@ -182,19 +198,28 @@ mod tests {
     fn parse_accepts_base64() {
         let key = [0x5au8; 32];
         let encoded = base64::engine::general_purpose::STANDARD.encode(key);
-        assert_eq!(parse_swarm_key(&format!("{HEADER}\n/base64/\n{encoded}\n")), Ok(key));
+        assert_eq!(
+            parse_swarm_key(&format!("{HEADER}\n/base64/\n{encoded}\n")),
+            Ok(key)
+        );
     }
 
     #[test]
     fn parse_errors_name_the_fault() {
         let hex64 = "00".repeat(32);
         assert_eq!(parse_swarm_key(""), Err(SwarmKeyError::BadHeader));
-        assert_eq!(parse_swarm_key("/key/swarm/psk/2.0.0/\n/base16/\nab"), Err(SwarmKeyError::BadHeader));
+        assert_eq!(
+            parse_swarm_key("/key/swarm/psk/2.0.0/\n/base16/\nab"),
+            Err(SwarmKeyError::BadHeader)
+        );
         assert_eq!(
             parse_swarm_key(&format!("{HEADER}\n/base32/\n{hex64}")),
             Err(SwarmKeyError::UnknownEncoding("/base32/".to_owned()))
         );
-        assert_eq!(parse_swarm_key(HEADER), Err(SwarmKeyError::UnknownEncoding(String::new())));
+        assert_eq!(
+            parse_swarm_key(HEADER),
+            Err(SwarmKeyError::UnknownEncoding(String::new()))
+        );
         assert_eq!(
             parse_swarm_key(&format!("{HEADER}\n/bin/\n{hex64}")),
             Err(SwarmKeyError::BinaryEncodingUnsupported)

@@ -27,7 +27,9 @@ impl XSalsa20 {
     fn new(key: &[u8], nonce: &[u8]) -> PyResult<Self> {
         let key = fixed_bytes::<{ pnet::KEY_LEN_BYTES }>("key", key)?;
         let nonce = fixed_bytes::<{ pnet::NONCE_LEN_BYTES }>("nonce", nonce)?;
-        Ok(Self { cipher: pnet::PnetCipher::new(&key, &nonce) })
+        Ok(Self {
+            cipher: pnet::PnetCipher::new(&key, &nonce),
+        })
     }
 
     /// Return `data` XORed with the next `len(data)` keystream bytes (encrypts and decrypts alike).
@@ -46,7 +48,8 @@ impl XSalsa20 {
 /// Parse the text of a `swarm.key` file into the 32-byte key; ValueError says what is wrong.
 #[pyfunction]
 fn parse_swarm_key<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyBytes>> {
-    let key = pnet::parse_swarm_key(text).map_err(|error| PyValueError::new_err(error.to_string()))?;
+    let key =
+        pnet::parse_swarm_key(text).map_err(|error| PyValueError::new_err(error.to_string()))?;
     Ok(PyBytes::new(py, &key))
 }
 
