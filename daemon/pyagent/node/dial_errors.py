@@ -27,7 +27,8 @@ _REASON_HINTS: dict[str, str] = {
 # Where py-libp2p says "the peer's key is not the one we dialed" without a dedicated exception.
 _PEER_ID_MISMATCH_TEXT = "Peer ID mismatch"
 _LIMIT_TEXTS = ("Maximum connections limit reached", "denied by resource manager")
-_PNET_MODULE = "pyagent.node.pnet"
+# Matched by name: the private-network module is optional and imported only when a psk is set.
+_KEY_MISMATCH_ERROR = ("pyagent.node.pnet", "KeyMismatchError")
 
 
 class DialError(Exception):
@@ -42,7 +43,7 @@ def classify(exc: BaseException) -> DialReason:
     chain = list(_causes(exc))
     if any(isinstance(e, PeerIDMismatchesPubkey) or _PEER_ID_MISMATCH_TEXT in str(e) for e in chain):
         return "wrong-peer-id"
-    if any(type(e).__module__.startswith(_PNET_MODULE) for e in chain):
+    if any((type(e).__module__, type(e).__name__) == _KEY_MISMATCH_ERROR for e in chain):
         return "key-mismatch"
     if any(any(text in str(e) for text in _LIMIT_TEXTS) for e in chain):
         return "refused"

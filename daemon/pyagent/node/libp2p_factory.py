@@ -66,7 +66,7 @@ def build_libp2p_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: noise},
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-        transports=[_transport(config.psk)],
+        transports=[_transport(config.psk, config.upgrade_timeout_ms)],
         connection_config=connection_config,
         negotiate_timeout=max(1, round(open_stream_timeout_s)),
     )
@@ -79,13 +79,13 @@ def build_libp2p_host(
     return host
 
 
-def _transport(psk: bytes | None) -> ITransport:
+def _transport(psk: bytes | None, upgrade_timeout_ms: int) -> ITransport:
     if psk is None:
         return TCP()
     # Imported lazily: the private-network transport is optional and lives in its own module.
     from pyagent.node.pnet import PnetTCP
 
-    transport: ITransport = PnetTCP(psk)
+    transport: ITransport = PnetTCP(psk, nonce_timeout_ms=upgrade_timeout_ms)
     return transport
 
 
