@@ -83,7 +83,9 @@ async def test_connect_identify_and_framed_messages() -> None:
         for index in range(3):
             b.host.send(a.host.peer_id, GOSSIP, {"v": 1, "t": "hello", "n": index})
         received = [await a.next_event(MessageReceived) for _ in range(3)]
-        assert received == [MessageReceived(b.host.peer_id, GOSSIP, {"v": 1, "t": "hello", "n": n}) for n in range(3)]
+        assert received == [
+            MessageReceived(b.host.peer_id, GOSSIP, {"v": 1, "t": "hello", "n": n}) for n in range(3)
+        ]
         assert a.host.stats()["frames_in"] == 3
         assert b.host.stats()["frames_out"] == 3
         assert a.host.connected_peers() == [b.host.peer_id]
@@ -130,7 +132,9 @@ async def test_request_to_unknown_protocol_or_peer_fails_cleanly() -> None:
         assert caught.value.reason == "not-connected"
         await b.host.connect(a.addr)
         with pytest.raises(RequestError) as caught:
-            await b.host.request(a.host.peer_id, "/pyagent/nobody-speaks-this/1.0.0", {"v": 1, "t": "x"}, 5_000)
+            await b.host.request(
+                a.host.peer_id, "/pyagent/nobody-speaks-this/1.0.0", {"v": 1, "t": "x"}, 5_000
+            )
         assert caught.value.reason == "refused"
 
 
@@ -308,7 +312,9 @@ async def test_handler_exceptions_cost_only_their_stream() -> None:
         a.host.register_request_handler("/pyagent/test-failing/1.0.0", LIMITS, failing)
         await b.host.connect(a.addr)
 
-        raw = await b.host.libp2p_host.new_stream(ID.from_base58(a.host.peer_id), [TProtocol("/pyagent/test-broken/1.0.0")])
+        raw = await b.host.libp2p_host.new_stream(
+            ID.from_base58(a.host.peer_id), [TProtocol("/pyagent/test-broken/1.0.0")]
+        )
         await raw.write(b"boom")
         with pytest.raises(RequestError):
             await b.host.request(a.host.peer_id, "/pyagent/test-failing/1.0.0", {"v": 1, "t": "x"}, 5_000)
