@@ -182,6 +182,18 @@ class Host:
             return
         self._outbound.enqueue(peer, protocol_id, frame)
 
+    async def send_with_backpressure(self, peer: str, protocol_id: str, message: Message) -> None:
+        """For bulk transfers: like `send` on the same stream, but waits while the queue is full (the
+        peer reads slowly) instead of dropping. Raises RequestError if the peer is not connected or
+        the stream failed meanwhile."""
+        frame = encode_frame(message, self._limits.get(protocol_id, DEFAULT_LIMITS))
+        if not self._is_connected(ID.from_base58(peer)):
+            raise RequestError("not-connected", peer, protocol_id)
+        try:
+            await self._outbound.enqueue_waiting(peer, protocol_id, frame)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise RequestError("stream", peer, protocol_id, "the send stream failed") from None
+
     async def request(self, peer: str, protocol_id: str, message: Message, timeout_ms: int) -> Message:
         """One request, one response, within ``timeout_ms``; raises RequestError."""
         return await request(

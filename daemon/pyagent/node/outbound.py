@@ -44,6 +44,12 @@ class OutboundQueues:
         self._nursery = nursery
 
     def enqueue(self, peer: str, protocol: str, frame: bytes) -> None:
+        try:
+            self._queue(peer, protocol).send.send_nowait(frame)
+        except trio.WouldBlock:
+            self._counters.add("send_dropped_overflow")
+
+    def _queue(self, peer: str, protocol: str) -> _Queue:
         if self._nursery is None:
             raise RuntimeError("OutboundQueues used outside Host.running()")
         key = (peer, protocol)
@@ -52,10 +58,13 @@ class OutboundQueues:
             send, receive = trio.open_memory_channel[bytes](self._frames_max)
             queue = self._queues[key] = _Queue(send, receive)
             self._nursery.start_soon(self._write, peer, protocol, queue)
-        try:
-            queue.send.send_nowait(frame)
-        except trio.WouldBlock:
-            self._counters.add("send_dropped_overflow")
+        return queue
+
+    async def enqueue_waiting(self, peer: str, protocol: str, frame: bytes) -> None:
+        """Like `enqueue`, but waits for queue space instead of dropping. The writer drains the queue
+        only as fast as yamux's window lets it write, so this is flow control end to end. Raises
+        ``trio.ClosedResourceError`` or ``trio.BrokenResourceError`` if the stream failed meanwhile."""
+        await self._queue(peer, protocol).send.send(frame)
 
     def drop_peer(self, peer: str) -> None:
         """The peer is gone: end its writers, so that no task or queue outlives the connection."""
