@@ -38,11 +38,16 @@ class Kit:
     ) -> list[Component]:
         raise NotImplementedError
 
+    def notice_sources(self, built: dict[str, Component]) -> list[Callable[[], list[Any]]]:
+        """Callables the simulator drains after each step for notices (for example state changes)."""
+        return []
+
     def on_start(self, sim: Sim, node: SimNode) -> None:
         """A node has just been created or restarted."""
 
-    def on_leave(self, sim: Sim, node: SimNode) -> None:
-        """A node is about to leave for good; a graceful protocol says goodbye here."""
+    def on_leave(self, sim: Sim, node: SimNode) -> int:
+        """A node is about to leave for good: say goodbye, and return how long (us) to keep running."""
+        return 0
 
     def observer(self, sim: Sim) -> Any:
         return None

@@ -46,7 +46,7 @@ class FaultDriver:
                 action, f"{'one-way ' if fault['one_way'] else ''}{'|'.join(str(len(s)) for s in sides)}"
             )
         elif action == "heal":
-            sim.network.heal()
+            sim.network.heal(sim.now_us)
             sim.log_fault(action, "")
         elif action == "clog":
             net = sim.network
@@ -83,11 +83,11 @@ class FaultDriver:
         elif action == "gray":
             targets = self._targets(fault, alive=True)
             for node in targets:
-                node.gray_delay_us = int(fault["delay_ms"] * US_PER_MS)
+                sim.set_gray(node, int(fault["delay_ms"] * US_PER_MS))
             sim.log_fault(action, f"{_names(targets)} +{fault['delay_ms']} ms")
         elif action == "ungray":
             for node in sim.nodes:
-                node.gray_delay_us = 0
+                sim.set_gray(node, 0)
             sim.log_fault(action, "")
         elif action == "set":
             sim.network.set_param(fault["key"], fault["value"])
@@ -157,12 +157,12 @@ class FaultDriver:
         """Undo every fault: stop churn, heal and unclog the network, resume, ungray, restart the crashed."""
         sim = self.sim
         self.churn_on = False
-        sim.network.heal()
+        sim.network.heal(sim.now_us)
         sim.release_held()
         for key, value in self._baseline.items():
             sim.network.set_param(key, value)
         for node in sim.nodes:
-            node.gray_delay_us = 0
+            sim.set_gray(node, 0)
             sim.resume(node)
         for index in sorted(self.crashed):
             sim.restart(sim.nodes[index])

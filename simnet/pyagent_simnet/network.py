@@ -63,6 +63,10 @@ class Network:
         # Frames held by a clog, in send order: (src, dst, protocol, frame, dst_epoch).
         self.held: list[tuple[int, int, str, bytes, int]] = []
         self.egress_free_at_us: dict[int, int] = {}
+        # The cuts and clogs in force before the last heal or unclog, and when that was: a checker needs
+        # them to tell a stale consequence of a lifted fault from a fresh mistake.
+        self.lifted_at_us = -1
+        self.lifted: Network | None = None
 
     def pick_region(self) -> int:
         return self.rng.choices(range(len(self.region_names)), weights=self.region_weights)[0]
@@ -92,13 +96,27 @@ class Network:
         else:
             self.cut = {(a, b) for a in labels for b in labels if a != b}
 
-    def heal(self) -> None:
+    def heal(self, now_us: int) -> None:
+        self._remember(now_us)
         self.side, self.cut = {}, set()
 
-    def unclog(self) -> list[tuple[int, int, str, bytes, int]]:
+    def unclog(self, now_us: int) -> list[tuple[int, int, str, bytes, int]]:
+        self._remember(now_us)
         released, self.held = self.held, []
         self.clogged_peers, self.clogged_links = set(), set()
         return released
+
+    def _remember(self, now_us: int) -> None:
+        if not (self.cut or self.clogged_peers or self.clogged_links):
+            return
+        before = Network.__new__(Network)
+        before.side, before.cut = self.side, self.cut
+        before.clogged_peers, before.clogged_links = self.clogged_peers, self.clogged_links
+        self.lifted, self.lifted_at_us = before, now_us
+
+    def separated(self, a: int, b: int) -> bool:
+        """True when a frame between ``a`` and ``b`` (either way) would be cut or held right now."""
+        return self.blocked(a, b) or self.blocked(b, a) or self.clogged(a, b) or self.clogged(b, a)
 
     def route(
         self, src: int, dst: int, src_region: int, dst_region: int, frame: bytes, now_us: int

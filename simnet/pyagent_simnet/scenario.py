@@ -102,6 +102,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "membership": {},
 }
 
+# Keys of the top level that are tables (or the fault array), not values.
+TABLES = frozenset(SCHEMA) | {"faults"}
+
 FAULT_ACTIONS: dict[str, dict[str, Field]] = {
     "partition": {
         "sides": Field(list, []),
@@ -149,7 +152,7 @@ class Scenario:
 
 
 def resolve(name_or_path: str) -> Path:
-    """A path as given, or a shipped scenario by name (``partition-heal`` -> scenarios/partition-heal.toml)."""
+    """A path as given, or a shipped scenario by name: ``partition-heal`` is scenarios/partition-heal.toml."""
     path = Path(name_or_path)
     if path.exists():
         return path
@@ -187,7 +190,7 @@ def from_dict(
             tables[table] = dict(given)
             continue
         tables[table] = _fill(
-            given, fields, table, source, skip=set(SCHEMA) | {"faults"} if table == "" else set()
+            given, fields, table, source, skip=TABLES if table == "" else frozenset()
         )
     faults = data.get("faults", [])
     if not isinstance(faults, list):
@@ -212,7 +215,7 @@ def _fill(
     fields: Mapping[str, Field],
     table: str,
     source: str,
-    skip: set[str] = frozenset(),
+    skip: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:  # type: ignore[assignment]
     out: dict[str, Any] = {}
     for key in given:
@@ -270,6 +273,10 @@ def _check_cross(tables: dict[str, dict[str, Any]], source: str) -> None:
                 f"{source}: components: unknown component {name!r} "
                 f"(available: {', '.join(components.available_names())})"
             )
+    if top["preset"] not in components.presets():
+        raise ConfigError(
+            f"{source}: preset: unknown preset {top['preset']!r} (one of {', '.join(components.presets())})"
+        )
     if "membership" in top["components"]:
         components.check_membership(top["preset"], tables["membership"], source)
     latency.build(network["latency"], f"{source}: network.latency")

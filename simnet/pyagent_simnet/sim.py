@@ -62,10 +62,12 @@ class SimNode:
     __slots__ = (
         "connected",
         "core",
+        "disturbed_us",
         "epoch",
         "gray_delay_us",
         "index",
         "left",
+        "notice_sources",
         "paused",
         "peer",
         "pending",
@@ -98,6 +100,10 @@ class SimNode:
         self.protocols: dict[str, Limits] = {}
         self.sent_msgs = self.sent_bytes = self.recv_msgs = self.recv_bytes = 0
         self.started_us = 0
+        self.disturbed_us = 0  # the last time a node fault (crash, start, pause, gray...) touched this node
+        # Components that queue notices for the shell to drain (membership's changes) rather than put
+        # them in Ready.apply; drained after every step so observers see them at the right virtual time.
+        self.notice_sources: list[Callable[[], list[Any]]] = []
 
 
 class Sim:
@@ -125,6 +131,7 @@ class Sim:
         self.churn_rng = random.Random(root.getrandbits(64))
         self.node_seed_rng = random.Random(root.getrandbits(64))
         self.placement_rng = random.Random(root.getrandbits(64))
+        self.join_rng = random.Random(root.getrandbits(64))
         self.network = Network(sc.network, self.network_rng, sc.source)
         self.trace = Trace(keep=sc.top["trace"])
         self.now_us = 0
@@ -248,6 +255,9 @@ class Sim:
             self._send(node, send)
         for item in ready.apply:
             self._apply(node, item)
+        for drain in node.notice_sources:
+            for notice in drain():
+                self._apply(node, notice)
         now_us = self.now_us
         for timer in ready.timers:
             if type(timer) is SetTimer:
@@ -373,9 +383,10 @@ class Sim:
             parts.extend(made)
         parts.extend(factory(node.peer, rng, node.store, self.scenario) for factory in self._extra)
         node.core = NodeCore(node.peer, rng, parts)
+        node.notice_sources = [source for kit in self.kits for source in kit.notice_sources(built)]
         node.protocols = node.core.protocols
         node.up = True
-        node.started_us = self.now_us
+        node.started_us = node.disturbed_us = self.now_us
         for observer in self.observers:
             observer.on_node_up(node)
         for kit in self.kits:
@@ -389,6 +400,7 @@ class Sim:
         if not node.up:
             return
         node.up = False
+        node.disturbed_us = self.now_us
         node.core = None
         node.timers = {}
         node.epoch += 1
@@ -406,8 +418,10 @@ class Sim:
         if not node.up:
             return
         node.left = True
-        for kit in self.kits:
-            kit.on_leave(self, node)
+        linger_us = max([kit.on_leave(self, node) for kit in self.kits], default=0)
+        self.schedule(self.now_us + linger_us, self._stop_left, node)
+
+    def _stop_left(self, node: SimNode) -> None:
         self.crash(node)
 
     def _drop_connections(self, node: SimNode) -> None:
@@ -422,19 +436,27 @@ class Sim:
     def pause(self, node: SimNode) -> None:
         if node.up:
             node.paused = True
+            node.disturbed_us = self.now_us
 
     def resume(self, node: SimNode) -> None:
         if not node.paused:
             return
         node.paused = False
+        node.disturbed_us = self.now_us
         queued, node.pending = node.pending, []
         for kind, index, a, b in queued:
             self._push(self.now_us, kind, index, a, b)
 
     def release_held(self) -> None:
         """Lift every clog; held frames leave now, in the order they were sent."""
-        for src, dst, protocol, frame, epoch in self.network.unclog():
+        for src, dst, protocol, frame, epoch in self.network.unclog(self.now_us):
             self._transmit(src, dst, protocol, frame, epoch)
+
+    def set_gray(self, node: SimNode, delay_us: int) -> None:
+        """Make ``node`` process every event ``delay_us`` late (0 restores it): a slow, "gray" peer."""
+        if node.gray_delay_us != delay_us:
+            node.gray_delay_us = delay_us
+            node.disturbed_us = self.now_us
 
     def up_nodes(self) -> list[SimNode]:
         return [node for node in self.nodes if node.up]

@@ -1,0 +1,313 @@
+"""Membership (SWIM + Lifeguard) in the simulator: how nodes join, leave, and how the mesh is judged.
+
+The observer keeps every node's view incrementally from the ``MemberChanged`` notices its core emits, and
+the ground truth from the simulator (who is really up). From the two it derives, at O(1) per notice:
+- convergence: the fraction of (observer, member) pairs on which the observer is right;
+- false positives: a member declared dead while it was up, unpaused, not slowed, and reachable from the
+  observer, both ways (the safety invariant, with a tolerated rate per member-hour);
+- detection latency: from a crash to the first, and to the last, live observer marking it dead.
+At the end it checks that the incremental views equal what ``ListMembers`` answers, so the figures can
+be trusted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from pyagent.errors import ConfigError
+from pyagent.proto import membership
+from pyagent.proto.component import Component
+from pyagent.proto.membership.commands import Join, Leave, ListMembers
+from pyagent.proto.membership.records import LIVE_STATES, MemberChanged, State
+from pyagent.proto.ready import Reply
+from pyagent.proto.types import PeerId
+
+from pyagent_simnet.components import Kit
+from pyagent_simnet.observe import Observer
+
+if TYPE_CHECKING:
+    from pyagent_simnet.scenario import Scenario
+    from pyagent_simnet.sim import Sim, SimNode
+
+US_PER_S = 1_000_000
+US_PER_MS = 1_000
+S_PER_HOUR = 3_600
+PRESETS: dict[str, membership.Config] = {"lan": membership.LAN, "wan": membership.WAN}
+# Scenario-only switch: `lifeguard = false` measures plain SWIM.
+LIFEGUARD_KEY = "lifeguard"
+# A graceful leaver keeps running this many gossip intervals so that its goodbye spreads.
+LEAVE_LINGER_GOSSIP_INTERVALS = 5
+
+
+def config_for(preset: str, overrides: Mapping[str, Any], source: str) -> membership.Config:
+    known = {f.name for f in dataclasses.fields(membership.Config)}
+    settings = {k: v for k, v in overrides.items() if k != LIFEGUARD_KEY}
+    for key in settings:
+        if key not in known:
+            raise ConfigError(f"{source}: membership.{key}: unknown key")
+    try:
+        config = dataclasses.replace(PRESETS[preset], **settings)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: membership: {exc}") from None
+    lifeguard = overrides.get(LIFEGUARD_KEY, True)
+    if not isinstance(lifeguard, bool):
+        raise ConfigError(f"{source}: membership.{LIFEGUARD_KEY}: expected bool")
+    return config if lifeguard else config.without_lifeguard()
+
+
+class MembershipKit(Kit):
+    name = "membership"
+
+    def presets(self) -> tuple[str, ...]:
+        return tuple(PRESETS)
+
+    def check(self, preset: str, overrides: Mapping[str, Any], source: str) -> None:
+        config_for(preset, overrides, source)
+
+    def build(self, peer: PeerId, rng: random.Random, store: Mapping[str, bytes], scenario: Scenario,
+              built: dict[str, Component]) -> list[Component]:
+        config = config_for(scenario.top["preset"], scenario.membership, scenario.source)
+        return [membership.Membership(peer, rng, config, local_addrs=(f"/sim/{peer}",))]
+
+    def notice_sources(self, built: dict[str, Component]) -> list[Callable[[], list[Any]]]:
+        component = built["membership"]
+        assert isinstance(component, membership.Membership)
+        return [component.drain_changes]
+
+    def on_start(self, sim: Sim, node: SimNode) -> None:
+        candidates = [other for other in sim.nodes if other.up and other is not node]
+        if node.index > 0 and node.epoch == 0:
+            # A first start joins peers that started before it, as an operator's seed list would name.
+            candidates = [other for other in candidates if other.index < node.index] or candidates
+        count = min(sim.scenario.top["seeds_per_peer"], len(candidates))
+        seeds = sim.join_rng.sample(candidates, count) if count else []
+        sim.request(node, Join(seeds=tuple((s.peer, (f"/sim/{s.peer}",)) for s in seeds)))
+
+    def on_leave(self, sim: Sim, node: SimNode) -> int:
+        sim.request(node, Leave())
+        config = config_for(sim.scenario.top["preset"], sim.scenario.membership, sim.scenario.source)
+        return LEAVE_LINGER_GOSSIP_INTERVALS * config.gossip_interval_ms * US_PER_MS
+
+    def observer(self, sim: Sim) -> Observer:
+        return MembershipObserver(sim)
+
+
+class MembershipObserver(Observer):
+    name = "membership"
+
+    def __init__(self, sim: Sim) -> None:
+        super().__init__()
+        self.sim = sim
+        checks = sim.scenario.checks
+        self.fp_max_per_member_hour: float = checks["false_positives_per_member_hour_max"]
+        self.detection_bound_s: float = checks["detection_bound_s"]
+        self.convergence_bound_s: float = checks["convergence_bound_s"]
+        self.sample_us = int(sim.scenario.top["sample_interval_s"] * US_PER_S)
+        config = config_for(sim.scenario.top["preset"], sim.scenario.membership, sim.scenario.source)
+        members = max(2, sim.scenario.top["peers"])
+        self.grace_us = int(
+            (config.suspicion_max_ms(members) + config.push_pull_period_ms(members) + 2 * config.probe_interval_ms)
+            * US_PER_MS)
+        # view[i]: indices node i believes live (alive or suspect), itself excluded.
+        self.view: dict[int, set[int]] = {}
+        self.wrong: dict[int, int] = {}  # per up observer: members it is wrong about
+        self.wrong_total = 0
+        self.up: set[int] = set()
+        self.false_positives = 0
+        self.false_positive_examples: list[str] = []
+        self.member_seconds = 0.0
+        self._member_seconds_at_us = 0
+        self.crash_at_us: dict[int, int] = {}
+        self.first_dead_us: dict[int, int] = {}
+        self.dead_by: dict[int, set[int]] = {}
+        self.detections_everywhere_s: list[float] = []
+        self.detections_first_s: list[float] = []
+        self.disseminations_s: list[float] = []
+        self.converged_at_s: float | None = None
+        self.series["convergence"] = []
+        self.transitions: dict[str, int] = {}
+
+    def start(self) -> None:
+        self.sim.schedule(0, self._sample)
+
+    # ----- ground truth
+
+    def _account_member_time(self) -> None:
+        now_us = self.sim.now_us
+        self.member_seconds += len(self.up) * (now_us - self._member_seconds_at_us) / US_PER_S
+        self._member_seconds_at_us = now_us
+
+    def on_node_up(self, node: SimNode) -> None:
+        self._account_member_time()
+        index = node.index
+        for observer in self.up:
+            # Every observer is now wrong about this member until it learns it is alive.
+            if index not in self.view[observer]:
+                self._adjust(observer, 1)
+            else:
+                self._adjust(observer, -1)
+        self.up.add(index)
+        self.view[index] = set()
+        self.wrong[index] = 0
+        self._adjust(index, len(self.up) - 1)
+        self.crash_at_us.pop(index, None)
+
+    def on_node_down(self, node: SimNode) -> None:
+        self._account_member_time()
+        index = node.index
+        self.up.discard(index)
+        self.wrong_total -= self.wrong.pop(index, 0)
+        self.view.pop(index, None)
+        for observer in self.up:
+            self._adjust(observer, 1 if index in self.view[observer] else -1)
+        if not node.left:
+            self.crash_at_us[index] = self.sim.now_us
+            self.dead_by[index] = set()
+            self.first_dead_us.pop(index, None)
+
+    def _adjust(self, observer: int, delta: int) -> None:
+        self.wrong[observer] += delta
+        self.wrong_total += delta
+
+    # ----- what nodes believe
+
+    def on_notice(self, node: SimNode, item: object, now_us: int) -> None:
+        if not isinstance(item, MemberChanged):
+            return
+        subject = self.sim.index_of.get(item.peer)
+        observer = node.index
+        if subject is None or subject == observer or observer not in self.up:
+            return
+        name = item.new_state.name.lower()
+        self.transitions[name] = self.transitions.get(name, 0) + 1
+        view = self.view[observer]
+        believed = item.new_state in LIVE_STATES
+        was = subject in view
+        if believed != was:
+            truth = subject in self.up
+            if believed:
+                view.add(subject)
+            else:
+                view.discard(subject)
+            self._adjust(observer, -1 if believed == truth else 1)
+        if item.new_state == State.DEAD:
+            self._on_dead(observer, subject, now_us)
+
+    def _on_dead(self, observer: int, subject: int, now_us: int) -> None:
+        sim = self.sim
+        target = sim.nodes[subject]
+        if target.up and not target.paused and not target.gray_delay_us and self._undisturbed(observer, subject):
+            self.false_positives += 1
+            if len(self.false_positive_examples) < 5:
+                self.false_positive_examples.append(
+                    f"t={now_us / US_PER_S:.3f}s {sim.nodes[observer].peer} declared {target.peer} dead")
+            return
+        crashed_us = self.crash_at_us.get(subject)
+        if crashed_us is None:
+            return
+        by = self.dead_by[subject]
+        if not by:
+            self.first_dead_us[subject] = now_us
+            self.detections_first_s.append((now_us - crashed_us) / US_PER_S)
+        by.add(observer)
+        if self.up <= by:
+            self.detections_everywhere_s.append((now_us - crashed_us) / US_PER_S)
+            self.disseminations_s.append((now_us - self.first_dead_us[subject]) / US_PER_S)
+            del self.crash_at_us[subject]
+
+    def _undisturbed(self, observer: int, subject: int) -> bool:
+        """Healthy and reachable now, and long enough that no timer or rumour from a fault can explain
+        the declaration: grace covers a maximal suspicion plus the anti-entropy period that may still
+        carry an old dead rumour."""
+        sim, net = self.sim, self.sim.network
+        since_us = sim.now_us - self.grace_us
+        disturbed_us = max(sim.nodes[subject].disturbed_us, sim.nodes[observer].disturbed_us)
+        if net.separated(observer, subject) or disturbed_us > since_us:
+            return False
+        lifted = net.lifted
+        return not (lifted is not None and net.lifted_at_us > since_us and lifted.separated(observer, subject))
+
+    # ----- sampling and checks
+
+    def _sample(self, _: Any = None) -> None:
+        up = len(self.up)
+        pairs = up * max(0, len(self.sim.nodes) - 1)
+        fraction = 1.0 - self.wrong_total / pairs if pairs else 1.0
+        now_s = self.sim.now_us / US_PER_S
+        self.series["convergence"].append((now_s, round(fraction, 6)))
+        if self.converged_at_s is None and self.wrong_total == 0 and up == len(self.sim.nodes):
+            self.converged_at_s = now_s
+        self.sim.schedule(self.sim.now_us + self.sample_us, self._sample)
+
+    def converged(self) -> bool:
+        return self.wrong_total == 0
+
+    def check(self) -> None:
+        self._account_member_time()
+        rate = self.false_positives_per_member_hour()
+        if rate > self.fp_max_per_member_hour:
+            self.violations.append(
+                f"{self.false_positives} false positives ({rate:.2f}/member-hour > "
+                f"checks.false_positives_per_member_hour_max={self.fp_max_per_member_hour}); first: "
+                + "; ".join(self.false_positive_examples))
+        if self.detection_bound_s and self.detections_everywhere_s:
+            worst = max(self.detections_everywhere_s)
+            if worst > self.detection_bound_s:
+                self.violations.append(
+                    f"a crash took {worst:.2f}s to be marked dead everywhere > checks.detection_bound_s="
+                    f"{self.detection_bound_s}")
+        if self.detection_bound_s:
+            late = [i for i, t in self.crash_at_us.items()
+                    if (self.sim.now_us - t) / US_PER_S > self.detection_bound_s]
+            if late:
+                self.violations.append(
+                    f"{len(late)} crashed peers not marked dead everywhere within checks.detection_bound_s="
+                    f"{self.detection_bound_s} (e.g. {self.sim.nodes[late[0]].peer})")
+        if self.convergence_bound_s and (self.converged_at_s is None
+                                         or self.converged_at_s > self.convergence_bound_s):
+            self.violations.append(
+                f"fresh mesh not converged within checks.convergence_bound_s={self.convergence_bound_s} "
+                f"(converged at {self.converged_at_s})")
+        self._cross_check_views()
+
+    def _cross_check_views(self) -> None:
+        """The incremental views must equal the cores' own tables, or every figure above is wrong."""
+        for index in sorted(self.up):
+            node = self.sim.nodes[index]
+            answer: list[Reply] = []
+            self.sim.request(node, ListMembers(), lambda _node, reply: answer.append(reply))
+            if not answer or answer[0].error is not None:
+                continue
+            live = {self.sim.index_of[r.peer] for r in answer[0].value  # type: ignore[attr-defined]
+                    if r.state in LIVE_STATES and r.peer != node.peer and r.peer in self.sim.index_of}
+            if live != self.view[index]:
+                self.violations.append(f"simnet bookkeeping: view of {node.peer} differs from ListMembers")
+                return
+
+    def false_positives_per_member_hour(self) -> float:
+        hours = self.member_seconds / S_PER_HOUR
+        return self.false_positives / hours if hours else 0.0
+
+    def figures(self) -> dict[str, Any]:
+        self._account_member_time()
+        out: dict[str, Any] = {
+            "false_positives": self.false_positives,
+            "false_positives_per_member_hour": round(self.false_positives_per_member_hour(), 4),
+            "member_hours": round(self.member_seconds / S_PER_HOUR, 3),
+            "convergence_s": self.converged_at_s,
+            "detection_latencies_s": [round(v, 4) for v in self.detections_everywhere_s],
+            "crashes_undetected_at_end": len(self.crash_at_us),
+            "membership_transitions": dict(sorted(self.transitions.items())),
+            "wrong_pairs_at_end": self.wrong_total,
+        }
+        for name, values in (("detection", self.detections_everywhere_s), ("first_detection", self.detections_first_s),
+                             ("dissemination", self.disseminations_s)):
+            if values:
+                ordered = sorted(values)
+                out[f"{name}_p50_s"] = round(ordered[len(ordered) // 2], 4)
+                out[f"{name}_p99_s"] = round(ordered[min(len(ordered) - 1, len(ordered) * 99 // 100)], 4)
+                out[f"{name}_max_s"] = round(ordered[-1], 4)
+        return out
