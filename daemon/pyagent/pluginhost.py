@@ -23,8 +23,8 @@ from pyagent.proto.types import Rng
 
 ENTRY_POINT_GROUP = "pyagent"
 
-# Plugin names appear in control-method names ("<plugin>.<method>"), in --disable-plugin and in what the
-# hello protocol tells peers, so they are kept short and plain.
+# Plugin names appear in control-method names ("<plugin>.<method>"), in the config's disabled list and in
+# what the hello protocol tells peers, so they are kept short and plain.
 PLUGIN_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
 CONTROL_METHOD_PATTERN = re.compile(r"[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*")
 
@@ -60,7 +60,7 @@ def load_plugins(disabled: Iterable[str] = ()) -> pluggy.PluginManager:
     unknown = sorted(disabled - installed.keys())
     if unknown:
         raise ConfigError(
-            f"--disable-plugin {', '.join(unknown)}: no such plugin; "
+            f"cannot disable {', '.join(unknown)}: no such plugin is installed; "
             f"installed: {', '.join(sorted(installed)) or 'none'}"
         )
     for name in disabled:
@@ -70,7 +70,7 @@ def load_plugins(disabled: Iterable[str] = ()) -> pluggy.PluginManager:
         if not PLUGIN_NAME_PATTERN.fullmatch(name):
             raise ConfigError(
                 f"plugin name {name!r} (from {owners[0]}) must match {PLUGIN_NAME_PATTERN.pattern}; "
-                f"ask its author to rename the entry point, or run with --disable-plugin {name}"
+                f"ask its author to rename the entry point, or {_disable_hint(name)}"
             )
         if len(owners) > 1:
             raise ConfigError(
@@ -81,10 +81,15 @@ def load_plugins(disabled: Iterable[str] = ()) -> pluggy.PluginManager:
         except Exception as exc:
             raise ConfigError(
                 f"plugin {name!r} (from {owners[0]}) failed to load: {exc!r}; "
-                f"reinstall or upgrade {owners[0].name}, or run with --disable-plugin {name}"
+                f"reinstall or upgrade {owners[0].name}, or {_disable_hint(name)}"
             ) from exc
     check_plugins(pm)
     return pm
+
+
+def _disable_hint(name: str) -> str:
+    """How the operator switches a plugin off, for the end of an error message."""
+    return f'disable it with disabled = ["{name}"] under [plugins] in config.toml'
 
 
 def check_plugins(pm: pluggy.PluginManager) -> None:
@@ -93,9 +98,9 @@ def check_plugins(pm: pluggy.PluginManager) -> None:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         name = pm.get_name(exc.plugin)
+        assert name is not None, "check_pending only reports registered plugins"
         raise ConfigError(
-            f"plugin {name!r} does not fit this pyagent: {exc}; "
-            f"upgrade it, or run with --disable-plugin {name}"
+            f"plugin {name!r} does not fit this pyagent: {exc}; upgrade it, or {_disable_hint(name)}"
         ) from exc
 
 
@@ -182,7 +187,7 @@ def control_methods(
             if method_name in owners:
                 raise ConfigError(
                     f"control method {method_name!r} is defined by both {owners[method_name]} and "
-                    f"plugin {plugin!r}; disable one with --disable-plugin"
+                    f"plugin {plugin!r}; {_disable_hint(plugin)}"
                 )
             owners[method_name] = f"plugin {plugin!r}"
             merged[method_name] = method
