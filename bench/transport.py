@@ -26,7 +26,6 @@ from libp2p import generate_new_ed25519_identity
 from libp2p.abc import INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.io.utils import read_exactly
-from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 
 from pyagent.node.host import Host, HostConfig
@@ -191,10 +190,7 @@ async def client(server_addr: str, rounds: int, mebibytes: int) -> list[tuple[st
                 chunks * CHUNK_BYTES / (time.perf_counter() - start) / 1e6,
             )
         )
-        try:
-            await stream.read()
-        except StreamEOF:
-            pass
+        await stream.close()
     return rows
 
 
