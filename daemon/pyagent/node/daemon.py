@@ -17,13 +17,13 @@ from typing import Any
 import pluggy
 import trio
 from libp2p.crypto.keys import KeyPair
-from pyagent.node.host import DialError, Host, HostConfig
 
 from pyagent import __version__, identity, pluginhost
 from pyagent.config import CONTROL_SOCKET, IDENTITY_FILE, Config
-from pyagent.errors import ConfigError
+from pyagent.hookspecs import ControlMethod
 from pyagent.node.control import ControlServer, Method, MethodError, open_listener
 from pyagent.node.driver import Driver, RequestFailed
+from pyagent.node.host import DialError, Host, HostConfig
 from pyagent.proto.events import Event, PeerConnected, PeerDisconnected
 from pyagent.proto.node import NodeCore
 from pyagent.proto.peers import ListPeers, PeerInfo
@@ -126,14 +126,12 @@ class Node:
             "plugins": self.api_plugins,
             "stats": self.api_stats,
         }
-        for name, method in pluginhost.control_methods(self.plugins).items():
-            if name in own:
-                raise ConfigError(f"a plugin's control method {name!r} clashes with a built-in one")
+        for name, method in pluginhost.control_methods(self.plugins, own).items():
             own[name] = _bind(method, self)
         return own
 
 
-def _bind(method: pluginhost.ControlMethod, node: Node) -> Method:
+def _bind(method: ControlMethod, node: Node) -> Method:
     async def call(params: dict[str, Any]) -> Any:
         return await method(node, params)
 
@@ -191,7 +189,7 @@ async def run(home: Path, config: Config) -> None:
     peer_id = identity.peer_id_of(key_pair)
     # The daemon's randomness is seeded from the OS once; the cores only ever see this generator.
     rng = random.Random(os.urandom(32))
-    extra = [c for batch in plugins.hook.pyagent_add_components(local_peer=peer_id, rng=rng) for c in batch]
+    extra = pluginhost.collect_components(plugins, peer_id, rng)
     core = NodeCore.standard(peer_id, rng, extra)
     events_in, events_out = trio.open_memory_channel[Event](EVENTS_QUEUE_MAX)
     host = Host(key_pair, host_config(config, psk), events_in)

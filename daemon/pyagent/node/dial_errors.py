@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Literal
 
+from libp2p.exceptions import MultiError
 from libp2p.security.exceptions import HandshakeFailure
 from libp2p.security.noise.exceptions import PeerIDMismatchesPubkey
 from libp2p.transport.exceptions import OpenConnectionError, SecurityUpgradeFailure
@@ -40,7 +41,7 @@ class DialError(Exception):
 
 
 def classify(exc: BaseException) -> DialReason:
-    chain = list(_causes(exc))
+    chain = list(causes(exc))
     if any(isinstance(e, PeerIDMismatchesPubkey) or _PEER_ID_MISMATCH_TEXT in str(e) for e in chain):
         return "wrong-peer-id"
     if any((type(e).__module__, type(e).__name__) == _KEY_MISMATCH_ERROR for e in chain):
@@ -54,7 +55,9 @@ def classify(exc: BaseException) -> DialReason:
     return "unreachable"
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """Every exception behind ``exc``: its causes, contexts, and the members of exception groups and of
+    py-libp2p's ``MultiError`` (which keeps per-address dial errors in ``.errors``, not in the chain)."""
     seen: set[int] = set()
     pending: list[BaseException] = [exc]
     while pending:
@@ -65,6 +68,8 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         yield current
         if isinstance(current, BaseExceptionGroup):
             pending.extend(current.exceptions)
+        if isinstance(current, MultiError):
+            pending.extend(current.errors)
         for linked in (current.__cause__, current.__context__):
             if linked is not None:
                 pending.append(linked)

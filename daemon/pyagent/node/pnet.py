@@ -23,7 +23,6 @@ import stat
 
 import trio
 from libp2p.custom_types import THandler
-from libp2p.exceptions import MultiError
 from libp2p.io.abc import ReadWriteCloser
 from libp2p.io.exceptions import IOException
 from libp2p.network.connection.raw_connection import RawConnection
@@ -39,6 +38,7 @@ from pyagent._core import (
     parse_swarm_key,
 )
 from pyagent.errors import ConfigError, RemoteProtocolError
+from pyagent.node.dial_errors import causes
 
 logger = logging.getLogger(__name__)
 
@@ -68,28 +68,8 @@ class NonceExchangeError(PrivateNetworkError):
 
 
 def find_key_mismatch(error: BaseException) -> KeyMismatchError | None:
-    """The :class:`KeyMismatchError` behind a failed dial, if any.
-
-    py-libp2p wraps transport errors several times (``SwarmDialAllFailedError`` from a ``MultiError`` of
-    ``SwarmException`` from ``SecurityUpgradeFailure`` from ...), sometimes inside exception groups; this
-    walks causes, contexts and both kinds of group so the daemon can tell the operator "key mismatch"
-    instead of a generic dial failure.
-    """
-    pending: list[BaseException] = [error]
-    seen: set[int] = set()
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, KeyMismatchError):
-            return current
-        if isinstance(current, BaseExceptionGroup):
-            pending.extend(current.exceptions)
-        if isinstance(current, MultiError):
-            pending.extend(current.errors)
-        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    return None
+    """The :class:`KeyMismatchError` behind a failed dial, if any, however deeply py-libp2p wrapped it."""
+    return next((e for e in causes(error) if isinstance(e, KeyMismatchError)), None)
 
 
 def generate_swarm_key() -> str:
