@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,15 +22,3 @@ def mesh(tmp_path: Path) -> Iterator[Callable[..., list[LocalPeer]]]:
 
     yield make
     stop_all(started)
-
-
-def run_cli(home: Path | None, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run the real ``pyagent`` CLI as an operator would."""
-    prefix = ["--home", str(home)] if home is not None else []
-    return subprocess.run(
-        [sys.executable, "-m", "pyagent.cli", *prefix, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        stdin=subprocess.DEVNULL,
-    )

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from pyagent.localmesh import LocalPeer, connect_all, init_home
-
-from .conftest import run_cli
+from pyagent.testing.cli import run_cli
 
 
 def tcp_port(addr: str) -> int:

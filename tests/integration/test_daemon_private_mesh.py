@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from pyagent.localmesh import LocalPeer, init_home
-
-from .conftest import run_cli
+from pyagent.testing.cli import run_cli
 
 REJECT_WITHIN_S = 2.0
 

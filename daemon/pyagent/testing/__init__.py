@@ -1,0 +1,1 @@
+"""Helpers for PyAgent's tests and for plugin authors' tests."""
