@@ -40,6 +40,8 @@ REQUEST_TIMEOUT_S = 30.0
 class Sender(Protocol):
     def send(self, peer: str, protocol_id: str, message: Message) -> None: ...
 
+    def reset_inbound(self, peer: str, protocol_id: str) -> None: ...
+
 
 class RequestFailed(Exception):
     """The core answered a local request with an error; the message is for the operator."""
@@ -103,10 +105,12 @@ class Driver:
         try:
             ready = self.core.step(event, now_us())
         except RemoteProtocolError as exc:
-            # The core has left its state unchanged; the peer's message is simply dropped.
+            # The core left its state unchanged; the sender loses the stream, as for undecodable bytes.
             assert isinstance(event, MessageReceived)
             self.remote_errors += 1
-            log.warning("dropped bad message peer=%s protocol=%s reason=%s", event.peer, event.protocol, exc)
+            log.warning("bad message peer=%s protocol=%s reason=%s; resetting its stream",
+                        event.peer, event.protocol, exc)
+            self._sender.reset_inbound(event.peer, event.protocol)
             return
         self._carry_out(ready)
         self.on_event(event)

@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
 import trio
 from libp2p.abc import INetConn, INetStream, INetwork, INotifee
@@ -36,12 +37,13 @@ from pyagent.node.dial_errors import DialError, classify
 from pyagent.node.host_config import HostConfig
 from pyagent.node.identify_client import PROTOCOL_ID as IDENTIFY_PROTOCOL_ID
 from pyagent.node.identify_client import read_identify
-from pyagent.node.inbound import message_handler
+from pyagent.node.inbound import InboundStreams, message_handler
 from pyagent.node.libp2p_factory import build_libp2p_host
 from pyagent.node.libp2p_logging import restore_libp2p_logging
 from pyagent.node.outbound import OutboundQueues
 from pyagent.node.presence import PeerPresence
 from pyagent.node.request_response import RequestError, RequestHandler, request, request_handler
+from pyagent.node.streams import finish_stream
 from pyagent.proto.events import Event, PeerConnected
 from pyagent.proto.wire import DEFAULT_LIMITS, Limits, Message, encode_frame
 
@@ -86,6 +88,8 @@ class Host:
         assert isinstance(swarm, Swarm)
         self._swarm = swarm
         self._limits: dict[str, Limits] = {}
+        self._inbound = InboundStreams()
+        self._nursery: trio.Nursery | None = None
         self._dial_locks: dict[str, trio.Lock] = {}
         self._outbound = OutboundQueues(self._open_stream, config.send_queue_frames_max, self._counters)
         self._presence = PeerPresence(
@@ -118,9 +122,11 @@ class Host:
                 async with trio.open_nursery() as nursery:
                     self._outbound.attach(nursery)
                     self._presence.attach(nursery)
+                    self._nursery = nursery
                     try:
                         yield self
                     finally:
+                        self._nursery = None
                         self._presence.attach(None)
                         nursery.cancel_scope.cancel()
             finally:
@@ -133,7 +139,12 @@ class Host:
         """Inbound frames on ``protocol_id`` become MessageReceived events; outbound ones obey ``limits``."""
         self._limits[protocol_id] = limits
         handler = message_handler(
-            protocol_id, limits, self._events, self._counters, self._config.read_chunk_size_bytes
+            protocol_id,
+            limits,
+            self._events,
+            self._counters,
+            self._config.read_chunk_size_bytes,
+            self._inbound,
         )
         self._libp2p.set_stream_handler(TProtocol(protocol_id), handler)
 
@@ -166,6 +177,14 @@ class Host:
         finally:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._dial_locks.pop(peer, None)
+
+    def reset_inbound(self, peer: str, protocol_id: str) -> None:
+        """Resets the peer's inbound streams on ``protocol_id``: what a message that the protocol core
+        rejected costs its sender. The peer's next `send` opens a fresh stream."""
+        if self._nursery is None:
+            return
+        for stream in self._inbound.take(peer, protocol_id):
+            self._nursery.start_soon(partial(finish_stream, stream, reset=True))
 
     async def disconnect(self, peer: str) -> None:
         await self._swarm.close_peer(ID.from_base58(peer))

@@ -7,6 +7,8 @@ reading, yamux's window fills, and the sender's writes wait. Bad bytes cost the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 
 import trio
@@ -23,20 +25,48 @@ from pyagent.proto.wire import Limits
 logger = logging.getLogger(__name__)
 
 
+class InboundStreams:
+    """The open inbound message streams of each (peer, protocol).
+
+    A frame can decode cleanly and still be nonsense to the protocol core; the core's verdict arrives
+    after the frame has left the reader. This registry lets that verdict cost the sender its stream,
+    just as a decoder error does. Its size is bounded by py-libp2p's per-connection stream limit.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, str], set[INetStream]] = {}
+
+    @contextmanager
+    def track(self, peer: str, protocol: str, stream: INetStream) -> Iterator[None]:
+        streams = self._open.setdefault((peer, protocol), set())
+        streams.add(stream)
+        try:
+            yield
+        finally:
+            streams.discard(stream)
+            if not streams:
+                self._open.pop((peer, protocol), None)
+
+    def take(self, peer: str, protocol: str) -> set[INetStream]:
+        return self._open.pop((peer, protocol), set())
+
+
 def message_handler(
     protocol: str,
     limits: Limits,
     events: trio.MemorySendChannel[Event],
     counters: Counters,
     read_chunk_size_bytes: int,
+    registry: InboundStreams,
 ) -> StreamHandler:
     async def handle(stream: INetStream) -> None:
         peer = str(stream.muxed_conn.peer_id)
         reader = FrameReader(stream, limits, read_chunk_size_bytes, partial(counters.add, "bytes_in"))
         try:
-            async for message in reader.messages():
-                counters.add("frames_in")
-                await events.send(MessageReceived(peer, protocol, message))
+            with registry.track(peer, protocol, stream):
+                async for message in reader.messages():
+                    counters.add("frames_in")
+                    await events.send(MessageReceived(peer, protocol, message))
         except RemoteProtocolError as exc:
             counters.add("protocol_errors")
             logger.warning("protocol error from %s on %s: %s; resetting the stream", peer, protocol, exc)
