@@ -2,7 +2,10 @@
 
 1. ``persist``: write these records durably (fsync) before anything else, as Raft requires, so a message
    that promises state never leaves before the state is safe.
-2. ``send``: deliver these messages; delivery is best effort and unordered across peers.
+2. ``send``: deliver these messages; delivery is best effort and unordered across peers. ``Send.addrs``
+   are dial hints: where to reach ``peer`` when the shell has no connection to it (membership learns them
+   by gossip). A send needs no long-lived connection; the shell may dial, send and let its connection
+   cap close the connection later.
 3. ``apply``: hand results to whoever waits for them (replies to local requests, notices).
 4. ``timers``: set or cancel timers; a set timer later comes back as ``TimerFired``.
 """
@@ -26,6 +29,7 @@ class Send:
     peer: PeerId
     protocol: ProtocolId
     message: Message
+    addrs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

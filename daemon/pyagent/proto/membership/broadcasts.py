@@ -1,0 +1,94 @@
+"""The bounded queue of updates waiting to be piggybacked (memberlist's ``TransmitLimitedQueue``).
+
+At most one update per member is queued: a newer claim about a member replaces the older one, which
+is what makes stale updates die out. Updates are handed out least-transmitted first (newest first
+within a tier) and dropped once sent ``retransmit_limit`` times. Tiers are indexed by transmit count,
+and the limit is small (4 x ceil(log10(N+1)), 20 for 10,000 members), so every operation costs a few
+dictionary steps rather than a scan of the queue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyagent.proto.membership import limits
+from pyagent.proto.membership.codec import WireEntry
+from pyagent.proto.types import PeerId
+
+# Once this little budget is left, no entry fits any more (the smallest entry is ~10 bytes).
+_BUDGET_FLOOR_BYTES = 16
+# Entries skipped for being too large before giving up: keeps one take() bounded when the budget is
+# nearly used and the queue holds many large (metadata-carrying) entries.
+_MISSES_MAX = 8
+
+
+@dataclass(slots=True)
+class _Item:
+    payload: WireEntry
+    size_bytes: int
+
+
+class BroadcastQueue:
+    def __init__(self, queue_max: int) -> None:
+        self._queue_max = queue_max
+        self._tiers: list[dict[PeerId, _Item]] = [{}]
+        self._tier_of: dict[PeerId, int] = {}
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._tier_of)
+
+    def push(self, key: PeerId, payload: WireEntry, size_bytes: int) -> None:
+        """Queue an update about member ``key``, replacing any older update about it."""
+        tier = self._tier_of.pop(key, None)
+        if tier is not None:
+            del self._tiers[tier][key]
+        elif len(self._tier_of) >= self._queue_max:
+            self._drop_most_sent()
+        self._tiers[0][key] = _Item(payload, size_bytes)
+        self._tier_of[key] = 0
+
+    def take(self, budget_bytes: int, transmit_limit: int) -> list[WireEntry]:
+        """Updates for one outgoing message, within ``budget_bytes``; counts them as transmitted."""
+        if not self._tier_of:
+            return []
+        chosen: list[tuple[PeerId, int, _Item]] = []
+        misses = 0
+        for tier_index, tier in enumerate(self._tiers):
+            for key in reversed(tier):
+                item = tier[key]
+                if item.size_bytes <= budget_bytes:
+                    chosen.append((key, tier_index, item))
+                    budget_bytes -= item.size_bytes
+                else:
+                    misses += 1
+                if (
+                    budget_bytes < _BUDGET_FLOOR_BYTES
+                    or misses > _MISSES_MAX
+                    or len(chosen) >= limits.UPDATES_MAX
+                ):
+                    break
+            else:
+                continue
+            break
+        for key, tier_index, item in chosen:
+            del self._tiers[tier_index][key]
+            sent = tier_index + 1
+            if sent >= transmit_limit:
+                del self._tier_of[key]
+                continue
+            if sent == len(self._tiers):
+                self._tiers.append({})
+            self._tiers[sent][key] = item
+            self._tier_of[key] = sent
+        return [item.payload for _, _, item in chosen]
+
+    def _drop_most_sent(self) -> None:
+        # The update sent most often has done most of its work; losing it costs the least.
+        for tier in reversed(self._tiers):
+            if tier:
+                key = next(iter(tier))
+                del tier[key]
+                del self._tier_of[key]
+                self.dropped += 1
+                return

@@ -1,0 +1,60 @@
+"""The nouns of membership: member states, update entries, and the records shown to shells and simnet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from pyagent.proto.membership.metadata import Metadata
+from pyagent.proto.types import PeerId
+
+
+class State(IntEnum):
+    """A member's state; the value is its wire code."""
+
+    ALIVE = 0
+    SUSPECT = 1
+    DEAD = 2
+    LEFT = 3
+
+
+LIVE_STATES = (State.ALIVE, State.SUSPECT)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One claim about one member, as gossiped and exchanged in push-pull.
+
+    Alive entries carry the member's addresses and the metadata version the sender holds (the receiver
+    fetches newer metadata from the sender). Suspect entries name their accuser, so that independent
+    accusations can be counted as Lifeguard confirmations.
+    """
+
+    peer: PeerId
+    state: State
+    incarnation: int
+    meta_version: int
+    addrs: tuple[str, ...] = ()
+    accuser: PeerId = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRecord:
+    peer: PeerId
+    addrs: tuple[str, ...]
+    state: State
+    incarnation: int
+    state_changed_us: int
+    meta_version: int
+    metadata: Metadata
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChanged:
+    """A state transition seen by this node; ``old_state`` is None when the member was new to it."""
+
+    peer: PeerId
+    old_state: State | None
+    new_state: State
+    incarnation: int
+    at_us: int
