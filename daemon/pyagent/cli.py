@@ -164,6 +164,15 @@ def cmd_ping(args: argparse.Namespace, ctx: CliContext) -> int:
     return EXIT_FAILED if failures == args.count else EXIT_OK
 
 
+def cmd_stats(args: argparse.Namespace, ctx: CliContext) -> int:
+    stats = ctx.call("stats")
+    if args.json:
+        _print_json(stats)
+        return EXIT_OK
+    print(_table([[name, str(value)] for name, value in sorted(stats.items())], ["COUNTER", "VALUE"]))
+    return EXIT_OK
+
+
 def cmd_plugins(args: argparse.Namespace, ctx: CliContext) -> int:
     from dataclasses import asdict
 
@@ -246,6 +255,10 @@ def build_parser(plugins: Any = None) -> OneLineParser:
     p.add_argument("-c", "--count", type=int, default=3, help="number of pings (default 3)")
     p.add_argument("-i", "--interval", type=float, default=0.5, help="seconds between pings (default 0.5)")
     p.set_defaults(run=cmd_ping)
+
+    p = sub.add_parser("stats", help="frame, byte, drop and error counters of the running daemon")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_stats)
 
     p = sub.add_parser("plugins", help="list the installed plugins and the hooks they implement")
     p.add_argument("--json", action="store_true")
