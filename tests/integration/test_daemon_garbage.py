@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 
@@ -63,7 +64,8 @@ async def test_garbage_costs_the_stream_not_the_daemon(mesh: Callable[..., list[
         for payload in FRAME_GARBAGE + CORE_GARBAGE:
             await send_and_wait_for_reset(attacker, victim.peer_id, payload)
 
-    stats = await trio.to_thread.run_sync(lambda: victim.call("stats"))
+    shown = await trio.to_thread.run_sync(lambda: run_cli(victim.home, "stats", "--json"))
+    stats = json.loads(shown.stdout)
     assert stats["protocol_errors"] == len(FRAME_GARBAGE)
     assert stats["core_remote_errors"] == len(CORE_GARBAGE)
     assert victim.process is not None and victim.process.poll() is None
