@@ -63,10 +63,6 @@ def encode(metadata: Metadata) -> dict[str, Any]:
     return out
 
 
-def encoded_size_bytes(metadata: Metadata) -> int:
-    return len(msgpack.packb(encode(metadata), use_bin_type=True))
-
-
 def check_local(metadata: Metadata, bytes_max: int) -> None:
     """Validate our own metadata before it is gossiped; raises ``ValueError`` naming the field."""
     decode(encode(metadata), bytes_max, ValueError)

@@ -1,0 +1,228 @@
+"""One Membership instance driven by hand: trust rules, refutation, commands and bounds."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from pyagent.proto.events import LocalRequest, MessageReceived, TimerFired
+from pyagent.proto.membership import (
+    LAN,
+    PROTOCOL_ID,
+    Config,
+    Join,
+    Leave,
+    ListMembers,
+    Membership,
+    Metadata,
+    State,
+    UpdateLocalMetadata,
+    codec,
+)
+from pyagent.proto.membership.records import Entry
+from pyagent.proto.node import NodeCore
+from pyagent.proto.ready import Ready, SetTimer
+
+
+class Driver:
+    def __init__(self, config: Config = LAN, metadata: Metadata | None = None) -> None:
+        self.membership = Membership("me", random.Random(1), config, metadata, ("/ip4/127.0.0.1/tcp/1",))
+        self.core = NodeCore("me", random.Random(1), [self.membership])
+        self.now_us = 0
+        self.request_ids = 0
+        self.request(Join(()))
+
+    def step(self, event: Any, advance_us: int = 1_000) -> Ready:
+        self.now_us += advance_us
+        return self.core.step(event, self.now_us)
+
+    def request(self, command: object) -> Ready:
+        self.request_ids += 1
+        return self.step(LocalRequest(self.request_ids, command))
+
+    def receive(self, sender: str, message: dict[str, Any]) -> Ready:
+        return self.step(MessageReceived(sender, PROTOCOL_ID, message))
+
+    def gossip(self, sender: str, *entries: Entry) -> Ready:
+        return self.receive(sender, codec.gossip([codec.encode_entry(entry) for entry in entries]))
+
+    def fire(self, suffix: str) -> Ready:
+        return self.step(TimerFired(f"membership/{suffix}"))
+
+    def state(self, peer: str) -> State | None:
+        record = self.membership.member(peer)
+        return None if record is None else record.state
+
+
+def alive(peer: str, incarnation: int = 0) -> Entry:
+    return Entry(peer, State.ALIVE, incarnation, 1, (f"/sim/{peer}",))
+
+
+def sent_entries(ready: Ready) -> list[list[Any]]:
+    return [entry for send in ready.send for entry in send.message.get("u", [])]
+
+
+def test_a_suspicion_of_ourselves_is_refuted_with_a_higher_incarnation() -> None:
+    driver = Driver()
+    driver.gossip("a", alive("a"))
+    driver.gossip("a", Entry("me", State.SUSPECT, 0, 1, accuser="a"))
+    me = driver.membership.member("me")
+    assert me is not None and me.incarnation == 1 and me.state is State.ALIVE
+    assert driver.membership.counters["refutations"] == 1
+    assert driver.membership.health_score == 1
+    ready = driver.fire("gossip")
+    assert ["me", 0, 1, me.meta_version, ["/ip4/127.0.0.1/tcp/1"], None] in sent_entries(ready)
+
+
+def test_old_suspicions_of_ourselves_are_ignored() -> None:
+    driver = Driver()
+    driver.gossip("a", alive("a"))
+    driver.gossip("a", Entry("me", State.SUSPECT, 0, 1, accuser="a"))
+    driver.gossip("a", Entry("me", State.DEAD, 0, 1))
+    me = driver.membership.member("me")
+    assert me is not None and me.incarnation == 1 and driver.membership.counters["refutations"] == 1
+
+
+def test_a_sender_cannot_be_suspect_or_dead_by_its_own_message() -> None:
+    driver = Driver()
+    driver.gossip("a", alive("a"), alive("b"))
+    driver.gossip("a", Entry("a", State.DEAD, 0, 1), Entry("a", State.SUSPECT, 0, 1, accuser="b"))
+    assert driver.state("a") is State.ALIVE
+    driver.gossip("a", Entry("a", State.LEFT, 1, 1))
+    assert driver.state("a") is State.LEFT
+
+
+def test_confirmations_only_count_live_accusers() -> None:
+    driver = Driver()
+    driver.gossip("a", *(alive(peer) for peer in "abcdefg"))
+    driver.gossip("a", Entry("g", State.SUSPECT, 0, 1, accuser="a"))
+    driver.gossip("a", Entry("g", State.SUSPECT, 0, 1, accuser="stranger"))
+    assert driver.membership.counters["suspicion_confirmations"] == 0
+    ready = driver.gossip("b", Entry("g", State.SUSPECT, 0, 1, accuser="b"))
+    assert driver.membership.counters["suspicion_confirmations"] == 1
+    deadline = [t for t in ready.timers if isinstance(t, SetTimer) and t.key == "membership/s/g"]
+    assert deadline and deadline[0].at_us < driver.now_us + LAN.suspicion_max_ms(8) * 1_000
+
+
+def test_a_suspected_member_is_refuted_by_a_newer_alive_and_dies_otherwise() -> None:
+    driver = Driver()
+    driver.gossip("a", alive("a"), alive("b"))
+    driver.gossip("a", Entry("b", State.SUSPECT, 0, 1, accuser="a"))
+    assert driver.state("b") is State.SUSPECT
+    driver.gossip("a", alive("b", incarnation=0))
+    assert driver.state("b") is State.SUSPECT
+    driver.gossip("a", alive("b", incarnation=1))
+    assert driver.state("b") is State.ALIVE
+    driver.gossip("a", Entry("b", State.SUSPECT, 1, 1, accuser="a"))
+    driver.fire("s/b")
+    assert driver.state("b") is State.DEAD
+    driver.gossip("a", Entry("b", State.LEFT, 1, 1))
+    assert driver.state("b") is State.LEFT
+    driver.gossip("a", Entry("b", State.DEAD, 1, 1))
+    assert driver.state("b") is State.LEFT
+
+
+def probe_once(driver: Driver) -> tuple[str, int]:
+    ready = driver.fire("probe")
+    (ping,) = [send for send in ready.send if send.message["t"] == "p"]
+    return ping.peer, ping.message["s"]
+
+
+def test_only_the_probed_member_or_a_helper_can_ack_a_probe() -> None:
+    driver = Driver()
+    driver.gossip("a", alive("a"), alive("b"), alive("c"))
+    target, seq = probe_once(driver)
+    stranger = next(peer for peer in "abc" if peer != target)
+    driver.receive(stranger, codec.ack(seq, []))
+    assert driver.membership.counters["acks_late_or_unknown"] == 1
+    driver.fire("probe-timeout")
+    driver.fire("probe")
+    assert driver.membership.counters["probes_failed"] == 1
+    assert driver.state(target) is State.SUSPECT
+
+
+def test_missing_nacks_raise_our_health_score_and_nacks_do_not() -> None:
+    driver = Driver()
+    driver.gossip("a", alive("a"), alive("b"), alive("c"), alive("d"))
+    target, seq = probe_once(driver)
+    ready = driver.fire("probe-timeout")
+    helpers = [send.peer for send in ready.send if send.message["t"] == "i"]
+    assert len(helpers) == 3 and target not in helpers
+    driver.receive(helpers[0], codec.nack(seq))
+    driver.receive(helpers[0], codec.nack(seq))  # a helper's nack counts once
+    driver.fire("probe")
+    assert driver.membership.health_score == 2
+
+
+def test_a_helper_relays_an_ack_or_nacks() -> None:
+    driver = Driver()
+    ready = driver.receive("origin", codec.ping_req(77, "target", ("/t",), True, 400, []))
+    (ping,) = [send for send in ready.send if send.message["t"] == "p"]
+    assert ping.peer == "target" and ping.addrs == ("/t",)
+    ready = driver.receive("target", codec.ack(ping.message["s"], []))
+    assert [(s.peer, s.message["t"], s.message["s"]) for s in ready.send] == [("origin", "a", 77)]
+    ready = driver.receive("origin", codec.ping_req(78, "target", ("/t",), True, 400, []))
+    (ping,) = [send for send in ready.send if send.message["t"] == "p"]
+    ready = driver.fire(f"r/{ping.message['s']}")
+    assert [(s.peer, s.message["t"], s.message["s"]) for s in ready.send] == [("origin", "n", 78)]
+
+
+def test_the_member_table_is_bounded() -> None:
+    driver = Driver(Config(members_max=3))
+    driver.gossip("a", *(alive(peer) for peer in "abcde"))
+    assert len(driver.membership.members()) == 3
+    assert driver.membership.counters["members_refused"] == 3
+
+
+def test_metadata_is_validated_and_versioned() -> None:
+    with pytest.raises(ValueError, match="metadata_bytes_max"):
+        Membership("me", random.Random(1), LAN, Metadata(extra={f"k{i}": "v" * 100 for i in range(8)}))
+    driver = Driver()
+    ready = driver.request(UpdateLocalMetadata(metadata=Metadata(hardware_tags=("x" * 300,))))
+    assert ready.apply[0].error is not None and "hardware_tags" in ready.apply[0].error
+    ready = driver.request(UpdateLocalMetadata(metadata=Metadata(cpu_cores=4)))
+    record = ready.apply[0].value
+    assert record.meta_version == 2 and record.incarnation == 1 and record.metadata.cpu_cores == 4
+
+
+def test_metadata_newer_than_ours_is_fetched_from_the_sender() -> None:
+    driver = Driver()
+    ready = driver.gossip("a", Entry("a", State.ALIVE, 0, 5, ("/a",)))
+    (query,) = [send for send in ready.send if send.message["t"] == "mq"]
+    assert query.peer == "a" and query.message["q"] == ["a"]
+    driver.receive("a", codec.metadata_reply([["a", 5, {"c": 32}]]))
+    record = driver.membership.member("a")
+    assert record is not None and record.meta_version == 5 and record.metadata.cpu_cores == 32
+    ready = driver.receive("b", codec.metadata_query(["a", "unknown"]))
+    (reply,) = ready.send
+    assert reply.peer == "b" and reply.message["m"] == [["a", 5, {"c": 32}]]
+
+
+def test_commands_list_join_and_leave() -> None:
+    driver = Driver()
+    driver.gossip("a", alive("a"))
+    ready = driver.request(ListMembers())
+    assert [record.peer for record in ready.apply[0].value] == ["a", "me"]
+    driver.request(Join((("seed", ("/seed",)),)))
+    ready = driver.request(Join((("seed", ("/seed",)),)))
+    assert ready.apply[0].error == "a join is already in progress"
+    ready = driver.request(Leave())
+    assert ready.apply[0].value == 1
+    assert driver.membership.member("me").state is State.LEFT  # type: ignore[union-attr]
+    assert driver.request(Leave()).apply[0].value == 0
+    assert driver.request(UpdateLocalMetadata(metadata=Metadata())).apply[0].error is not None
+    assert driver.fire("probe").send == []
+
+
+def test_changes_are_reported_and_bounded() -> None:
+    driver = Driver(Config(changes_max=2))
+    driver.gossip("a", alive("a"), alive("b"), alive("c"))
+    changes = driver.membership.drain_changes()
+    assert [(change.peer, change.old_state, change.new_state) for change in changes] == [
+        ("b", None, State.ALIVE),
+        ("c", None, State.ALIVE),
+    ]
+    assert driver.membership.counters["changes_dropped"] == 2
+    assert driver.membership.drain_changes() == []
