@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     from pyagent_simnet.scenario import Scenario
     from pyagent_simnet.sim import Sim, SimNode
 
-Factory = Callable[[PeerId, random.Random, Mapping[str, bytes], "Scenario"], Component]
+# factory(peer, rng, durable_store, scenario, built) -> Component, where ``built`` maps the names of the
+# components already made for this node to them, so a plugin component can work with its siblings.
+Factory = Callable[[PeerId, random.Random, Mapping[str, bytes], "Scenario", dict[str, Component]], Component]
 
 
 class Kit:

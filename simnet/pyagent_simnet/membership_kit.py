@@ -67,8 +67,14 @@ class MembershipKit(Kit):
     def check(self, preset: str, overrides: Mapping[str, Any], source: str) -> None:
         config_for(preset, overrides, source)
 
-    def build(self, peer: PeerId, rng: random.Random, store: Mapping[str, bytes], scenario: Scenario,
-              built: dict[str, Component]) -> list[Component]:
+    def build(
+        self,
+        peer: PeerId,
+        rng: random.Random,
+        store: Mapping[str, bytes],
+        scenario: Scenario,
+        built: dict[str, Component],
+    ) -> list[Component]:
         config = config_for(scenario.top["preset"], scenario.membership, scenario.source)
         return [membership.Membership(peer, rng, config, local_addrs=(f"/sim/{peer}",))]
 
@@ -109,8 +115,13 @@ class MembershipObserver(Observer):
         config = config_for(sim.scenario.top["preset"], sim.scenario.membership, sim.scenario.source)
         members = max(2, sim.scenario.top["peers"])
         self.grace_us = int(
-            (config.suspicion_max_ms(members) + config.push_pull_period_ms(members) + 2 * config.probe_interval_ms)
-            * US_PER_MS)
+            (
+                config.suspicion_max_ms(members)
+                + config.push_pull_period_ms(members)
+                + 2 * config.probe_interval_ms
+            )
+            * US_PER_MS
+        )
         # view[i]: indices node i believes live (alive or suspect), itself excluded.
         self.view: dict[int, set[int]] = {}
         self.wrong: dict[int, int] = {}  # per up observer: members it is wrong about
@@ -199,11 +210,17 @@ class MembershipObserver(Observer):
     def _on_dead(self, observer: int, subject: int, now_us: int) -> None:
         sim = self.sim
         target = sim.nodes[subject]
-        if target.up and not target.paused and not target.gray_delay_us and self._undisturbed(observer, subject):
+        if (
+            target.up
+            and not target.paused
+            and not target.gray_delay_us
+            and self._undisturbed(observer, subject)
+        ):
             self.false_positives += 1
             if len(self.false_positive_examples) < 5:
                 self.false_positive_examples.append(
-                    f"t={now_us / US_PER_S:.3f}s {sim.nodes[observer].peer} declared {target.peer} dead")
+                    f"t={now_us / US_PER_S:.3f}s {sim.nodes[observer].peer} declared {target.peer} dead"
+                )
             return
         crashed_us = self.crash_at_us.get(subject)
         if crashed_us is None:
@@ -228,7 +245,9 @@ class MembershipObserver(Observer):
         if net.separated(observer, subject) or disturbed_us > since_us:
             return False
         lifted = net.lifted
-        return not (lifted is not None and net.lifted_at_us > since_us and lifted.separated(observer, subject))
+        return not (
+            lifted is not None and net.lifted_at_us > since_us and lifted.separated(observer, subject)
+        )
 
     # ----- sampling and checks
 
@@ -252,25 +271,33 @@ class MembershipObserver(Observer):
             self.violations.append(
                 f"{self.false_positives} false positives ({rate:.2f}/member-hour > "
                 f"checks.false_positives_per_member_hour_max={self.fp_max_per_member_hour}); first: "
-                + "; ".join(self.false_positive_examples))
+                + "; ".join(self.false_positive_examples)
+            )
         if self.detection_bound_s and self.detections_everywhere_s:
             worst = max(self.detections_everywhere_s)
             if worst > self.detection_bound_s:
                 self.violations.append(
                     f"a crash took {worst:.2f}s to be marked dead everywhere > checks.detection_bound_s="
-                    f"{self.detection_bound_s}")
+                    f"{self.detection_bound_s}"
+                )
         if self.detection_bound_s:
-            late = [i for i, t in self.crash_at_us.items()
-                    if (self.sim.now_us - t) / US_PER_S > self.detection_bound_s]
+            late = [
+                i
+                for i, t in self.crash_at_us.items()
+                if (self.sim.now_us - t) / US_PER_S > self.detection_bound_s
+            ]
             if late:
                 self.violations.append(
                     f"{len(late)} crashed peers not marked dead everywhere within checks.detection_bound_s="
-                    f"{self.detection_bound_s} (e.g. {self.sim.nodes[late[0]].peer})")
-        if self.convergence_bound_s and (self.converged_at_s is None
-                                         or self.converged_at_s > self.convergence_bound_s):
+                    f"{self.detection_bound_s} (e.g. {self.sim.nodes[late[0]].peer})"
+                )
+        if self.convergence_bound_s and (
+            self.converged_at_s is None or self.converged_at_s > self.convergence_bound_s
+        ):
             self.violations.append(
                 f"fresh mesh not converged within checks.convergence_bound_s={self.convergence_bound_s} "
-                f"(converged at {self.converged_at_s})")
+                f"(converged at {self.converged_at_s})"
+            )
         self._cross_check_views()
 
     def _cross_check_views(self) -> None:
@@ -281,8 +308,11 @@ class MembershipObserver(Observer):
             self.sim.request(node, ListMembers(), lambda _node, reply: answer.append(reply))
             if not answer or answer[0].error is not None:
                 continue
-            live = {self.sim.index_of[r.peer] for r in answer[0].value  # type: ignore[attr-defined]
-                    if r.state in LIVE_STATES and r.peer != node.peer and r.peer in self.sim.index_of}
+            live = {
+                self.sim.index_of[r.peer]
+                for r in answer[0].value  # type: ignore[attr-defined]
+                if r.state in LIVE_STATES and r.peer != node.peer and r.peer in self.sim.index_of
+            }
             if live != self.view[index]:
                 self.violations.append(f"simnet bookkeeping: view of {node.peer} differs from ListMembers")
                 return
@@ -303,8 +333,11 @@ class MembershipObserver(Observer):
             "membership_transitions": dict(sorted(self.transitions.items())),
             "wrong_pairs_at_end": self.wrong_total,
         }
-        for name, values in (("detection", self.detections_everywhere_s), ("first_detection", self.detections_first_s),
-                             ("dissemination", self.disseminations_s)):
+        for name, values in (
+            ("detection", self.detections_everywhere_s),
+            ("first_detection", self.detections_first_s),
+            ("dissemination", self.disseminations_s),
+        ):
             if values:
                 ordered = sorted(values)
                 out[f"{name}_p50_s"] = round(ordered[len(ordered) // 2], 4)

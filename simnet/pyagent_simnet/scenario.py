@@ -189,9 +189,7 @@ def from_dict(
         if table == "membership":
             tables[table] = dict(given)
             continue
-        tables[table] = _fill(
-            given, fields, table, source, skip=TABLES if table == "" else frozenset()
-        )
+        tables[table] = _fill(given, fields, table, source, skip=TABLES if table == "" else frozenset())
     faults = data.get("faults", [])
     if not isinstance(faults, list):
         raise ConfigError(f"{source}: faults: must be an array of tables ([[faults]])")
@@ -302,6 +300,10 @@ def _apply_override(data: dict[str, Any], item: str, source: str) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"--set {item}: expected key=value")
+    if key == "faults":
+        # The fault schedule is an array of tables; it is replaced whole: --set 'faults=[]'.
+        data["faults"] = _parse_value(text, Field(list, []), key, source)
+        return
     table, _, leaf = key.rpartition(".")
     if table not in SCHEMA or (table != "membership" and leaf not in SCHEMA[table]):
         raise ConfigError(f"{source}: --set {key}: unknown key")

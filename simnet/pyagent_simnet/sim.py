@@ -52,6 +52,7 @@ US_PER_S = 1_000_000
 DELIVER, TIMER, CONNECT, DISCONNECT, CALL = range(5)
 GRAY_WAITED = 8
 NO_NODE = -1
+NEVER_US = -(1 << 62)
 
 ReplyHandler = Callable[["SimNode", Reply], None]
 
@@ -100,7 +101,9 @@ class SimNode:
         self.protocols: dict[str, Limits] = {}
         self.sent_msgs = self.sent_bytes = self.recv_msgs = self.recv_bytes = 0
         self.started_us = 0
-        self.disturbed_us = 0  # the last time a node fault (crash, start, pause, gray...) touched this node
+        self.disturbed_us = (
+            NEVER_US  # the last time a node fault (crash, start, pause, gray...) touched this node
+        )
         # Components that queue notices for the shell to drain (membership's changes) rather than put
         # them in Ready.apply; drained after every step so observers see them at the right virtual time.
         self.notice_sources: list[Callable[[], list[Any]]] = []
@@ -381,12 +384,17 @@ class Sim:
             for component in made:
                 built[component.name] = component
             parts.extend(made)
-        parts.extend(factory(node.peer, rng, node.store, self.scenario) for factory in self._extra)
+        for factory in self._extra:
+            component = factory(node.peer, rng, node.store, self.scenario, built)
+            built[component.name] = component
+            parts.append(component)
         node.core = NodeCore(node.peer, rng, parts)
         node.notice_sources = [source for kit in self.kits for source in kit.notice_sources(built)]
         node.protocols = node.core.protocols
         node.up = True
-        node.started_us = node.disturbed_us = self.now_us
+        node.started_us = self.now_us
+        if node.epoch:
+            node.disturbed_us = self.now_us  # a restart: rumours about the old process may still be around
         for observer in self.observers:
             observer.on_node_up(node)
         for kit in self.kits:

@@ -33,7 +33,9 @@ class Numbered(Component):
 
     def on_request(self, request: LocalRequest, now_us: int, out: Ready) -> None:
         assert isinstance(request.command, SendNumbered)
-        out.send.append(Send(request.command.peer, PROTOCOL_ID, {"v": 1, "t": "n", "i": request.command.number}))
+        out.send.append(
+            Send(request.command.peer, PROTOCOL_ID, {"v": 1, "t": "n", "i": request.command.number})
+        )
 
     def on_message(self, event: MessageReceived, now_us: int, out: Ready) -> None:
         number = event.message.get("i")
@@ -42,5 +44,7 @@ class Numbered(Component):
         self.received.append(number)
 
 
-def factory(peer: str, rng: random.Random, store: Mapping[str, bytes], scenario: Any) -> Component:
+def factory(
+    peer: str, rng: random.Random, store: Mapping[str, bytes], scenario: Any, built: Mapping[str, Component]
+) -> Component:
     return Numbered()

@@ -87,7 +87,9 @@ def test_corruption_reaches_the_real_decoders_and_the_sim_survives() -> None:
     sim = make(corrupt=1.0)
     send(sim, 0, 1, 300)
     sim.run(1)
-    rejected = sim.counters["decode_errors"] + sim.counters["truncated_frames"] + sim.counters["step_rejected"]
+    rejected = (
+        sim.counters["decode_errors"] + sim.counters["truncated_frames"] + sim.counters["step_rejected"]
+    )
     assert sim.counters["decode_errors"] > 0
     assert rejected > 0
     assert sim.counters["delivered"] == 300

@@ -18,7 +18,11 @@ components = ["ping"]
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pyagent_simnet", *args], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "pyagent_simnet", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -49,8 +53,12 @@ def test_bad_scenario_files(tmp_path: Path, extra: str, key: str, problem: str) 
 
 @pytest.mark.parametrize(
     ("override", "key"),
-    [("peers=many", "peers"), ("network.loss=-0.1", "network.loss"), ("nosuch=1", "nosuch"),
-     ("churn.leave_rate_per_s=-2", "churn.leave_rate_per_s")],
+    [
+        ("peers=many", "peers"),
+        ("network.loss=-0.1", "network.loss"),
+        ("nosuch=1", "nosuch"),
+        ("churn.leave_rate_per_s=-2", "churn.leave_rate_per_s"),
+    ],
 )
 def test_bad_overrides(tmp_path: Path, override: str, key: str) -> None:
     path = tmp_path / "ok.toml"
