@@ -40,9 +40,9 @@ scalars = st.one_of(
 values = st.recursive(
     scalars,
     lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=4), inner, max_size=6),
-    max_leaves=30,
+    max_leaves=8,
 )
-entry_like = st.lists(values, min_size=6, max_size=6)
+entry_like = st.lists(scalars | st.lists(scalars, max_size=3), min_size=6, max_size=6)
 keys = st.sampled_from(["s", "u", "tg", "a", "nk", "w", "e", "r", "j", "q", "m", "zz"])
 kinds = st.sampled_from(["p", "a", "n", "i", "g", "pp", "pr", "mq", "md", "x"])
 
@@ -51,7 +51,7 @@ kinds = st.sampled_from(["p", "a", "n", "i", "g", "pp", "pr", "mq", "md", "x"])
 def messages(draw: st.DrawFn) -> dict[str, Any]:
     message: dict[str, Any] = {"v": draw(st.sampled_from([1, 1, 1, 0, 2])), "t": draw(kinds)}
     for key in draw(st.lists(keys, max_size=6)):
-        message[key] = draw(st.one_of(values, st.lists(entry_like, max_size=4)))
+        message[key] = draw(st.one_of(values, st.lists(entry_like, max_size=3)))
     return message
 
 
