@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -188,6 +187,7 @@ def cmd_plugins(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def cmd_mesh_new_private(args: argparse.Namespace, ctx: CliContext) -> int:
+    from pyagent import secretfile
     from pyagent.node import pnet
 
     out = Path(args.out)
@@ -195,10 +195,7 @@ def cmd_mesh_new_private(args: argparse.Namespace, ctx: CliContext) -> int:
         raise ConfigError(
             f"{out} already exists; pass --force to replace it (peers using it will be cut off)"
         )
-    text = pnet.generate_swarm_key()
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
+    secretfile.write(out, pnet.generate_swarm_key().encode(), replace=True)
     print(f"wrote {out}; copy it to every peer of the mesh and set [mesh] swarm_key_file")
     return EXIT_OK
 
@@ -216,6 +213,14 @@ def cmd_demo(args: argparse.Namespace, ctx: CliContext) -> int:
 # ---- parser -----------------------------------------------------------------------------------------
 
 
+def _command(sub: Any, name: str, help_text: str, run: Runner, *, json_output: bool = False) -> OneLineParser:
+    parser: OneLineParser = sub.add_parser(name, help=help_text, description=help_text)
+    if json_output:
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(run=run)
+    return parser
+
+
 def build_parser(plugins: Any = None) -> OneLineParser:
     parser = OneLineParser(
         prog="pyagent",
@@ -225,57 +230,41 @@ def build_parser(plugins: Any = None) -> OneLineParser:
     parser.add_argument("--home", help="node directory (default: $PYAGENT_HOME or the per-user data dir)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
 
-    p = sub.add_parser("init", help="create an identity and a config in the home directory")
+    p = _command(sub, "init", "create an identity and a config in the home directory", cmd_init)
     p.add_argument("--listen", action="append", metavar="MULTIADDR", help="listen address (repeatable)")
     p.add_argument("--swarm-key", metavar="FILE", help="join the private mesh of this swarm.key")
-    p.set_defaults(run=cmd_init)
 
-    p = sub.add_parser("daemon", help="run the peer in the foreground (Ctrl-C or SIGTERM stops it)")
+    p = _command(sub, "daemon", "run the peer in the foreground (Ctrl-C or SIGTERM stops it)", cmd_daemon)
     p.add_argument("--listen", action="append", metavar="MULTIADDR", help="override [node] listen")
     p.add_argument(
         "--bootstrap", action="append", metavar="MULTIADDR", help="peer to join at start (repeatable)"
     )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    p.set_defaults(run=cmd_daemon)
 
-    p = sub.add_parser("id", help="show this node's peer id and addresses")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(run=cmd_id)
+    _command(sub, "id", "show this node's peer id and addresses", cmd_id, json_output=True)
+    _command(sub, "peers", "list connected peers with their round-trip times", cmd_peers, json_output=True)
 
-    p = sub.add_parser("peers", help="list connected peers with their round-trip times")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(run=cmd_peers)
-
-    p = sub.add_parser("connect", help="connect to a peer by multiaddr (ending in /p2p/<peer id>)")
+    p = _command(sub, "connect", "connect to a peer by multiaddr (ending in /p2p/<peer id>)", cmd_connect)
     p.add_argument("addr", metavar="MULTIADDR")
-    p.set_defaults(run=cmd_connect)
 
-    p = sub.add_parser("ping", help="measure round-trip time to a peer (peer id or multiaddr)")
+    p = _command(sub, "ping", "measure round-trip time to a peer (peer id or multiaddr)", cmd_ping)
     p.add_argument("peer", metavar="PEER")
     p.add_argument("-c", "--count", type=int, default=3, help="number of pings (default 3)")
     p.add_argument("-i", "--interval", type=float, default=0.5, help="seconds between pings (default 0.5)")
-    p.set_defaults(run=cmd_ping)
 
-    p = sub.add_parser("stats", help="frame, byte, drop and error counters of the running daemon")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(run=cmd_stats)
-
-    p = sub.add_parser("plugins", help="list the installed plugins and the hooks they implement")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(run=cmd_plugins)
+    _command(sub, "stats", "frame, byte, drop and error counters of the daemon", cmd_stats, json_output=True)
+    _command(sub, "plugins", "list installed plugins and their hooks", cmd_plugins, json_output=True)
 
     mesh = sub.add_parser("mesh", help="manage meshes").add_subparsers(
         dest="mesh_command", metavar="COMMAND", parser_class=OneLineParser, required=True
     )
-    p = mesh.add_parser("new-private", help="write a new libp2p swarm.key for a private mesh")
+    p = _command(mesh, "new-private", "write a new libp2p swarm.key for a private mesh", cmd_mesh_new_private)
     p.add_argument("--out", default="swarm.key", help="where to write it (default ./swarm.key)")
     p.add_argument("--force", action="store_true", help="replace an existing file")
-    p.set_defaults(run=cmd_mesh_new_private)
 
-    p = sub.add_parser("demo", help="start a local mesh of daemons on 127.0.0.1 and show it working")
+    p = _command(sub, "demo", "start a local mesh of daemons on 127.0.0.1 and show it working", cmd_demo)
     p.add_argument("--peers", type=int, default=3, help="number of daemons (default 3)")
     p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
-    p.set_defaults(run=cmd_demo)
 
     if plugins is not None:
         plugins.hook.pyagent_add_cli_commands(subparsers=sub)

@@ -19,7 +19,6 @@ Use: ``libp2p.new_host(..., transports=[PnetTCP(psk)])`` and leave py-libp2p's `
 import logging
 import os
 import pathlib
-import stat
 
 import trio
 from libp2p.custom_types import THandler
@@ -29,6 +28,7 @@ from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.transport.tcp.tcp import TCP, TCPListener
 from multiaddr import Multiaddr
 
+from pyagent import secretfile
 from pyagent._core import (
     KEY_LEN_BYTES,
     NONCE_LEN_BYTES,
@@ -85,25 +85,14 @@ def load_swarm_key(path: pathlib.Path) -> bytes:
     tool. The warning says how to fix it.
     """
     hint = _CREATE_HINT.format(path=path)
-    try:
-        raw = path.read_bytes()
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise ConfigError(f"swarm key file {path} does not exist; {hint}") from None
-    except OSError as error:
-        raise ConfigError(f"cannot read swarm key file {path}: {error.strerror}; {hint}") from None
+    raw, exposed = secretfile.read(path, "swarm key file", hint)
     try:
         key = parse_swarm_key(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as error:
         reason = "it is not UTF-8 text" if isinstance(error, UnicodeDecodeError) else str(error)
         raise ConfigError(f"swarm key file {path} is invalid: {reason}; {hint}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        logger.warning(
-            "swarm key file %s is accessible by group or others (mode %o); run `chmod 600 %s`",
-            path,
-            stat.S_IMODE(mode),
-            path,
-        )
+    if exposed:
+        logger.warning("swarm key file %s is accessible by group or others; run `chmod 600 %s`", path, path)
     return key
 
 
