@@ -48,6 +48,13 @@ class BroadcastQueue:
         self._tiers[0][key] = _Item(payload, size_bytes)
         self._tier_of[key] = 0
 
+    def refresh(self, key: PeerId, payload: WireEntry, size_bytes: int) -> None:
+        """Replace the queued update about ``key``, if any, keeping its transmit count: the same news,
+        restated (a newer metadata version we now hold), is not worth a new round of transmissions."""
+        tier = self._tier_of.get(key)
+        if tier is not None:
+            self._tiers[tier][key] = _Item(payload, size_bytes)
+
     def take(self, budget_bytes: int, transmit_limit: int) -> list[WireEntry]:
         """Updates for one outgoing message, within ``budget_bytes``; counts them as transmitted."""
         if not self._tier_of:

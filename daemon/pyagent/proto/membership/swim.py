@@ -158,11 +158,12 @@ class Membership(Component):
             return
         self._count("recv", event.message)
         self._ensure_started(now_us, out)
+        if not isinstance(decoded, codec.PushPull | codec.MetadataQuery | codec.MetadataReply):
+            self._sync_with_stranger(sender, now_us, out)
         match decoded:
             case codec.Ping():
                 self._merge(decoded.updates, sender, now_us, out)
                 self._send(out, sender, codec.ack(decoded.seq, self._piggyback(about=sender)))
-                self._sync_with_stranger(sender, now_us, out)
             case codec.Ack():
                 self._merge(decoded.updates, sender, now_us, out)
                 self._on_ack(sender, decoded.seq, now_us, out)
@@ -178,7 +179,7 @@ class Membership(Component):
             case codec.MetadataQuery():
                 self._answer_metadata_query(sender, decoded, out)
             case codec.MetadataReply():
-                self._apply_metadata(decoded, now_us, out)
+                self._apply_metadata(decoded)
 
     def on_timer(self, suffix: str, now_us: int, out: Ready) -> None:
         if suffix == _PROBE:
@@ -572,8 +573,8 @@ class Membership(Component):
             self._send(out, peer, codec.push_pull(chunk, response, reply_wanted, join), addrs)
 
     def _sync_with_stranger(self, sender: PeerId, now_us: int, out: Ready) -> None:
-        # A member probing us knows us but we do not know it: our views diverged (joins that raced, a
-        # healed partition). A push-pull repairs both views now instead of at the next periodic one;
+        # A member gossiping with us knows us but we do not know it: our views diverged (joins that
+        # raced, a healed partition). A push-pull repairs both views now instead of at the next periodic one;
         # at most one per probe interval keeps a burst of strangers from costing a burst of states.
         if self._leaving or self._table.get(sender) is not None:
             return
@@ -591,6 +592,11 @@ class Membership(Component):
         if message.response and join is not None and any(seed == sender for seed, _ in join.seeds):
             self._join = None
             out.timers.append(CancelTimer(self.timer_key(_JOIN)))
+            # Members that joined at the same moment are missing from the seed's answer; a second
+            # exchange with a random member a moment later picks them up, instead of up to a whole
+            # push-pull period later.
+            resync_us = int(self.config.probe_interval_ms * US_PER_MS * (1 + self._rng.random()))
+            out.timers.append(SetTimer(self.timer_key(_PUSH_PULL), now_us + resync_us))
             result = Joined(seed=sender, attempts=join.attempt, members=self._table.live_count)
             out.apply.append(Reply(join.request_id, value=result))
 
@@ -604,14 +610,15 @@ class Membership(Component):
         for chunk in codec.chunks(records, chunk_bytes_max, limits.METADATA_RECORDS_MAX):
             self._send(out, sender, codec.metadata_reply(chunk))
 
-    def _apply_metadata(self, reply: codec.MetadataReply, now_us: int, out: Ready) -> None:
+    def _apply_metadata(self, reply: codec.MetadataReply) -> None:
         for peer, meta_version, metadata in reply.records:
             member = self._table.get(peer)
             if member is not None and meta_version > member.meta_version:
                 member.metadata, member.meta_version = metadata, meta_version
-                # Now that we hold it, we can advertise it: our peers fetch it from us.
+                # Now that we hold it, the transmissions still pending may advertise it.
                 if member.state is State.ALIVE:
-                    self._enqueue_member(member, out, now_us)
+                    payload = codec.encode_entry(self._entry_of(member))
+                    self._queue.refresh(peer, payload, codec.packed_size_bytes(payload))
 
     # ----- commands -----
 
