@@ -64,6 +64,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "join_spread_s": Field(float, 0.0, _nonneg),
         "sample_interval_s": Field(float, 1.0, _positive),
         "extra_components": Field(list, []),
+        # Load the installed `pyagent` plugins and add their pyagent_add_components to every node.
+        "plugins": Field(bool, False),
         "trace": Field(bool, False),
     },
     "network": {
@@ -214,7 +216,7 @@ def _fill(
     table: str,
     source: str,
     skip: frozenset[str] = frozenset(),
-) -> dict[str, Any]:  # type: ignore[assignment]
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in given:
         if key not in fields and key not in skip:

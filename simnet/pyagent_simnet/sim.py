@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pyagent import pluginhost
 from pyagent.errors import LocalProtocolError, RemoteProtocolError
 from pyagent.proto.events import (
     Event,
@@ -144,6 +145,7 @@ class Sim:
         self.index_of: dict[PeerId, int] = {}
         self.kits = [components.AVAILABLE[name] for name in sc.top["components"]]
         self._extra = [components.load_extra(spec, sc.source) for spec in sc.top["extra_components"]]
+        self._plugins = pluginhost.load_plugins() if sc.top["plugins"] else None
         self._connections = sc.top["connections"] == "on-first-send"
         self._disconnect_detect_us = int(sc.network["disconnect_detect_ms"] * US_PER_MS)
         self._replies: dict[int, tuple[SimNode, ReplyHandler]] = {}
@@ -384,6 +386,10 @@ class Sim:
             for component in made:
                 built[component.name] = component
             parts.extend(made)
+        if self._plugins is not None:
+            for component in pluginhost.collect_components(self._plugins, node.peer, rng):
+                built[component.name] = component
+                parts.append(component)
         for factory in self._extra:
             component = factory(node.peer, rng, node.store, self.scenario, built)
             built[component.name] = component

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from numbered import Numbered, SendNumbered
+
 from pyagent.proto.ping import PingPeer
 from pyagent.proto.ready import Reply
-
 from pyagent_simnet import Sim
 
 

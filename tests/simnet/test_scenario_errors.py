@@ -1,4 +1,4 @@
-"""A bad scenario or override is the user's mistake: one line naming key and file, exit code 2, no traceback."""
+"""A bad scenario or override is the user's mistake: one line naming key and file, exit 2, no traceback."""
 
 from __future__ import annotations
 

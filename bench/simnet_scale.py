@@ -1,0 +1,123 @@
+"""How far pure-Python simnet scales on this machine: wall time, events/s, x real time, peak memory.
+
+    .venv/bin/python bench/simnet_scale.py                 # both standard runs, each in its own process
+    .venv/bin/python bench/simnet_scale.py --one --peers 1000 --duration-s 300 --components membership
+
+The standard runs are 1,000 peers running membership for 300 simulated seconds, and 10,000 peers for 60
+simulated seconds. Each run reports its join phase (every peer starting within the first seconds, each
+pushing and pulling whole member lists) apart from its steady state, because the two cost very different
+amounts per simulated second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+from pyagent_simnet import Sim
+
+JOIN_PHASE_S = 10.0
+STANDARD_RUNS = (
+    (
+        "1000 peers x 300 s, membership (LAN)",
+        ["--peers", "1000", "--duration-s", "300", "--components", "membership"],
+    ),
+    (
+        "10000 peers x 60 s",
+        ["--peers", "10000", "--duration-s", "60", "--components", "ping", "--ping-rate", "1"],
+    ),
+)
+
+
+def one(peers: int, duration_s: float, components: str, ping_rate: float) -> dict[str, object]:
+    scenario = {
+        "name": f"bench-{peers}",
+        "peers": peers,
+        "duration_s": duration_s,
+        "components": components.split(","),
+        "seeds_per_peer": 2,
+        "join_spread_s": 2.0,
+        "sample_interval_s": 5.0,
+        "network": {"latency": {"kind": "lognormal", "median_ms": 0.4, "sigma": 0.5}},
+        "workload": {"ping_rate_per_s": ping_rate},
+        "checks": {"liveness": False},
+    }
+    started = time.perf_counter()
+    sim = Sim(scenario, seed=1)
+    build_s = time.perf_counter() - started
+    phases = []
+    for until_s in (min(JOIN_PHASE_S, duration_s), duration_s):
+        t0, e0, s0 = time.perf_counter(), sim.counters["events"], sim.now_us / 1e6
+        sim.run(until_s)
+        wall_s = time.perf_counter() - t0
+        events = sim.counters["events"] - e0
+        simulated_s = sim.now_us / 1e6 - s0
+        phases.append(
+            {
+                "from_s": s0,
+                "to_s": until_s,
+                "wall_s": round(wall_s, 1),
+                "events": events,
+                "events_per_s": round(events / wall_s) if wall_s else None,
+                "x_real_time": round(simulated_s / wall_s, 3) if wall_s else None,
+            }
+        )
+    total_wall_s = time.perf_counter() - started
+    sent_bytes = sum(node.sent_bytes for node in sim.nodes)
+    return {
+        "peers": peers,
+        "simulated_s": duration_s,
+        "components": components,
+        "build_s": round(build_s, 1),
+        "wall_s": round(total_wall_s, 1),
+        "events": sim.counters["events"],
+        "events_per_s": round(sim.counters["events"] / total_wall_s),
+        "x_real_time": round(duration_s / total_wall_s, 3),
+        "phases": phases,
+        "bytes_per_peer_per_s": round(sent_bytes / peers / duration_s, 1),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "trace_hash": sim.trace.hexdigest(),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--one", action="store_true", help="run one configuration in this process")
+    parser.add_argument("--peers", type=int, default=1000)
+    parser.add_argument("--duration-s", type=float, default=300.0)
+    parser.add_argument("--components", default="membership")
+    parser.add_argument("--ping-rate", type=float, default=0.0)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(args.peers, args.duration_s, args.components, args.ping_rate)))
+        return 0
+    for title, argv in STANDARD_RUNS:
+        # A fresh process per run, so that each peak RSS is that run's own.
+        done = subprocess.run(
+            [sys.executable, __file__, "--one", *argv], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            print(f"{title}: FAILED\n{done.stderr}")
+            continue
+        result = json.loads(done.stdout)
+        print(
+            f"{title}: wall {result['wall_s']} s, {result['events_per_s']} events/s, "
+            f"{result['x_real_time']}x real time, peak RSS {result['peak_rss_mib']} MiB, "
+            f"{result['bytes_per_peer_per_s']} B/s/peer"
+        )
+        for phase in result["phases"]:
+            print(
+                f"    {phase['from_s']:.0f}-{phase['to_s']:.0f} s: wall {phase['wall_s']} s, "
+                f"{phase['events_per_s']} events/s, {phase['x_real_time']}x real time"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Membership under simnet: the shipped scenarios pass their own checkers, and the figures are sane."""
+
+from __future__ import annotations
+
+import pytest
+
+from pyagent_simnet import Sim, run_scenario
+from pyagent_simnet.runner import EXIT_LIVENESS, EXIT_OK
+
+
+def test_a_fresh_mesh_converges_within_its_bound() -> None:
+    outcome = run_scenario(Sim("membership-convergence", seed=3))
+    assert outcome.exit_code == EXIT_OK, outcome.problems
+    assert outcome.result["convergence_99_s"] <= outcome.result["convergence_s"] <= 35
+    assert outcome.result["false_positives"] == 0
+
+
+def test_crashes_are_detected_everywhere_within_the_bound_and_no_one_else_is_accused() -> None:
+    outcome = run_scenario(Sim("membership-detection", seed=3))
+    assert outcome.exit_code == EXIT_OK, outcome.problems
+    result = outcome.result
+    assert len(result["detection_latencies_s"]) == 6
+    assert 0 < result["detection_p50_s"] <= result["detection_max_s"] <= 30
+    assert result["false_positives"] == 0
+    assert result["liveness_converged_after_s"] is not None  # the crashed peers rejoined
+
+
+def test_churn_keeps_views_honest_and_settles() -> None:
+    outcome = run_scenario(Sim("churn", seed=3))
+    assert outcome.exit_code == EXIT_OK, outcome.problems
+    assert outcome.result["peers_total"] > 60
+
+
+def test_lifeguard_cuts_false_positives_under_loss() -> None:
+    rates = {}
+    for lifeguard in ("true", "false"):
+        sim = Sim(
+            "membership-loss-sweep",
+            seed=2,
+            overrides=[
+                "peers=40",
+                "duration_s=300",
+                "network.loss=0.15",
+                f"membership.lifeguard={lifeguard}",
+                "checks.liveness=false",
+            ],
+        )
+        rates[lifeguard] = run_scenario(sim).result["false_positives"]
+    assert rates["true"] < rates["false"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="membership never re-probes members it marked dead: a partition "
+    "longer than gossip_to_dead_ms does not heal (reported to the membership owner)",
+)
+def test_a_long_partition_heals() -> None:
+    outcome = run_scenario(Sim("partition-heal", seed=1))
+    assert outcome.exit_code != EXIT_LIVENESS, outcome.problems
+    assert outcome.exit_code == EXIT_OK
