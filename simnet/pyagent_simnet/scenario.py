@@ -79,6 +79,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "region_weights": Field(list, []),
         "region_latency_ms": Field(list, []),
         "disconnect_detect_ms": Field(float, 50.0, _nonneg),
+        # Frames a clog may hold, and frames a paused peer may queue.
         "held_messages_max": Field(int, 1_000_000, _at_least(1)),
     },
     "workload": {

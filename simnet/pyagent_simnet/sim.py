@@ -215,7 +215,10 @@ class Sim:
                 self._drop(DROP_DOWN, a, index)
             return
         if node.paused:
-            node.pending.append((kind, index, a, b))
+            if kind == DELIVER and len(node.pending) >= self.network.held_messages_max:
+                self._drop(DROP_HELD_FULL, a, index)
+            else:
+                node.pending.append((kind, index, a, b))
             return
         if kind >= GRAY_WAITED:
             kind -= GRAY_WAITED
@@ -406,6 +409,11 @@ class Sim:
         for kit in self.kits:
             kit.on_start(self, node)
 
+    def inject(self, fault: Mapping[str, Any]) -> None:
+        """Apply one fault now, given as a scenario's ``[[faults]]`` table (``at_s`` is ignored)."""
+        checked = scenario_mod.from_dict({"faults": [dict(fault)]}, "<inject>").faults[0]
+        self.faults.apply(checked)
+
     def restart(self, node: SimNode) -> None:
         """Start a down node again: a new NodeCore built from whatever its durable store kept."""
         self._start(node)
@@ -423,6 +431,8 @@ class Sim:
         node.gray_delay_us = 0
         if wipe:
             node.store = {}
+        # Requests the old process will never answer.
+        self._replies = {rid: waiting for rid, waiting in self._replies.items() if waiting[0] is not node}
         self._drop_connections(node)
         for observer in self.observers:
             observer.on_node_down(node)

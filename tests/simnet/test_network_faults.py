@@ -47,7 +47,7 @@ def ping(sim: Sim, src: int, dst: int) -> list[Reply]:
 
 def test_a_partition_stops_delivery_across_it_only() -> None:
     sim = make()
-    sim.faults.apply(_fault("partition", sides=[[0], [1, 2]]))
+    sim.inject(dict(action="partition", sides=[[0], [1, 2]]))
     across, inside = ping(sim, 0, 1), ping(sim, 1, 2)
     sim.run(10)
     assert across[0].error is not None
@@ -61,7 +61,7 @@ def test_a_partition_stops_delivery_across_it_only() -> None:
 
 def test_a_one_way_partition_is_one_way() -> None:
     sim = make()
-    sim.faults.apply(_fault("partition", sides=[[0], [1, 2]], one_way=True))
+    sim.inject(dict(action="partition", sides=[[0], [1, 2]], one_way=True))
     send(sim, 0, 1, 5)
     send(sim, 1, 0, 5)
     sim.run(1)
@@ -119,20 +119,20 @@ def test_duplication_delivers_extra_copies() -> None:
 
 def test_a_clogged_link_holds_frames_until_it_is_unclogged() -> None:
     sim = make()
-    sim.faults.apply(_fault("clog", links=[[0, 1]]))
+    sim.inject(dict(action="clog", links=[[0, 1]]))
     send(sim, 0, 1, 10)
     send(sim, 0, 2, 3)
     sim.run(5)
     assert numbered(sim, 1).received == []
     assert numbered(sim, 2).received == [0, 1, 2]
-    sim.faults.apply(_fault("unclog"))
+    sim.inject(dict(action="unclog"))
     sim.run(6)
     assert numbered(sim, 1).received == list(range(10))
 
 
 def test_a_clogged_peer_neither_sends_nor_receives() -> None:
     sim = make()
-    sim.faults.apply(_fault("clog", peers=[2]))
+    sim.inject(dict(action="clog", peers=[2]))
     send(sim, 0, 2, 3)
     send(sim, 2, 1, 3)
     sim.run(5)
@@ -177,9 +177,3 @@ def _down() -> str:
     from pyagent_simnet.network import DROP_DOWN
 
     return DROP_DOWN
-
-
-def _fault(action: str, **fields: Any) -> dict[str, Any]:
-    from pyagent_simnet.scenario import from_dict
-
-    return from_dict({"faults": [{"action": action, **fields}]}).faults[0]
