@@ -8,14 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-import pluggy
-
+from pyagent.hookspecs import hookimpl
 from pyagent_simnet import cli
-
-try:
-    from pyagent.hookspecs import hookimpl
-except ImportError:  # the hook specification module lands separately; the marker is the same object kind
-    hookimpl = pluggy.HookimplMarker("pyagent")
 
 
 @hookimpl
