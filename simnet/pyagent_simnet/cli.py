@@ -33,6 +33,7 @@ SUMMARY_KEYS = (
     "speedup_x_real_time",
     "messages_per_peer_per_s",
     "bytes_per_peer_per_s",
+    "late_bytes_per_peer_per_s",
     "false_positives",
     "detection_p50_s",
     "detection_max_s",
@@ -152,6 +153,7 @@ DEFAULT_SWEEP_FIGURES = (
     "false_positives_per_member_hour",
     "convergence_s",
     "bytes_per_peer_per_s",
+    "late_bytes_per_peer_per_s",
     "messages_per_peer_per_s",
     "wall_s",
 )

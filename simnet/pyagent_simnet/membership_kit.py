@@ -322,6 +322,18 @@ class MembershipObserver(Observer):
                 self.violations.append(f"simnet bookkeeping: view of {node.peer} differs from ListMembers")
                 return
 
+    def _counters(self) -> dict[str, int]:
+        """The components' own counters summed over the peers up at the end (a crash loses its counts)."""
+        total: dict[str, int] = {}
+        for index in sorted(self.up):
+            core = self.sim.nodes[index].core
+            assert core is not None
+            component = core.component("membership")
+            assert isinstance(component, membership.Membership)
+            for name, count in component.counters.items():
+                total[name] = total.get(name, 0) + count
+        return dict(sorted(total.items()))
+
     def false_positives_per_member_hour(self) -> float:
         hours = self.member_seconds / S_PER_HOUR
         return self.false_positives / hours if hours else 0.0
@@ -338,6 +350,7 @@ class MembershipObserver(Observer):
             "crashes_undetected_at_end": len(self.crash_at_us),
             "membership_transitions": dict(sorted(self.transitions.items())),
             "wrong_pairs_at_end": self.wrong_total,
+            "membership_counters_of_up_peers": self._counters(),
         }
         for name, values in (
             ("detection", self.detections_everywhere_s),

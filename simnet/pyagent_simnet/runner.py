@@ -45,7 +45,10 @@ def run_scenario(sim: Sim) -> Outcome:
     exit_code = EXIT_OK
     liveness_s: float | None = None
     try:
-        sim.run(sim.scenario.top["duration_s"])
+        duration_s = sim.scenario.top["duration_s"]
+        late = _LateWindow(sim, duration_s)
+        sim.run(duration_s)
+        late.close()
         for observer in sim.observers:
             observer.check()
             problems += [f"safety: {v}" for v in observer.violations]
@@ -65,9 +68,41 @@ def run_scenario(sim: Sim) -> Outcome:
     wall_s = time.perf_counter() - started
     result = collect(sim, wall_s)
     result["liveness_converged_after_s"] = liveness_s
+    if exit_code != EXIT_CRASH:
+        result.update(late.figures())
     result["exit_code"] = exit_code
     result["problems"] = problems
     return Outcome(exit_code, result, problems)
+
+
+class _LateWindow:
+    """Traffic over the second half of the safety phase: the steady state, after any join storm."""
+
+    def __init__(self, sim: Sim, duration_s: float) -> None:
+        self.sim = sim
+        self.start: tuple[int, int, int] | None = None
+        self.end: tuple[int, int, int] | None = None
+        sim.schedule(int(duration_s * US_PER_S / 2), self._mark)
+
+    def _totals(self) -> tuple[int, int, int]:
+        nodes = self.sim.nodes
+        return (self.sim.now_us, sum(n.sent_bytes for n in nodes), sum(n.sent_msgs for n in nodes))
+
+    def _mark(self, _: Any) -> None:
+        self.start = self._totals()
+
+    def close(self) -> None:
+        self.end = self._totals()
+
+    def figures(self) -> dict[str, Any]:
+        if self.start is None or self.end is None or self.end[0] <= self.start[0]:
+            return {}
+        peers = sum(1 for node in self.sim.nodes if node.up) or 1
+        seconds = (self.end[0] - self.start[0]) / US_PER_S
+        return {
+            "late_bytes_per_peer_per_s": round((self.end[1] - self.start[1]) / peers / seconds, 1),
+            "late_messages_per_peer_per_s": round((self.end[2] - self.start[2]) / peers / seconds, 3),
+        }
 
 
 def _liveness(sim: Sim, bound_s: float) -> float | None:
