@@ -44,6 +44,8 @@ class Config:
     dynamic_suspicion: bool = True
     local_health: bool = True
     nacks: bool = True
+    # Byte counters re-encode every message; a simulator that measures bytes itself turns them off.
+    count_bytes: bool = True
 
     def __post_init__(self) -> None:
         for spec in fields(self):

@@ -152,7 +152,7 @@ class Membership(Component):
     # ----- Component -----
 
     def on_message(self, event: MessageReceived, now_us: int, out: Ready) -> None:
-        decoded = codec.decode(event.message, self.config.metadata_bytes_max)
+        decoded = codec.decode(event.message, self.config.metadata_bytes_max, self._is_known)
         sender = event.peer
         if sender == self.local_peer:
             return
@@ -335,11 +335,7 @@ class Membership(Component):
                 self.counters["suspicion_confirmations"] += 1
                 timer = SetTimer(self.timer_key(_SUSPICION + member.peer), member.suspicion.deadline_us())
                 out.timers.append(timer)
-                self._enqueue(
-                    Entry(member.peer, State.SUSPECT, incarnation, member.meta_version, accuser=accuser),
-                    out,
-                    now_us,
-                )
+                self._enqueue_suspicion(member, accuser, out, now_us)
             return
         members = self._table.live_count
         # memberlist expects suspicion_mult - 2 confirmations, none in a cluster too small to give them.
@@ -354,9 +350,13 @@ class Membership(Component):
         if accuser == self.local_peer:
             self.counters["suspicions_raised"] += 1
         out.timers.append(SetTimer(self.timer_key(_SUSPICION + member.peer), member.suspicion.deadline_us()))
-        self._enqueue(
-            Entry(member.peer, State.SUSPECT, incarnation, member.meta_version, accuser=accuser), out, now_us
-        )
+        self._enqueue_suspicion(member, accuser, out, now_us)
+
+    def _enqueue_suspicion(self, member: Member, accuser: PeerId, out: Ready, now_us: int) -> None:
+        # Relayed with its original accuser, so that receivers count independent confirmations.
+        entry = Entry(member.peer, State.SUSPECT, member.incarnation, member.meta_version, accuser=accuser)
+        payload = codec.encode_entry(entry)
+        self._enqueue(member.peer, payload, codec.packed_size_bytes(payload), out, now_us)
 
     def _on_suspicion_timeout(self, peer: PeerId, now_us: int, out: Ready) -> None:
         member = self._table.get(peer)
@@ -493,17 +493,34 @@ class Membership(Component):
             )
         return Entry(member.peer, member.state, member.incarnation, member.meta_version)
 
-    def _enqueue_member(self, member: Member, out: Ready, now_us: int) -> None:
-        self._enqueue(self._entry_of(member), out, now_us)
+    def _wire_of(self, member: Member) -> tuple[codec.WireEntry, int]:
+        key = (member.state, member.incarnation, member.meta_version, member.addrs)
+        if member.wire_key != key:
+            member.wire = codec.encode_entry(self._entry_of(member))
+            member.wire_size_bytes = codec.packed_size_bytes(member.wire)
+            member.wire_key = key
+        return member.wire, member.wire_size_bytes
 
-    def _enqueue(self, entry: Entry, out: Ready, now_us: int) -> None:
-        payload = codec.encode_entry(entry)
-        size = codec.packed_size_bytes(payload)
+    def _is_known(self, raw: object) -> bool:
+        """Whether a raw entry equals what we hold (see ``codec.decode``). Suspect entries never are:
+        each names an accuser whose confirmation may count."""
+        if type(raw) is not list or len(raw) != 6 or raw[1] == State.SUSPECT:
+            return False
+        peer = raw[0]
+        if type(peer) is not str:
+            return False
+        member = self._table.local if peer == self.local_peer else self._table.get(peer)
+        return member is not None and self._wire_of(member)[0] == raw
+
+    def _enqueue_member(self, member: Member, out: Ready, now_us: int) -> None:
+        self._enqueue(member.peer, *self._wire_of(member), out, now_us)
+
+    def _enqueue(self, peer: PeerId, payload: codec.WireEntry, size: int, out: Ready, now_us: int) -> None:
         if size > self.config.piggyback_bytes_max:
             # A peer with more addresses than our budget allows: push-pull still carries its entry.
             self.counters["updates_too_large"] += 1
             return
-        self._queue.push(entry.peer, payload, size)
+        self._queue.push(peer, payload, size)
         self._arm_gossip(now_us, out)
 
     def _arm_gossip(self, now_us: int, out: Ready) -> None:
@@ -564,7 +581,7 @@ class Membership(Component):
     def _send_state(
         self, out: Ready, peer: PeerId, addrs: tuple[str, ...], response: bool, join: bool
     ) -> None:
-        entries = [codec.encode_entry(self._entry_of(member)) for member in self._table]
+        entries = [self._wire_of(member) for member in self._table]
         config = self.config
         for index, chunk in enumerate(
             codec.chunks(entries, config.push_pull_chunk_bytes_max, config.push_pull_chunk_entries_max)
@@ -601,11 +618,12 @@ class Membership(Component):
             out.apply.append(Reply(join.request_id, value=result))
 
     def _answer_metadata_query(self, sender: PeerId, query: codec.MetadataQuery, out: Ready) -> None:
-        records: list[list[Any]] = []
+        records: list[tuple[list[Any], int]] = []
         for peer in query.peers:
             member = self._table.local if peer == self.local_peer else self._table.get(peer)
             if member is not None:
-                records.append([peer, member.meta_version, metadata_codec.encode(member.metadata)])
+                record = [peer, member.meta_version, metadata_codec.encode(member.metadata)]
+                records.append((record, codec.packed_size_bytes(record)))
         chunk_bytes_max = self.config.push_pull_chunk_bytes_max
         for chunk in codec.chunks(records, chunk_bytes_max, limits.METADATA_RECORDS_MAX):
             self._send(out, sender, codec.metadata_reply(chunk))
@@ -617,8 +635,7 @@ class Membership(Component):
                 member.metadata, member.meta_version = metadata, meta_version
                 # Now that we hold it, the transmissions still pending may advertise it.
                 if member.state is State.ALIVE:
-                    payload = codec.encode_entry(self._entry_of(member))
-                    self._queue.refresh(peer, payload, codec.packed_size_bytes(payload))
+                    self._queue.refresh(peer, *self._wire_of(member))
 
     # ----- commands -----
 
@@ -718,7 +735,8 @@ class Membership(Component):
     def _count(self, direction: str, message: Message) -> None:
         kind = _MESSAGE_NAMES.get(message["t"], "other")
         self.counters[f"{direction}.{kind}"] += 1
-        self.counters[f"{direction}_bytes.{kind}"] += codec.packed_size_bytes(message)
+        if self.config.count_bytes:
+            self.counters[f"{direction}_bytes.{kind}"] += codec.packed_size_bytes(message)
 
 
 def _gossip_filter(now_us: int, to_dead_us: int) -> Callable[[Member], bool]:

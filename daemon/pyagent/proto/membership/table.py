@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from pyagent.proto.membership.lifeguard import Suspicion
 from pyagent.proto.membership.metadata import Metadata
@@ -34,6 +35,9 @@ class Member:
         "state",
         "state_changed_us",
         "suspicion",
+        "wire",
+        "wire_key",
+        "wire_size_bytes",
     )
 
     def __init__(self, peer: PeerId, addrs: tuple[str, ...], incarnation: int, now_us: int) -> None:
@@ -47,6 +51,10 @@ class Member:
         self.state_changed_us = now_us
         self.probing = False
         self.suspicion: Suspicion | None = None
+        # The member's entry as we encode it, cached against the fields it is made of.
+        self.wire_key: tuple[State, int, int, tuple[str, ...]] | None = None
+        self.wire: list[Any] = []
+        self.wire_size_bytes = 0
 
     @property
     def live(self) -> bool:
