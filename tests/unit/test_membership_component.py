@@ -205,8 +205,10 @@ def test_commands_list_join_and_leave() -> None:
     driver.gossip("a", alive("a"))
     ready = driver.request(ListMembers())
     assert [record.peer for record in ready.apply[0].value] == ["a", "me"]
-    driver.request(Join((("seed", ("/seed",)),)))
-    ready = driver.request(Join((("seed", ("/seed",)),)))
+    ready = driver.request(Join([(b"seed", ["/seed"])]))  # type: ignore[list-item]
+    assert ready.apply[0].error is not None and "peer id" in ready.apply[0].error
+    driver.request(Join([("seed", ["/seed"])]))
+    ready = driver.request(Join([("seed", ["/seed"])]))
     assert ready.apply[0].error == "a join is already in progress"
     ready = driver.request(Leave())
     assert ready.apply[0].value == 1

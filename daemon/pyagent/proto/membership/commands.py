@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyagent.proto.membership.metadata import Metadata
@@ -17,7 +18,7 @@ class Join:
     report: the core only sees silence.
     """
 
-    seeds: tuple[tuple[PeerId, tuple[str, ...]], ...] = ()
+    seeds: Sequence[tuple[PeerId, Sequence[str]]] = ()
 
 
 @dataclass(frozen=True, slots=True)

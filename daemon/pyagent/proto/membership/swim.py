@@ -57,6 +57,7 @@ _RELAY = "r/"
 # The helper's nack must reach the prober before its probe interval ends; this share of the remaining
 # window leaves the rest for the two network hops.
 _NACK_WAIT_SHARE = 0.8
+_SUSPECT_CODE = int(State.SUSPECT)
 
 
 @dataclass(slots=True)
@@ -108,6 +109,7 @@ class Membership(Component):
         local = Member(local_peer, local_addrs, incarnation=0, now_us=0)
         local.metadata, local.meta_version = metadata, 1
         self._table = MemberTable(local, config.members_max)
+        self._local_peer = local_peer
         self._queue = BroadcastQueue(config.broadcast_queue_max)
         self._awareness = Awareness(config.awareness_max if config.local_health else 1)
         self._seq = 0
@@ -126,7 +128,7 @@ class Membership(Component):
 
     @property
     def local_peer(self) -> PeerId:
-        return self._table.local.peer
+        return self._local_peer
 
     @property
     def health_score(self) -> int:
@@ -137,7 +139,7 @@ class Membership(Component):
         return sorted((member.record() for member in self._table), key=lambda record: record.peer)
 
     def member(self, peer: PeerId) -> MemberRecord | None:
-        found = self._table.local if peer == self.local_peer else self._table.get(peer)
+        found = self._table.local if peer == self._local_peer else self._table.get(peer)
         return None if found is None else found.record()
 
     def live_count(self) -> int:
@@ -154,7 +156,7 @@ class Membership(Component):
     def on_message(self, event: MessageReceived, now_us: int, out: Ready) -> None:
         decoded = codec.decode(event.message, self.config.metadata_bytes_max, self._is_known)
         sender = event.peer
-        if sender == self.local_peer:
+        if sender == self._local_peer:
             return
         self._count("recv", event.message)
         self._ensure_started(now_us, out)
@@ -300,10 +302,10 @@ class Membership(Component):
             self._awareness.apply(1)
         target = self._table.get(probe.target)
         if target is not None and target.live:
-            self._suspect(target, target.incarnation, self.local_peer, now_us, out)
+            self._suspect(target, target.incarnation, self._local_peer, now_us, out)
 
     def _relay_probe(self, sender: PeerId, request: codec.PingReq, now_us: int, out: Ready) -> None:
-        if request.target == self.local_peer:
+        if request.target == self._local_peer:
             self._send(out, sender, codec.ack(request.seq, self._piggyback()))
             return
         if len(self._relays) >= self.config.indirect_relays_max:
@@ -347,7 +349,7 @@ class Membership(Component):
         member.suspicion = Suspicion(accuser, incarnation, k, min_us, max_us, now_us)
         member.incarnation = incarnation
         self._set_state(member, State.SUSPECT, now_us)
-        if accuser == self.local_peer:
+        if accuser == self._local_peer:
             self.counters["suspicions_raised"] += 1
         out.timers.append(SetTimer(self.timer_key(_SUSPICION + member.peer), member.suspicion.deadline_us()))
         self._enqueue_suspicion(member, accuser, out, now_us)
@@ -400,7 +402,7 @@ class Membership(Component):
 
     def _apply(self, entry: Entry, sender: PeerId, now_us: int, out: Ready, relay_new: bool) -> bool:
         """Merge one entry; True when the sender holds newer metadata than we do and we should ask."""
-        if entry.peer == self.local_peer:
+        if entry.peer == self._local_peer:
             self._apply_about_self(entry, now_us, out)
             return False
         # The sender is evidently alive: a claim that it is suspect or dead is stale, so ignore it.
@@ -414,7 +416,7 @@ class Membership(Component):
             return False
         if entry.state is State.SUSPECT:
             accuser = self._table.get(entry.accuser)
-            if member.live and ((accuser is not None and accuser.live) or entry.accuser == self.local_peer):
+            if member.live and ((accuser is not None and accuser.live) or entry.accuser == self._local_peer):
                 self._suspect(member, entry.incarnation, entry.accuser, now_us, out)
             return False
         # A graceful leave wins over a death we inferred; nothing revives a member but a newer alive.
@@ -489,7 +491,7 @@ class Membership(Component):
         if member.state is State.SUSPECT:
             # In a digest we vouch for the suspicion ourselves, as memberlist's push-pull merge does.
             return Entry(
-                member.peer, State.SUSPECT, member.incarnation, member.meta_version, accuser=self.local_peer
+                member.peer, State.SUSPECT, member.incarnation, member.meta_version, accuser=self._local_peer
             )
         return Entry(member.peer, member.state, member.incarnation, member.meta_version)
 
@@ -504,13 +506,15 @@ class Membership(Component):
     def _is_known(self, raw: object) -> bool:
         """Whether a raw entry equals what we hold (see ``codec.decode``). Suspect entries never are:
         each names an accuser whose confirmation may count."""
-        if type(raw) is not list or len(raw) != 6 or raw[1] == State.SUSPECT:
+        if type(raw) is not list or len(raw) != 6 or raw[1] == _SUSPECT_CODE or type(raw[0]) is not str:
             return False
-        peer = raw[0]
-        if type(peer) is not str:
-            return False
-        member = self._table.local if peer == self.local_peer else self._table.get(peer)
-        return member is not None and self._wire_of(member)[0] == raw
+        member = self._table.get(raw[0])
+        if member is None:
+            if raw[0] != self._local_peer:
+                return False
+            member = self._table.local
+        key = (member.state, member.incarnation, member.meta_version, member.addrs)
+        return (member.wire if member.wire_key == key else self._wire_of(member)[0]) == raw
 
     def _enqueue_member(self, member: Member, out: Ready, now_us: int) -> None:
         self._enqueue(member.peer, *self._wire_of(member), out, now_us)
@@ -620,7 +624,7 @@ class Membership(Component):
     def _answer_metadata_query(self, sender: PeerId, query: codec.MetadataQuery, out: Ready) -> None:
         records: list[tuple[list[Any], int]] = []
         for peer in query.peers:
-            member = self._table.local if peer == self.local_peer else self._table.get(peer)
+            member = self._table.local if peer == self._local_peer else self._table.get(peer)
             if member is not None:
                 record = [peer, member.meta_version, metadata_codec.encode(member.metadata)]
                 records.append((record, codec.packed_size_bytes(record)))
@@ -646,7 +650,11 @@ class Membership(Component):
         if self._join is not None:
             out.apply.append(Reply(request_id, error="a join is already in progress"))
             return
-        seeds = tuple((peer, tuple(addrs)) for peer, addrs in command.seeds if peer != self.local_peer)
+        try:
+            seeds = _seeds(command, self._local_peer)
+        except ValueError as exc:
+            out.apply.append(Reply(request_id, error=str(exc)))
+            return
         if not seeds:
             out.apply.append(
                 Reply(request_id, value=Joined(seed=None, attempts=0, members=self._table.live_count))
@@ -745,6 +753,17 @@ def _gossip_filter(now_us: int, to_dead_us: int) -> Callable[[Member], bool]:
         return member.live or (member.state is State.DEAD and now_us - member.state_changed_us < to_dead_us)
 
     return accept
+
+
+def _seeds(command: Join, local_peer: PeerId) -> tuple[tuple[PeerId, tuple[str, ...]], ...]:
+    seeds = []
+    for seed in command.seeds:
+        peer, addrs = seed
+        if not isinstance(peer, str) or not peer or any(not isinstance(addr, str) for addr in addrs):
+            raise ValueError(f"a seed must be a (peer id, addresses) pair, got {seed!r}")
+        if peer != local_peer:
+            seeds.append((peer, tuple(addrs)))
+    return tuple(seeds)
 
 
 def _check_local_addrs(addrs: tuple[str, ...], bytes_max: int) -> None:
