@@ -281,7 +281,9 @@ class Sim:
             self.counters["replies"] += 1
             waiting = self._replies.pop(item.request_id, None)
             if waiting is not None:
-                waiting[1](node, item)
+                # Deferred to its own event, so that a handler sending a new request never steps a core
+                # while this step's effects are only half carried out.
+                self.schedule(self.now_us, _call_reply, (waiting[1], node, item))
             return
         self.counters["notices"] += 1
         for observer in self.observers:
@@ -492,3 +494,8 @@ class Sim:
 
     def log_fault(self, action: str, detail: str) -> None:
         self.fault_log.append((self.now_us / US_PER_S, action, detail))
+
+
+def _call_reply(call: tuple[ReplyHandler, SimNode, Reply]) -> None:
+    handler, node, reply = call
+    handler(node, reply)
