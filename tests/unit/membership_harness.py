@@ -49,6 +49,8 @@ class Cluster:
         self.nodes: dict[str, Node] = {}
         self.slow_us: dict[str, int] = {}
         self.isolated: set[str] = set()
+        # Peer -> side of a partition; messages between different sides are lost. Empty: no partition.
+        self.side: dict[str, int] = {}
         self.seen: list[Seen] = []
         self.messages_delivered = 0
         self.events = 0
@@ -78,6 +80,9 @@ class Cluster:
         for peer in peers[1:]:
             self.request(peer, join_command([peers[0]]))
         return peers
+
+    def partition(self, *sides: list[str]) -> None:
+        self.side = {peer: index for index, side in enumerate(sides) for peer in side}
 
     def kill(self, peer: str) -> None:
         del self.nodes[peer]
@@ -136,6 +141,8 @@ class Cluster:
     def _deliver(self, sender: str, peer: str, frame: bytes) -> None:
         target = self.nodes.get(peer)
         if target is None or sender in self.isolated or peer in self.isolated:
+            return
+        if self.side and self.side.get(sender) != self.side.get(peer):
             return
         delay_us = (
             self.rng.randint(*self.latency_us) + self.slow_us.get(sender, 0) + self.slow_us.get(peer, 0)

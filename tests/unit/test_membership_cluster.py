@@ -230,3 +230,19 @@ def test_join_succeeds_once_a_seed_appears() -> None:
     assert reply is not None and reply.error is None
     assert reply.value.seed == "late" and reply.value.attempts >= 2
     assert cluster.converged()
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_long_partition_heals_within_seconds(seed: int) -> None:
+    cluster, peers = started(5, seed)
+    cut_us = cluster.now_us
+    cluster.partition(peers[:3], peers[3:])
+    # Longer than gossip_to_dead: only reconnect attempts to dead members can bring the sides together.
+    cluster.run_for(60 * US_PER_S)
+    for big, small in ((peers[0], peers[4]), (peers[4], peers[0])):
+        assert cluster.state_of(big, small) is State.DEAD
+    cluster.side = {}
+    cluster.run_for(2 * LAN.reconnect_interval_ms * 1_000 + US_PER_S)
+    assert cluster.converged()
+    assert cluster.first_seen(peers[0], State.DEAD, cut_us)
+    assert sum(node.membership.counters["reconnects"] for node in cluster.nodes.values()) >= 1

@@ -26,6 +26,9 @@ class Config:
     gossip_interval_ms: int = 200
     gossip_nodes: int = 3
     gossip_to_dead_ms: int = 30_000
+    # Dead members are kept (and retried every reconnect interval) this long, so partitions heal.
+    dead_retention_ms: int = 3_600_000
+    reconnect_interval_ms: int = 2_000
     push_pull_interval_ms: int = 30_000
     members_max: int = 10_000
     metadata_bytes_max: int = 512
@@ -146,5 +149,6 @@ WAN = Config(
     gossip_nodes=4,
     gossip_to_dead_ms=60_000,
     push_pull_interval_ms=60_000,
+    reconnect_interval_ms=10_000,
 )
 """memberlist's DefaultWANConfig timings: slower probes and longer suspicion for lossy, high-latency links."""

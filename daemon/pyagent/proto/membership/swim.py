@@ -52,6 +52,7 @@ _PROBE_TIMEOUT = "probe-timeout"
 _GOSSIP = "gossip"
 _PUSH_PULL = "push-pull"
 _JOIN = "join"
+_RECONNECT = "reconnect"
 _SUSPICION = "s/"
 _RELAY = "r/"
 # The helper's nack must reach the prober before its probe interval ends; this share of the remaining
@@ -114,6 +115,7 @@ class Membership(Component):
         self._awareness = Awareness(config.awareness_max if config.local_health else 1)
         self._seq = 0
         self._probe: _Probe | None = None
+        self._reconnect: tuple[int, PeerId] | None = None
         self._relays: dict[int, _Relay] = {}
         self._join: _PendingJoin | None = None
         self._started = False
@@ -194,6 +196,8 @@ class Membership(Component):
             self._on_push_pull_tick(now_us, out)
         elif suffix == _JOIN:
             self._on_join_timer(now_us, out)
+        elif suffix == _RECONNECT:
+            self._on_reconnect_tick(now_us, out)
         elif suffix.startswith(_SUSPICION):
             self._on_suspicion_timeout(suffix[len(_SUSPICION) :], now_us, out)
         elif suffix.startswith(_RELAY):
@@ -227,6 +231,10 @@ class Membership(Component):
         )
         period_us = self.config.push_pull_period_ms(1) * US_PER_MS
         out.timers.append(SetTimer(self.timer_key(_PUSH_PULL), now_us + 1 + self._rng.randrange(period_us)))
+        reconnect_us = self.config.reconnect_interval_ms * US_PER_MS
+        out.timers.append(
+            SetTimer(self.timer_key(_RECONNECT), now_us + 1 + self._rng.randrange(reconnect_us))
+        )
 
     def _probe_interval_us(self) -> int:
         return self._awareness.scale(self.config.probe_interval_ms) * US_PER_MS
@@ -239,8 +247,9 @@ class Membership(Component):
             return
         interval_us = self._probe_interval_us()
         out.timers.append(SetTimer(self.timer_key(_PROBE), now_us + interval_us))
-        reap_before_us = now_us - self.config.gossip_to_dead_ms * US_PER_MS
-        target = self._table.next_probe_target(self._rng, now_us, reap_before_us)
+        left_before_us = now_us - self.config.gossip_to_dead_ms * US_PER_MS
+        dead_before_us = now_us - self.config.dead_retention_ms * US_PER_MS
+        target = self._table.next_probe_target(self._rng, left_before_us, dead_before_us)
         if target is None:
             return
         self._probe = _Probe(self._next_seq(), target.peer)
@@ -279,6 +288,13 @@ class Membership(Component):
                 probe.acked = True
                 self._awareness.apply(-1)
             return
+        if self._reconnect == (seq, sender):
+            # A member we hold dead answers: it is back, or a partition healed. Its ack carried its
+            # refutation (our ping told it we hold it dead); a push-pull now repairs both views.
+            self._reconnect = None
+            self.counters["reconnects"] += 1
+            self._send_state(out, sender, self._addrs_of(sender), response=False, join=False)
+            return
         relay = self._relays.get(seq)
         if relay is not None and sender == relay.target:
             del self._relays[seq]
@@ -286,6 +302,18 @@ class Membership(Component):
             self._send(out, relay.origin, codec.ack(relay.origin_seq, self._piggyback()))
             return
         self.counters["acks_late_or_unknown"] += 1
+
+    def _on_reconnect_tick(self, now_us: int, out: Ready) -> None:
+        self._reconnect = None
+        if self._leaving:
+            return
+        out.timers.append(
+            SetTimer(self.timer_key(_RECONNECT), now_us + self.config.reconnect_interval_ms * US_PER_MS)
+        )
+        target = self._table.next_reconnect_target(self._rng)
+        if target is not None:
+            self._reconnect = (self._next_seq(), target.peer)
+            self._send(out, target.peer, codec.ping(self._reconnect[0], self._piggyback(about=target.peer)))
 
     def _on_nack(self, sender: PeerId, seq: int) -> None:
         probe = self._probe
@@ -335,7 +363,9 @@ class Membership(Component):
         if member.state is State.SUSPECT and member.suspicion is not None:
             if incarnation == member.incarnation and member.suspicion.confirm(accuser):
                 self.counters["suspicion_confirmations"] += 1
-                timer = SetTimer(self.timer_key(_SUSPICION + member.peer), member.suspicion.deadline_us())
+                # A late confirmation can move the deadline into the past: then it is due now.
+                deadline_us = max(now_us, member.suspicion.deadline_us())
+                timer = SetTimer(self.timer_key(_SUSPICION + member.peer), deadline_us)
                 out.timers.append(timer)
                 self._enqueue_suspicion(member, accuser, out, now_us)
             return
@@ -562,7 +592,7 @@ class Membership(Component):
         to_dead_us = self.config.gossip_to_dead_ms * US_PER_MS
         targets = self._table.sample(self._rng, self.config.gossip_nodes, _gossip_filter(now_us, to_dead_us))
         for target in targets:
-            updates = self._piggyback()
+            updates = self._piggyback(about=target.peer)
             if not updates:
                 break
             self._send(out, target.peer, codec.gossip(updates))
@@ -699,6 +729,7 @@ class Membership(Component):
         out.timers.append(CancelTimer(self.timer_key(_PROBE)))
         out.timers.append(CancelTimer(self.timer_key(_PROBE_TIMEOUT)))
         out.timers.append(CancelTimer(self.timer_key(_PUSH_PULL)))
+        out.timers.append(CancelTimer(self.timer_key(_RECONNECT)))
         self._probe = None
         # Tell a few members at once; the gossip timer keeps spreading it while the shell lingers.
         targets = self._table.sample(self._rng, self.config.gossip_nodes, lambda m: m.state is State.ALIVE)

@@ -5,8 +5,9 @@
 - ``_probe_order``: the randomized round-robin probe list (SWIM's bound on detection time). A member
   joins it at a random position; each round it is filtered and reshuffled, an O(N) job done once per N
   probes.
-- ``_departed``: dead and left members in order of departure, so reaping and eviction take the oldest
-  first without a scan.
+- ``_left``/``_dead``: departed members in order of departure, so reaping and eviction take the oldest
+  first without a scan. Left members are forgotten sooner than dead ones, which are kept so that a
+  partition can heal: ``_reconnect_order`` cycles through them, reshuffled once per pass.
 """
 
 from __future__ import annotations
@@ -82,7 +83,9 @@ class MemberTable:
         self._pool: list[PeerId] = []
         self._pool_at: dict[PeerId, int] = {}
         self._live_remote = 0
-        self._departed: dict[PeerId, None] = {}
+        self._left: dict[PeerId, None] = {}
+        self._dead: dict[PeerId, None] = {}
+        self._reconnect_order: list[PeerId] = []
         self._probe_order: list[PeerId] = []
         self._probe_next = 0
 
@@ -103,9 +106,10 @@ class MemberTable:
         """Insert a new remote member; False when the table is full of live members."""
         assert member.peer not in self._members and member.peer != self.local.peer
         if len(self) >= self._members_max:
-            if not self._departed:
+            departed = self._left or self._dead
+            if not departed:
                 return False
-            self.remove(next(iter(self._departed)))
+            self.remove(next(iter(departed)))
         self._members[member.peer] = member
         self._pool_at[member.peer] = len(self._pool)
         self._pool.append(member.peer)
@@ -113,14 +117,15 @@ class MemberTable:
             self._live_remote += 1
             self._enter_probe_order(member, rng)
         else:
-            self._departed[member.peer] = None
+            self._departed_by_state(member.state)[member.peer] = None
         return True
 
     def remove(self, peer: PeerId) -> None:
         member = self._members.pop(peer)
         if member.live:
             self._live_remote -= 1
-        self._departed.pop(peer, None)
+        self._left.pop(peer, None)
+        self._dead.pop(peer, None)
         index = self._pool_at.pop(peer)
         last = self._pool.pop()
         if last != peer:
@@ -139,10 +144,14 @@ class MemberTable:
         elif member.live and not was_live:
             self._live_remote += 1
             self._enter_probe_order(member, rng)
-        # Re-inserting keeps _departed ordered by the time of the latest departure.
-        self._departed.pop(member.peer, None)
+        # Re-inserting keeps departures ordered by the time of the latest one.
+        self._left.pop(member.peer, None)
+        self._dead.pop(member.peer, None)
         if not member.live:
-            self._departed[member.peer] = None
+            self._departed_by_state(member.state)[member.peer] = None
+
+    def _departed_by_state(self, state: State) -> dict[PeerId, None]:
+        return self._left if state is State.LEFT else self._dead
 
     def sample(self, rng: Rng, count: int, accept: Callable[[Member], bool]) -> list[Member]:
         """Up to ``count`` distinct random remote members that ``accept`` admits."""
@@ -161,14 +170,17 @@ class MemberTable:
                     break
         return list(picked.values())
 
-    def next_probe_target(self, rng: Rng, now_us: int, reap_before_us: int) -> Member | None:
-        """The next live member in round-robin order; starts a new shuffled round when one ends."""
+    def next_probe_target(self, rng: Rng, left_before_us: int, dead_before_us: int) -> Member | None:
+        """The next live member in round-robin order; starts a new shuffled round when one ends, and
+        forgets members that left before ``left_before_us`` or died before ``dead_before_us``."""
         reshuffled = False
         while True:
             if self._probe_next >= len(self._probe_order):
                 if reshuffled:
                     return None
-                self._new_round(rng, reap_before_us)
+                self._reap(self._left, left_before_us)
+                self._reap(self._dead, dead_before_us)
+                self._new_round(rng)
                 reshuffled = True
                 continue
             peer = self._probe_order[self._probe_next]
@@ -177,13 +189,26 @@ class MemberTable:
             if member is not None and member.live and member.probing:
                 return member
 
-    def _new_round(self, rng: Rng, reap_before_us: int) -> None:
-        # memberlist forgets dead members after gossip_to_dead; doing it here costs one pass per round.
-        while self._departed:
-            oldest = self._members[next(iter(self._departed))]
-            if oldest.state_changed_us >= reap_before_us:
+    def next_reconnect_target(self, rng: Rng) -> Member | None:
+        """A dead member to try again, each in turn (a shuffled pass over the dead at a time)."""
+        for _ in range(2):
+            while self._reconnect_order:
+                member = self._members.get(self._reconnect_order.pop())
+                if member is not None and member.state is State.DEAD:
+                    return member
+            self._reconnect_order = list(self._dead)
+            rng.shuffle(self._reconnect_order)
+        return None
+
+    def _reap(self, departed: dict[PeerId, None], before_us: int) -> None:
+        # Done at a round's start: one pass per N probes, and only over the expired.
+        while departed:
+            oldest = self._members[next(iter(departed))]
+            if oldest.state_changed_us >= before_us:
                 break
             self.remove(oldest.peer)
+
+    def _new_round(self, rng: Rng) -> None:
         order: list[PeerId] = []
         seen: set[PeerId] = set()
         for peer in self._probe_order:
