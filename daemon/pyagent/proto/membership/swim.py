@@ -53,6 +53,9 @@ _GOSSIP = "gossip"
 _PUSH_PULL = "push-pull"
 _JOIN = "join"
 _RECONNECT = "reconnect"
+# Push-pulls right after a join, at doubling gaps: members that joined in the same moment are missing from
+# the seed's answer and from each other's gossip, and these exchanges find them within seconds.
+_JOIN_RESYNCS = 4
 _SUSPICION = "s/"
 _RELAY = "r/"
 # The helper's nack must reach the prober before its probe interval ends; this share of the remaining
@@ -116,6 +119,7 @@ class Membership(Component):
         self._seq = 0
         self._probe: _Probe | None = None
         self._reconnect: tuple[int, PeerId] | None = None
+        self._resyncs_left = 0
         self._relays: dict[int, _Relay] = {}
         self._join: _PendingJoin | None = None
         self._started = False
@@ -606,11 +610,18 @@ class Membership(Component):
         if self._leaving:
             return
         period_us = self.config.push_pull_period_ms(self._table.live_count) * US_PER_MS
+        if self._resyncs_left:
+            # Just joined: exchange again after 2, 4, 8... probe intervals, not a whole period later.
+            self._resyncs_left -= 1
+            period_us = min(period_us, self._resync_gap_us(_JOIN_RESYNCS - self._resyncs_left))
         out.timers.append(SetTimer(self.timer_key(_PUSH_PULL), now_us + period_us))
         partners = self._table.sample(self._rng, 1, lambda m: m.state is State.ALIVE)
         if partners:
             self.counters["push_pulls"] += 1
             self._send_state(out, partners[0].peer, partners[0].addrs, response=False, join=False)
+
+    def _resync_gap_us(self, step: int) -> int:
+        return int((self.config.probe_interval_ms << step) * US_PER_MS * (1 + self._rng.random()))
 
     def _send_state(
         self, out: Ready, peer: PeerId, addrs: tuple[str, ...], response: bool, join: bool
@@ -643,11 +654,8 @@ class Membership(Component):
         if message.response and join is not None and any(seed == sender for seed, _ in join.seeds):
             self._join = None
             out.timers.append(CancelTimer(self.timer_key(_JOIN)))
-            # Members that joined at the same moment are missing from the seed's answer; a second
-            # exchange with a random member a moment later picks them up, instead of up to a whole
-            # push-pull period later.
-            resync_us = int(self.config.probe_interval_ms * US_PER_MS * (1 + self._rng.random()))
-            out.timers.append(SetTimer(self.timer_key(_PUSH_PULL), now_us + resync_us))
+            self._resyncs_left = _JOIN_RESYNCS
+            out.timers.append(SetTimer(self.timer_key(_PUSH_PULL), now_us + self._resync_gap_us(0)))
             result = Joined(seed=sender, attempts=join.attempt, members=self._table.live_count)
             out.apply.append(Reply(join.request_id, value=result))
 
