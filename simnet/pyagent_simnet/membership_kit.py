@@ -237,17 +237,20 @@ class MembershipObserver(Observer):
             del self.crash_at_us[subject]
 
     def _undisturbed(self, observer: int, subject: int) -> bool:
-        """Healthy and reachable now, and long enough that no timer or rumour from a fault can explain
-        the declaration: grace covers a maximal suspicion plus the anti-entropy period that may still
-        carry an old dead rumour."""
+        """Nothing explains the declaration: no fault touches the two peers now or did within the grace
+        window, which covers a maximal suspicion plus the anti-entropy period that may still carry an old
+        rumour. A cut counts for every peer, not just the pairs it separates: after a one-way cut or a
+        heal, a dead claim made across it legitimately reaches peers that could see the subject."""
         sim, net = self.sim, self.sim.network
         since_us = sim.now_us - self.grace_us
         disturbed_us = max(sim.nodes[subject].disturbed_us, sim.nodes[observer].disturbed_us)
-        if net.separated(observer, subject) or disturbed_us > since_us:
+        if disturbed_us > since_us or net.touches(subject) or net.touches(observer):
             return False
         lifted = net.lifted
         return not (
-            lifted is not None and net.lifted_at_us > since_us and lifted.separated(observer, subject)
+            lifted is not None
+            and net.lifted_at_us > since_us
+            and (lifted.touches(subject) or lifted.touches(observer))
         )
 
     # ----- sampling and checks

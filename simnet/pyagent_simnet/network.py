@@ -114,9 +114,12 @@ class Network:
         before.clogged_peers, before.clogged_links = self.clogged_peers, self.clogged_links
         self.lifted, self.lifted_at_us = before, now_us
 
-    def separated(self, a: int, b: int) -> bool:
-        """True when a frame between ``a`` and ``b`` (either way) would be cut or held right now."""
-        return self.blocked(a, b) or self.blocked(b, a) or self.clogged(a, b) or self.clogged(b, a)
+    def touches(self, peer: int) -> bool:
+        """True when a cut or clog affects ``peer``'s traffic with anyone. A partition touches every peer:
+        each is cut off from someone, and rumours from the far side may be about any of them."""
+        return (
+            bool(self.cut) or peer in self.clogged_peers or any(peer in link for link in self.clogged_links)
+        )
 
     def route(
         self, src: int, dst: int, src_region: int, dst_region: int, frame: bytes, now_us: int
