@@ -1,13 +1,13 @@
 """Membership (SWIM + Lifeguard) in the simulator: how nodes join, leave, and how the mesh is judged.
 
-The observer keeps every node's view incrementally from the ``MemberChanged`` notices its core emits, and
-the ground truth from the simulator (who is really up). From the two it derives, at O(1) per notice:
+The observer keeps every node's view incrementally from the ``MemberChanged`` changes its core queues
+(drained after every step), and the ground truth from the simulator (who is really up). From the two it derives, at O(1) per notice:
 - convergence: the fraction of (observer, member) pairs on which the observer is right;
-- false positives: a member declared dead while it was up, unpaused, not slowed, and reachable from the
-  observer, both ways (the safety invariant, with a tolerated rate per member-hour);
+- false positives: a member declared dead while it was up, unpaused, not slowed, and untouched by any
+  fault, as was its accuser (the safety invariant, with a tolerated rate per member-hour);
 - detection latency: from a crash to the first, and to the last, live observer marking it dead.
-At the end it checks that the incremental views equal what ``ListMembers`` answers, so the figures can
-be trusted.
+At the end it checks that the incremental views equal each core's member table, so the figures can be
+trusted.
 """
 
 from __future__ import annotations
