@@ -91,6 +91,8 @@ def cmd_daemon(args: argparse.Namespace, ctx: CliContext) -> int:
     if args.listen:
         cfg.node.listen = list(args.listen)
     cfg.node.bootstrap += args.bootstrap or []
+    if args.bootstrap_file:
+        cfg.node.bootstrap_file = str(Path(args.bootstrap_file).resolve())
     logs.configure(args.log_level or cfg.log.level, cfg.log.format)
     try:
         trio.run(daemon.run, ctx.home, cfg)
@@ -133,6 +135,33 @@ def cmd_peers(args: argparse.Namespace, ctx: CliContext) -> int:
         for p in peers
     ]
     print(_table(rows, ["PEER", "ADDRESS", "RTT", "AGENT"]))
+    return EXIT_OK
+
+
+def cmd_members(args: argparse.Namespace, ctx: CliContext) -> int:
+    members = ctx.call("members")
+    if args.json:
+        _print_json(members)
+        return EXIT_OK
+    rows = [
+        [
+            m["peer"],
+            (m["addrs"] or ["-"])[0].split("/p2p/")[0],
+            m["state"],
+            str(m["incarnation"]),
+            f"{m['state_age_s']:.0f}s ago",
+            ",".join(m["hardware_tags"]) or "-",
+            f"{m['load']:.2f}",
+        ]
+        for m in members
+    ]
+    print(_table(rows, ["PEER", "ADDRESS", "STATE", "INC", "LAST CHANGE", "TAGS", "LOAD"]))
+    return EXIT_OK
+
+
+def cmd_leave(args: argparse.Namespace, ctx: CliContext) -> int:
+    result = ctx.call("leave")
+    print(f"{result['peer_id']} left the mesh; the daemon is stopping")
     return EXIT_OK
 
 
@@ -239,10 +268,15 @@ def build_parser(plugins: Any = None) -> OneLineParser:
     p.add_argument(
         "--bootstrap", action="append", metavar="MULTIADDR", help="peer to join at start (repeatable)"
     )
+    p.add_argument("--bootstrap-file", metavar="FILE", help="bootstrap list file (see bootstrap/example.txt)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
     _command(sub, "id", "show this node's peer id and addresses", cmd_id, json_output=True)
     _command(sub, "peers", "list connected peers with their round-trip times", cmd_peers, json_output=True)
+
+    _command(sub, "members", "the mesh as this node sees it: state, incarnation, tags, load", cmd_members,
+             json_output=True)
+    _command(sub, "leave", "leave the mesh gracefully (others see 'left', not 'dead') and stop", cmd_leave)
 
     p = _command(sub, "connect", "connect to a peer by multiaddr (ending in /p2p/<peer id>)", cmd_connect)
     p.add_argument("addr", metavar="MULTIADDR")

@@ -37,12 +37,27 @@ def resolve_home(flag: str | None) -> Path:
 class NodeSection:
     listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
     bootstrap: list[str] = field(default_factory=list)
+    # A bootstrap list file (see bootstrap/example.txt); relative paths are relative to the home.
+    bootstrap_file: str = ""
+    # Gossiped in this node's membership metadata. Empty hardware_tags means detect them at start.
+    hardware_tags: list[str] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class MeshSection:
     # Path to a libp2p swarm.key; empty means a public mesh. Relative paths are relative to the home.
     swarm_key_file: str = ""
+    # Peer ids allowed to connect; empty means anyone (who holds the key, in a private mesh).
+    allow_list: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class MembershipSection:
+    """``preset`` picks memberlist's LAN or WAN timings; any ``membership.Config`` field overrides it."""
+
+    preset: str = "lan"
+    overrides: dict[str, int | bool] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -70,6 +85,7 @@ class Config:
     node: NodeSection = field(default_factory=NodeSection)
     mesh: MeshSection = field(default_factory=MeshSection)
     host: HostSection = field(default_factory=HostSection)
+    membership: MembershipSection = field(default_factory=MembershipSection)
     log: LogSection = field(default_factory=LogSection)
     plugins: PluginsSection = field(default_factory=PluginsSection)
 
@@ -101,7 +117,10 @@ def parse(raw: dict[str, Any], source: str) -> Config:
             raise ConfigError(f"{source}: unknown section [{name}]; valid sections: {', '.join(sections)}")
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: [{name}] must be a table")
-        _fill_section(sections[name], value, f"{source}: [{name}]")
+        if name == "membership":
+            _fill_membership(config.membership, value, f"{source}: [membership]")
+        else:
+            _fill_section(sections[name], value, f"{source}: [{name}]")
     _validate(config, source)
     return config
 
@@ -120,6 +139,40 @@ def _fill_section(section: Any, values: dict[str, Any], where: str) -> None:
         setattr(section, key, value)
 
 
+def _fill_membership(section: MembershipSection, values: dict[str, Any], where: str) -> None:
+    from pyagent.proto import membership
+
+    defaults = {f.name: getattr(membership.LAN, f.name) for f in fields(membership.LAN)}
+    for key, value in values.items():
+        if key == "preset":
+            if value not in MEMBERSHIP_PRESETS:
+                raise ConfigError(f"{where} 'preset' must be one of {', '.join(MEMBERSHIP_PRESETS)}")
+            section.preset = value
+        elif key not in defaults:
+            raise ConfigError(f"{where} unknown key '{key}'; valid keys: preset, {', '.join(defaults)}")
+        elif type(value) is not type(defaults[key]):
+            raise ConfigError(f"{where} '{key}' must be a {type(defaults[key]).__name__}, got {value!r}")
+        else:
+            section.overrides[key] = value
+    try:
+        membership_config(section)
+    except ValueError as exc:
+        raise ConfigError(f"{where} {exc}") from None
+
+
+MEMBERSHIP_PRESETS = ("lan", "wan")
+
+
+def membership_config(section: MembershipSection) -> Any:
+    """The ``membership.Config`` this section describes (raises ``ValueError`` if inconsistent)."""
+    from dataclasses import replace
+
+    from pyagent.proto import membership
+
+    base = membership.LAN if section.preset == "lan" else membership.WAN
+    return replace(base, **section.overrides)
+
+
 def _validate(config: Config, source: str) -> None:
     for f in fields(config.host):
         if getattr(config.host, f.name) <= 0:
@@ -130,6 +183,12 @@ def _validate(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: [log] 'format' must be one of {', '.join(LOG_FORMATS)}")
     if not config.node.listen:
         raise ConfigError(f"{source}: [node] 'listen' needs at least one multiaddr")
+    from pyagent import bootstraplist
+
+    for addr in config.node.bootstrap:
+        bootstraplist.check_multiaddr(addr, f"{source}: [node] bootstrap")
+    for peer in config.mesh.allow_list:
+        bootstraplist.check_peer_id(peer, f"{source}: [mesh] allow_list")
 
 
 def render(listen: list[str], swarm_key_file: str = "") -> str:
@@ -140,12 +199,24 @@ def render(listen: list[str], swarm_key_file: str = "") -> str:
 [node]
 # Multiaddrs to listen on. Port 0 picks a free port at each start.
 listen = [{listen_toml}]
-# Peers to connect to at start, as multiaddrs ending in /p2p/<peer id>.
+# Peers to join the mesh through at start, as multiaddrs ending in /p2p/<peer id>,
+# and/or a bootstrap list file (one multiaddr per line; see bootstrap/example.txt).
 bootstrap = []
+bootstrap_file = ""
+# Gossiped to the mesh. Empty hardware_tags: detected at start (e.g. "cpu-only").
+hardware_tags = []
+features = []
 
 [mesh]
 # A libp2p swarm.key (`pyagent mesh new-private`) makes this a private mesh. Empty: public mesh.
 swarm_key_file = "{swarm_key_file}"
+# Only these peer ids may connect (empty: anyone, or anyone holding the key of a private mesh).
+allow_list = []
+
+[membership]
+# memberlist's timings: "lan" detects a crash in about 6 s; "wan" is for high-latency links.
+# Any timing can be overridden here, e.g. probe_interval_ms = 500 (see docs/membership.md).
+preset = "lan"
 
 [host]
 dial_timeout_ms = 5000

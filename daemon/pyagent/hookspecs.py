@@ -105,6 +105,21 @@ def pyagent_add_components(local_peer: str, rng: Rng, plugin_names: tuple[str, .
 
 
 @hookspec
+def pyagent_add_metadata() -> dict[str, str | int | float | bool]:
+    """Return extra keys for this node's membership metadata, which every member of the mesh sees.
+
+    Runs once per daemon start, after the host listens and before the node joins the mesh. Keys should be
+    namespaced ``"<plugin>.<key>"``; values are str, int, float or bool. The whole of a node's metadata is
+    bounded (``membership.Config.metadata_bytes_max``), so keep it to a few short values; a node whose
+    metadata is too large fails to start with an error naming the bound.
+
+    Not firstresult: every plugin's keys are merged (``pyagent.pluginhost.collect_metadata``); two plugins
+    returning the same key is an error. Synchronous.
+    """
+    raise NotImplementedError
+
+
+@hookspec
 def pyagent_add_cli_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add subcommands to the ``pyagent`` command line.
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,12 +82,19 @@ class LocalPeer:
             self.peer_id, self.addr = info["peer_id"], info["addrs"][0]
             return
 
+    def terminate(self) -> None:
+        """Ask for a clean shutdown (SIGTERM) without waiting for it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
     def stop(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> int:
         """SIGTERM, wait, and SIGKILL only if it hangs. Returns the exit code."""
+        self.terminate()
+        return self.wait_stopped(timeout_s)
+
+    def wait_stopped(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> int:
         if self.process is None:
             return 0
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
         try:
             return self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -103,17 +111,41 @@ class LocalPeer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def start_mesh(base: Path, count: int, swarm_key_file: str = "") -> list[LocalPeer]:
-    """Start ``count`` daemons under ``base`` and wait until each answers its control API."""
-    peers = []
-    for index in range(1, count + 1):
-        peer = LocalPeer(f"node-{index}", base / f"node-{index}")
+def start_mesh(base: Path, count: int, swarm_key_file: str = "", join: bool = True) -> list[LocalPeer]:
+    """Start ``count`` daemons under ``base`` and wait until each answers its control API. With ``join``,
+    node-1 starts a mesh and the others bootstrap from it; without, each node stays alone."""
+    peers = [LocalPeer(f"node-{index}", base / f"node-{index}") for index in range(1, count + 1)]
+    for index, peer in enumerate(peers):
         init_home(peer.home, swarm_key_file=swarm_key_file)
+        if join and index:
+            peer.extra_args += ["--bootstrap", peers[0].addr]
         peer.start()
-        peers.append(peer)
-    for peer in peers:
+        if index == 0:
+            peer.wait_ready()
+    for peer in peers[1:]:
         peer.wait_ready()
     return peers
+
+
+def member_states(peer: LocalPeer) -> dict[str, str]:
+    """``peer``'s view of the mesh: peer id -> state."""
+    return {m["peer"]: m["state"] for m in peer.call("members")}
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.1) -> float:
+    """Poll ``condition`` until it holds and return the seconds it took; ``TimeoutError`` names ``what``."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"{what} did not happen within {timeout_s:.0f} s")
+        time.sleep(poll_s)
+    return time.monotonic() - started
+
+
+def converged(peers: list[LocalPeer]) -> bool:
+    """Every peer sees every other (and itself) alive."""
+    ids = {p.peer_id for p in peers}
+    return all(member_states(p) == dict.fromkeys(ids, "alive") for p in peers)
 
 
 def connect_all(peers: list[LocalPeer]) -> None:
@@ -123,7 +155,7 @@ def connect_all(peers: list[LocalPeer]) -> None:
 
 
 def stop_all(peers: list[LocalPeer]) -> list[int]:
+    """Stop all in parallel: each gets SIGTERM first, then each is waited for."""
     for peer in peers:
-        if peer.process is not None and peer.process.poll() is None:
-            peer.process.send_signal(signal.SIGTERM)
-    return [peer.stop() for peer in peers]
+        peer.terminate()
+    return [peer.wait_stopped() for peer in peers]

@@ -53,3 +53,6 @@ def configure(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     # py-libp2p is chatty at INFO about routine connection churn; its warnings still come through.
     logging.getLogger("libp2p").setLevel(max(logging.WARNING, root.level))
+    # It logs every refused dial as an ERROR; the dialer and `pyagent connect` report failures themselves,
+    # with the reason, so this would only repeat them once per probe of a dead member.
+    logging.getLogger("libp2p.transport.tcp.tcp").setLevel(logging.CRITICAL)

@@ -164,6 +164,23 @@ def collect_components(pm: pluggy.PluginManager, local_peer: str, rng: Rng) -> l
     return components
 
 
+def collect_metadata(pm: pluggy.PluginManager) -> dict[str, str | int | float | bool]:
+    """Merge every plugin's ``pyagent_add_metadata`` keys, refusing a key claimed twice."""
+    merged: dict[str, str | int | float | bool] = {}
+    owners: dict[str, str] = {}
+    for plugin, result in _call_each(pm.hook.pyagent_add_metadata):
+        if not isinstance(result, dict) or not all(
+            isinstance(k, str) and isinstance(v, str | int | float | bool) for k, v in result.items()
+        ):
+            raise ConfigError(f"plugin {plugin!r}: pyagent_add_metadata must return a dict of str to scalars")
+        for key, value in result.items():
+            if key in owners:
+                raise ConfigError(f"metadata key {key!r} is set by both {owners[key]!r} and {plugin!r}")
+            owners[key] = plugin
+            merged[key] = value
+    return merged
+
+
 def control_methods(
     pm: pluggy.PluginManager, core_method_names: Collection[str] = ()
 ) -> dict[str, ControlMethod]:

@@ -45,6 +45,7 @@ def test_the_contract_defines_the_hooks_the_daemon_calls() -> None:
     assert hook_names(hookspecs) == [
         "pyagent_add_cli_commands",
         "pyagent_add_components",
+        "pyagent_add_metadata",
         "pyagent_control_methods",
         "pyagent_peer_connected",
         "pyagent_peer_disconnected",

@@ -1,7 +1,8 @@
 """``pyagent daemon``: wires identity, config, plugins, the libp2p host, NodeCore and the control API.
 
-Start-up order matters: plugins load (and fail) before anything listens; the host listens before the
-control socket exists, so a client that can reach the control API can also reach the node.
+Start-up order matters: configuration, identity and plugins load (and fail) before anything listens; the
+control socket is bound first so that a second daemon on the same home fails before touching the network;
+the host listens before the control API serves, so a client that can reach the API can reach the node.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ import pluggy
 import trio
 from libp2p.crypto.keys import KeyPair
 
-from pyagent import __version__, identity, pluginhost
-from pyagent.config import CONTROL_SOCKET, IDENTITY_FILE, Config
+from pyagent import __version__, bootstraplist, identity, pluginhost
+from pyagent.config import CONTROL_SOCKET, IDENTITY_FILE, Config, membership_config
 from pyagent.hookspecs import ControlMethod
+from pyagent.node import mesh
 from pyagent.node.control import ControlServer, Method, MethodError, open_listener
-from pyagent.node.driver import Driver, RequestFailed
+from pyagent.node.dialer import Dialer
+from pyagent.node.driver import Driver, RequestFailed, now_us
 from pyagent.node.host import DialError, Host, HostConfig
-from pyagent.proto.events import Event, PeerConnected, PeerDisconnected
+from pyagent.proto import membership
+from pyagent.proto.events import Event, MessageReceived, PeerConnected, PeerDisconnected
 from pyagent.proto.node import NodeCore
 from pyagent.proto.peers import ListPeers, PeerInfo
 from pyagent.proto.ping import PingPeer
@@ -33,7 +37,8 @@ from pyagent.proto.wire import Message
 log = logging.getLogger("pyagent.daemon")
 
 EVENTS_QUEUE_MAX = 4096
-BOOTSTRAP_CONCURRENCY_MAX = 8
+# After announcing a leave, stay up this many gossip intervals so that the news spreads.
+LEAVE_LINGER_GOSSIP_INTERVALS = 5
 
 
 class Node:
@@ -44,16 +49,23 @@ class Node:
         home: Path,
         key_pair: KeyPair,
         host: Host,
+        dialer: Dialer,
         core: NodeCore,
         driver: Driver,
         plugins: pluggy.PluginManager,
+        members: membership.Membership,
     ) -> None:
         self.home = home
         self.peer_id = identity.peer_id_of(key_pair)
         self.host = host
+        self.dialer = dialer
         self.core = core
         self.driver = driver
         self.plugins = plugins
+        self.members = members
+        # Set by a signal or by `pyagent leave`; the daemon then leaves the mesh and stops.
+        self.stop = trio.Event()
+        self._left = False
 
     def peers(self) -> list[PeerInfo]:
         table = self.core.component("peers")
@@ -61,19 +73,41 @@ class Node:
         snapshot: list[PeerInfo] = table.snapshot()
         return snapshot
 
+    async def connect(self, addr: str) -> str:
+        return await self.host.connect(addr)
+
     async def request(self, command: object) -> object:
         return await self.driver.request(command)
 
     def send(self, peer: str, protocol_id: str, message: Message) -> None:
-        self.host.send(peer, protocol_id, message)
+        self.dialer.send(peer, protocol_id, message)
 
-    def notify_plugins(self, event: Event) -> None:
-        if isinstance(event, PeerConnected):
+    def local_metadata(self) -> membership.Metadata:
+        record = self.members.member(self.peer_id)
+        assert record is not None, "the local node is always a member of its own table"
+        return record.metadata
+
+    async def leave(self) -> None:
+        """Tell the mesh this node is leaving (state "left", not "dead") and let the news spread."""
+        if self._left:
+            return
+        self._left = True
+        told = await self.request(membership.Leave())
+        linger_s = LEAVE_LINGER_GOSSIP_INTERVALS * self.members.config.gossip_interval_ms / 1000
+        log.info("left the mesh", extra={"told": told, "linger_s": linger_s})
+        await trio.sleep(linger_s)
+
+    def after_step(self, event: Event) -> None:
+        """Runs after the core has taken each event: bookkeeping, logs and plugin notifications."""
+        if isinstance(event, MessageReceived):
+            self.dialer.touch(event.peer)
+        elif isinstance(event, PeerConnected):
             info = next((p for p in self.peers() if p.peer == event.peer), None)
             if info is not None:
                 self.plugins.hook.pyagent_peer_connected(node=self, peer=info)
         elif isinstance(event, PeerDisconnected):
             self.plugins.hook.pyagent_peer_disconnected(node=self, peer=event.peer)
+        mesh.log_changes(self.members)
 
     # Control methods. Each takes the request's params and returns something JSON can carry.
 
@@ -89,6 +123,17 @@ class Node:
         peers = await self.request(ListPeers())
         assert isinstance(peers, list)
         return [asdict(info) for info in peers]
+
+    async def api_members(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        records = await self.request(membership.ListMembers())
+        assert isinstance(records, list)
+        now = now_us()
+        return [mesh.member_view(record, now) for record in records]
+
+    async def api_leave(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self.leave()
+        self.stop.set()
+        return {"peer_id": self.peer_id}
 
     async def api_connect(self, params: dict[str, Any]) -> dict[str, Any]:
         addr = _string_param(params, "addr")
@@ -115,12 +160,20 @@ class Node:
         return [asdict(info) for info in pluginhost.describe_plugins(self.plugins)]
 
     async def api_stats(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {**self.host.stats(), "core_remote_errors": self.driver.remote_errors}
+        return {
+            **self.host.stats(),
+            "core_remote_errors": self.driver.remote_errors,
+            "on_demand_dial_failures": self.dialer.dial_failures,
+            "on_demand_frames_dropped": self.dialer.frames_dropped,
+            **{f"membership.{k}": v for k, v in sorted(self.members.counters.items())},
+        }
 
     def control_methods(self) -> dict[str, Method]:
         own: dict[str, Method] = {
             "id": self.api_id,
             "peers": self.api_peers,
+            "members": self.api_members,
+            "leave": self.api_leave,
             "connect": self.api_connect,
             "ping": self.api_ping,
             "plugins": self.api_plugins,
@@ -164,61 +217,71 @@ def load_psk(home: Path, config: Config) -> bytes | None:
     return pnet.load_swarm_key(home / config.mesh.swarm_key_file)
 
 
-async def _bootstrap(node: Node, addrs: list[str]) -> None:
-    limiter = trio.CapacityLimiter(BOOTSTRAP_CONCURRENCY_MAX)
+def bootstrap_addrs(home: Path, config: Config) -> list[str]:
+    addrs = list(config.node.bootstrap)
+    if config.node.bootstrap_file:
+        addrs += bootstraplist.load(home / config.node.bootstrap_file)
+    return addrs
 
-    async def dial(addr: str) -> None:
-        async with limiter:
-            try:
-                peer = await node.host.connect(addr)
-            except DialError as exc:
-                log.warning("bootstrap dial failed: %s", exc)
+
+async def _handle_signals(stop: trio.Event) -> None:
+    """The first SIGINT/SIGTERM starts a graceful shutdown. The receiver stays open until the daemon has
+    stopped, so a repeated signal cannot kill it halfway through leaving the mesh."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if stop.is_set():
+                log.info("already shutting down", extra={"signal": name})
             else:
-                log.info("bootstrap connected", extra={"peer": peer})
-
-    async with trio.open_nursery() as nursery:
-        for addr in addrs:
-            nursery.start_soon(dial, addr)
+                log.info("shutting down", extra={"signal": name})
+                stop.set()
 
 
 async def run(home: Path, config: Config) -> None:
-    """Run until SIGINT or SIGTERM. Raises ``ConfigError`` for problems the operator must fix."""
+    """Run until SIGINT, SIGTERM or ``pyagent leave``; ``ConfigError`` for what the operator must fix."""
     key_pair = identity.load(home / IDENTITY_FILE)
     psk = load_psk(home, config)
+    seeds = bootstrap_addrs(home, config)
     plugins = pluginhost.load_plugins(config.plugins.disabled)
     peer_id = identity.peer_id_of(key_pair)
     # The daemon's randomness is seeded from the OS once; the cores only ever see this generator.
     rng = random.Random(os.urandom(32))
-    extra = pluginhost.collect_components(plugins, peer_id, rng)
-    core = NodeCore.standard(peer_id, rng, extra)
+    members = membership.Membership(peer_id, rng, membership_config(config.membership))
+    core = NodeCore.standard(peer_id, rng, [members, *pluginhost.collect_components(plugins, peer_id, rng)])
     events_in, events_out = trio.open_memory_channel[Event](EVENTS_QUEUE_MAX)
     host = Host(key_pair, host_config(config, psk), events_in)
     for protocol_id, limits in core.protocols.items():
         host.register_protocol(protocol_id, limits)
 
     control_listener = await open_listener(home / CONTROL_SOCKET)
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with host.running(), trio.open_nursery() as nursery:
-            driver = Driver(core, host, events_out)
-            node = Node(home, key_pair, host, core, driver, plugins)
-            driver.on_event = node.notify_plugins
-            nursery.start_soon(driver.run)
-            control = ControlServer(home / CONTROL_SOCKET, control_listener, node.control_methods())
-            nursery.start_soon(control.serve)
-            plugins.hook.pyagent_startup(node=node, nursery=nursery)
-            log.info(
-                "daemon ready",
-                extra={
-                    "peer_id": peer_id,
-                    "addrs": ",".join(host.listen_addrs()),
-                    "private": psk is not None,
-                },
-            )
-            if config.node.bootstrap:
-                nursery.start_soon(_bootstrap, node, list(config.node.bootstrap))
-            async for signum in signals:
-                log.info("shutting down", extra={"signal": signal.Signals(signum).name})
-                break
-            plugins.hook.pyagent_shutdown(node=node)
-            nursery.cancel_scope.cancel()
+    async with host.running(), trio.open_nursery() as nursery:
+        dialer = Dialer(host)
+        dialer.attach(nursery)
+        driver = Driver(core, dialer, events_out)
+        node = Node(home, key_pair, host, dialer, core, driver, plugins, members)
+        driver.on_event = node.after_step
+        nursery.start_soon(driver.run)
+        metadata = mesh.local_metadata(
+            home,
+            config.node.hardware_tags,
+            config.node.features,
+            pluginhost.plugin_names(plugins),
+            list(core.protocols),
+            pluginhost.collect_metadata(plugins),
+        )
+        await node.request(membership.UpdateLocalMetadata(metadata, tuple(host.listen_addrs())))
+        control = ControlServer(home / CONTROL_SOCKET, control_listener, node.control_methods())
+        nursery.start_soon(control.serve)
+        plugins.hook.pyagent_startup(node=node, nursery=nursery)
+        log.info(
+            "daemon ready",
+            extra={"peer_id": peer_id, "addrs": ",".join(host.listen_addrs()), "private": psk is not None},
+        )
+        nursery.start_soon(mesh.join, node, seeds, rng)
+        nursery.start_soon(mesh.refresh_load, node.request, node.local_metadata)
+        nursery.start_soon(_handle_signals, node.stop)
+        await node.stop.wait()
+        await node.leave()
+        plugins.hook.pyagent_shutdown(node=node)
+        nursery.cancel_scope.cancel()
     log.info("daemon stopped")

@@ -38,7 +38,7 @@ REQUEST_TIMEOUT_S = 30.0
 
 
 class Sender(Protocol):
-    def send(self, peer: str, protocol_id: str, message: Message) -> None: ...
+    def send(self, peer: str, protocol_id: str, message: Message, addrs: tuple[str, ...] = ()) -> None: ...
 
     def reset_inbound(self, peer: str, protocol_id: str) -> None: ...
 
@@ -120,7 +120,7 @@ class Driver:
             # No component persists yet; the Raft round brings the durable store that must run first.
             raise LocalProtocolError("a component asked to persist, but this node has no durable store")
         for send in ready.send:
-            self._sender.send(send.peer, send.protocol, send.message)
+            self._sender.send(send.peer, send.protocol, send.message, send.addrs)
         for reply in ready.apply:
             waiter = self._waiters.get(reply.request_id)
             if waiter is not None:

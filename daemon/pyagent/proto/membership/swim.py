@@ -55,7 +55,7 @@ _JOIN = "join"
 _RECONNECT = "reconnect"
 # Push-pulls right after a join, at doubling gaps: members that joined in the same moment are missing from
 # the seed's answer and from each other's gossip, and these exchanges find them within seconds.
-_JOIN_RESYNCS = 4
+_JOIN_RESYNCS = 1
 _SUSPICION = "s/"
 _RELAY = "r/"
 # The helper's nack must reach the prober before its probe interval ends; this share of the remaining

@@ -1,0 +1,207 @@
+"""The shell's part of membership: what this machine tells the mesh about itself, joining through seeds
+with retries and clear reasons, and logging what the membership core observes.
+
+The protocol itself lives in ``pyagent.proto.membership``; everything here is I/O it must not do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from pyagent import __version__
+from pyagent.bootstraplist import check_multiaddr
+from pyagent.node.dial_errors import DialError
+from pyagent.proto import membership
+from pyagent.proto.peers import PeerInfo
+
+log = logging.getLogger("pyagent.mesh")
+
+JOIN_BACKOFF_INITIAL_S = 1.0
+JOIN_BACKOFF_MAX_S = 30.0
+IDENTIFY_WAIT_S = 3.0
+LOAD_REFRESH_INTERVAL_S = 10.0
+# Load is gossiped to every member, so it is republished only when it moves by this much.
+LOAD_CHANGE_MIN = 0.1
+MEMBERSHIP_PROTOCOL_FAMILY = "/pyagent/membership/"
+
+
+class MeshNode(Protocol):
+    async def connect(self, addr: str) -> str: ...
+
+    def peers(self) -> list[PeerInfo]: ...
+
+    async def request(self, command: object) -> object: ...
+
+
+def detect_hardware_tags() -> list[str]:
+    # A GPU driver exposes a device node; without one this is a CPU-only peer for placement purposes.
+    return ["gpu:nvidia"] if Path("/dev/nvidia0").exists() else ["cpu-only"]
+
+
+def load_per_core() -> float:
+    cores = os.cpu_count() or 1
+    return round(os.getloadavg()[0] / cores, 2)
+
+
+def local_metadata(
+    home: Path,
+    hardware_tags: Sequence[str],
+    features: Sequence[str],
+    plugins: Sequence[str],
+    protocols: Sequence[str],
+    extra: dict[str, membership.metadata.ExtraValue],
+) -> membership.Metadata:
+    return membership.Metadata(
+        protocols=tuple(sorted(protocols)),
+        cpu_cores=os.cpu_count() or 0,
+        memory_bytes=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+        disk_free_bytes=shutil.disk_usage(home).free,
+        hardware_tags=tuple(hardware_tags or detect_hardware_tags()),
+        load=load_per_core(),
+        plugins=tuple(plugins),
+        features=tuple(features),
+        software_version=f"pyagent/{__version__}",
+        extra=extra,
+    )
+
+
+def seeds_of(addrs: Sequence[str]) -> dict[str, list[str]]:
+    """Bootstrap multiaddrs grouped by peer id (a peer may be listed at several addresses)."""
+    seeds: dict[str, list[str]] = {}
+    for addr in addrs:
+        peer, _ = check_multiaddr(addr, "bootstrap")
+        seeds.setdefault(peer, []).append(addr)
+    return seeds
+
+
+async def _wait_for_identify(node: MeshNode, peer: str) -> PeerInfo | None:
+    with trio.move_on_after(IDENTIFY_WAIT_S):
+        while True:
+            info = next((p for p in node.peers() if p.peer == peer), None)
+            if info is not None:
+                return info
+            await trio.sleep(0.05)
+    return None
+
+
+def version_problem(info: PeerInfo) -> str | None:
+    """Why ``info``'s peer cannot be a membership seed for us, or None if it can."""
+    if membership.PROTOCOL_ID in info.protocols:
+        return None
+    theirs = sorted(p for p in info.protocols if p.startswith(MEMBERSHIP_PROTOCOL_FAMILY))
+    if theirs:
+        return f"version mismatch: it speaks {', '.join(theirs)}, this node speaks {membership.PROTOCOL_ID}"
+    return f"not a pyagent peer (agent {info.agent_version or 'unknown'!r} has no membership protocol)"
+
+
+async def _reach_seed(node: MeshNode, peer: str, addrs: list[str]) -> str | None:
+    """Connect to a seed; None if it can serve as one, else the reason it cannot."""
+    reasons = []
+    for addr in addrs:
+        try:
+            await node.connect(addr)
+        except DialError as exc:
+            reasons.append(str(exc))
+            continue
+        info = await _wait_for_identify(node, peer)
+        if info is None:
+            return f"{addr}: connected, but identify did not complete in {IDENTIFY_WAIT_S:.0f} s"
+        problem = version_problem(info)
+        return f"{addr}: {problem}" if problem else None
+    return "; ".join(reasons)
+
+
+async def join(node: MeshNode, bootstrap: Sequence[str], rng: random.Random) -> membership.Joined:
+    """Join through any reachable seed, retrying with jittered exponential backoff until one answers.
+
+    Each failed round logs one line per seed with its reason (unreachable, wrong peer id, key mismatch,
+    version mismatch...), so an operator sees at once why a node stays alone.
+    """
+    seeds = seeds_of(bootstrap)
+    if not seeds:
+        joined = await node.request(membership.Join(()))
+        assert isinstance(joined, membership.Joined)
+        log.info("started a new mesh (no bootstrap peers configured)")
+        return joined
+    backoff_s = JOIN_BACKOFF_INITIAL_S
+    attempt = 0
+    while True:
+        attempt += 1
+        usable = []
+        for peer, addrs in seeds.items():
+            problem = await _reach_seed(node, peer, addrs)
+            if problem is None:
+                usable.append((peer, tuple(addrs)))
+            else:
+                log.warning("join: cannot use bootstrap peer %s: %s", peer, problem)
+        if usable:
+            try:
+                joined = await node.request(membership.Join(tuple(usable)))
+            except Exception as exc:  # a RequestFailed from the core: no seed answered the exchange
+                log.warning("join attempt %d failed: %s", attempt, exc)
+            else:
+                assert isinstance(joined, membership.Joined)
+                log.info("joined the mesh", extra={"seed": joined.seed, "members": joined.members})
+                return joined
+        delay_s = backoff_s * (0.5 + rng.random() / 2)
+        log.warning("join attempt %d failed; retrying in %.1f s", attempt, delay_s)
+        await trio.sleep(delay_s)
+        backoff_s = min(backoff_s * 2, JOIN_BACKOFF_MAX_S)
+
+
+def log_changes(component: membership.Membership) -> None:
+    for change in component.drain_changes():
+        old = change.old_state.name.lower() if change.old_state is not None else "new"
+        alarming = change.new_state in (membership.State.SUSPECT, membership.State.DEAD)
+        level = logging.WARNING if alarming else logging.INFO
+        log.log(
+            level,
+            "member %s: %s -> %s",
+            change.peer,
+            old,
+            change.new_state.name.lower(),
+            extra={"incarnation": change.incarnation},
+        )
+
+
+async def refresh_load(
+    request: Callable[[object], Awaitable[object]], current: Callable[[], membership.Metadata]
+) -> None:
+    """Republish this node's load when it moves noticeably."""
+    while True:
+        await trio.sleep(LOAD_REFRESH_INTERVAL_S)
+        metadata = current()
+        load = load_per_core()
+        if abs(load - metadata.load) >= LOAD_CHANGE_MIN:
+            await request(membership.UpdateLocalMetadata(metadata=replace(metadata, load=load)))
+
+
+def member_view(record: membership.MemberRecord, now_us: int) -> dict[str, Any]:
+    """A member as the control API shows it (JSON-friendly, with the age of its last state change)."""
+    metadata = record.metadata
+    return {
+        "peer": record.peer,
+        "addrs": list(record.addrs),
+        "state": record.state.name.lower(),
+        "incarnation": record.incarnation,
+        "state_age_s": round(max(0, now_us - record.state_changed_us) / 1e6, 1),
+        "meta_version": record.meta_version,
+        "hardware_tags": list(metadata.hardware_tags),
+        "load": metadata.load,
+        "cpu_cores": metadata.cpu_cores,
+        "memory_bytes": metadata.memory_bytes,
+        "disk_free_bytes": metadata.disk_free_bytes,
+        "plugins": list(metadata.plugins),
+        "features": list(metadata.features),
+        "software_version": metadata.software_version,
+        "extra": dict(metadata.extra),
+    }
