@@ -57,7 +57,7 @@ class MembershipSection:
     """``preset`` picks memberlist's LAN or WAN timings; any ``membership.Config`` field overrides it."""
 
     preset: str = "lan"
-    overrides: dict[str, int | bool] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

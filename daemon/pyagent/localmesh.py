@@ -38,6 +38,8 @@ class LocalPeer:
     name: str
     home: Path
     extra_args: list[str] = field(default_factory=list)
+    # Wraps the daemon's command line, e.g. ``ip netns exec NS`` to run it on a namespaced test host.
+    command_prefix: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
     peer_id: str = ""
     addr: str = ""
@@ -57,7 +59,16 @@ class LocalPeer:
         assert self.process is None or self.process.poll() is not None, f"{self.name} is already running"
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "pyagent.cli", "--home", str(self.home), "daemon", *self.extra_args],
+                [
+                    *self.command_prefix,
+                    sys.executable,
+                    "-m",
+                    "pyagent.cli",
+                    "--home",
+                    str(self.home),
+                    "daemon",
+                    *self.extra_args,
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

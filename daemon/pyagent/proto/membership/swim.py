@@ -53,8 +53,9 @@ _GOSSIP = "gossip"
 _PUSH_PULL = "push-pull"
 _JOIN = "join"
 _RECONNECT = "reconnect"
-# Push-pulls right after a join, at doubling gaps: members that joined in the same moment are missing from
-# the seed's answer and from each other's gossip, and these exchanges find them within seconds.
+# Extra push-pulls after a join (the first comes one probe interval after the join, each next one after
+# twice the gap): members that joined in the same moment are missing from the seed's answer and from each
+# other's gossip, and these exchanges find them within seconds. Each costs a full state, so only a couple.
 _JOIN_RESYNCS = 1
 _SUSPICION = "s/"
 _RELAY = "r/"
@@ -611,7 +612,7 @@ class Membership(Component):
             return
         period_us = self.config.push_pull_period_ms(self._table.live_count) * US_PER_MS
         if self._resyncs_left:
-            # Just joined: exchange again after 2, 4, 8... probe intervals, not a whole period later.
+            # Just joined: exchange again soon rather than a whole period later.
             self._resyncs_left -= 1
             period_us = min(period_us, self._resync_gap_us(_JOIN_RESYNCS - self._resyncs_left))
         out.timers.append(SetTimer(self.timer_key(_PUSH_PULL), now_us + period_us))
