@@ -206,6 +206,7 @@ def host_config(config: Config, psk: bytes | None) -> HostConfig:
         open_stream_timeout_ms=config.host.open_stream_timeout_ms,
         connections_max=config.host.connections_max,
         psk=psk,
+        allow_list=frozenset(config.mesh.allow_list) if config.mesh.allow_list else None,
     )
 
 

@@ -34,7 +34,7 @@ from pyagent.errors import ConfigError
 from pyagent.node import multistream_limit
 from pyagent.node.counters import Counters
 from pyagent.node.dial_errors import DialError, classify
-from pyagent.node.host_config import HostConfig
+from pyagent.node.host_config import HostConfig, is_allowed
 from pyagent.node.identify_client import PROTOCOL_ID as IDENTIFY_PROTOCOL_ID
 from pyagent.node.identify_client import read_identify
 from pyagent.node.inbound import InboundStreams, message_handler
@@ -68,6 +68,8 @@ COUNTER_NAMES = (
     "request_handler_timeouts",
     "dials",
     "dial_errors",
+    "connections_refused",
+    "streams_refused",
 )
 
 # A shutdown that cannot finish in this time has a bug; it must still not hang the daemon forever.
@@ -83,7 +85,12 @@ class Host:
         self._config = config
         self._events = events
         self._counters = Counters(COUNTER_NAMES)
-        self._libp2p = build_libp2p_host(key_pair, config, lambda: self._counters.add("handler_errors"))
+        self._libp2p = build_libp2p_host(
+            key_pair,
+            config,
+            lambda: self._counters.add("handler_errors"),
+            lambda: self._counters.add("streams_refused"),
+        )
         swarm = self._libp2p.get_network()
         assert isinstance(swarm, Swarm)
         self._swarm = swarm
@@ -167,6 +174,8 @@ class Host:
         peer = str(peer_id)
         if peer_id == self._libp2p.get_id():
             raise ValueError(f"refusing to dial this host's own peer id: {maddr}")
+        if not is_allowed(self._config, peer):
+            raise DialError("refused", maddr, "the peer is not on this node's allow-list")
         lock = self._dial_locks.setdefault(peer, trio.Lock())
         try:
             async with lock:
@@ -308,11 +317,19 @@ class Host:
         return PeerConnected(peer, addrs, protocols)
 
     def _peer_connected(self, conn: INetConn) -> None:
-        self._presence.connected(str(conn.muxed_conn.peer_id))
+        peer = str(conn.muxed_conn.peer_id)
+        if not is_allowed(self._config, peer):
+            # Refused at connect: it never becomes a PeerConnected, so it never reaches membership.
+            self._counters.add("connections_refused")
+            logger.warning("refusing connection from %s: not on the allow-list", peer)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._swarm.close_peer, conn.muxed_conn.peer_id)
+            return
+        self._presence.connected(peer)
 
     def _peer_disconnected(self, conn: INetConn) -> None:
         peer_id = conn.muxed_conn.peer_id
-        if self._is_connected(peer_id):
+        if self._is_connected(peer_id) or not is_allowed(self._config, str(peer_id)):
             return
         self._presence.disconnected(str(peer_id))
         self._outbound.drop_peer(str(peer_id))

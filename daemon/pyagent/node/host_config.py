@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+
+def is_allowed(config: HostConfig, peer: str) -> bool:
+    return config.allow_list is None or peer in config.allow_list
+
 DEFAULT_LISTEN_ADDRS = ("/ip4/127.0.0.1/tcp/0",)
 
 
@@ -19,6 +23,8 @@ class HostConfig:
     send_queue_frames_max: int = 1024
     # Private network pre-shared key (32 bytes); None for the public network.
     psk: bytes | None = None
+    # Peer ids allowed to connect (either direction); None allows everyone.
+    allow_list: frozenset[str] | None = None
     # How long PeerConnected waits for identify before it reports what is already known.
     identify_timeout_ms: int = 5_000
     # Server side of `register_request_handler`: read request + handle + write response.
@@ -41,5 +47,7 @@ class HostConfig:
                 raise ValueError(f"HostConfig.{name} must be positive, got {getattr(self, name)}")
         if not self.listen_addrs:
             raise ValueError("HostConfig.listen_addrs must not be empty")
+        if self.allow_list is not None and not self.allow_list:
+            raise ValueError("HostConfig.allow_list must name at least one peer (None allows everyone)")
         if self.psk is not None and len(self.psk) != 32:
             raise ValueError(f"HostConfig.psk must be 32 bytes, got {len(self.psk)}")

@@ -30,7 +30,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.transport.tcp.tcp import TCP
 
-from pyagent.node.host_config import HostConfig
+from pyagent.node.host_config import HostConfig, is_allowed
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,10 @@ class _IdleAutoConnector(AutoConnector):
 
 
 def build_libp2p_host(
-    key_pair: KeyPair, config: HostConfig, on_handler_error: Callable[[], None]
+    key_pair: KeyPair,
+    config: HostConfig,
+    on_handler_error: Callable[[], None],
+    on_stream_refused: Callable[[], None],
 ) -> BasicHost:
     upgrade_timeout_s = config.upgrade_timeout_ms / 1000
     open_stream_timeout_s = config.open_stream_timeout_ms / 1000
@@ -75,7 +78,8 @@ def build_libp2p_host(
     assert isinstance(swarm, Swarm), type(swarm)
     swarm.retry_config = RetryConfig(max_retries=0)
     swarm.auto_connector = _IdleAutoConnector(swarm, connection_config.auto_connect_interval)
-    swarm.set_stream_handler(_guarded(swarm.common_stream_handler, on_handler_error))
+    handler = _admitted_only(swarm.common_stream_handler, config, on_stream_refused)
+    swarm.set_stream_handler(_guarded(handler, on_handler_error))
     return host
 
 
@@ -87,6 +91,24 @@ def _transport(psk: bytes | None, upgrade_timeout_ms: int) -> ITransport:
 
     transport: ITransport = PnetTCP(psk, nonce_timeout_ms=upgrade_timeout_ms)
     return transport
+
+
+def _admitted_only(
+    handler: StreamHandler, config: HostConfig, on_refused: Callable[[], None]
+) -> StreamHandler:
+    """Resets every inbound stream of a peer that the allow-list does not name. The connection itself is
+    closed as soon as it is reported, but a stream can race that; this makes sure none gets through."""
+    if config.allow_list is None:
+        return handler
+
+    async def admitted_only(stream: INetStream) -> None:
+        if not is_allowed(config, str(stream.muxed_conn.peer_id)):
+            on_refused()
+            await stream.reset()
+            return
+        await handler(stream)
+
+    return admitted_only
 
 
 def _guarded(handler: StreamHandler, on_handler_error: Callable[[], None]) -> StreamHandler:
