@@ -27,8 +27,12 @@ from pyagent.proto.ready import Ready, SetTimer
 
 
 class Driver:
-    def __init__(self, config: Config = LAN, metadata: Metadata | None = None) -> None:
-        self.membership = Membership("me", random.Random(1), config, metadata, ("/ip4/127.0.0.1/tcp/1",))
+    def __init__(
+        self, config: Config = LAN, metadata: Metadata | None = None, allowed: frozenset[str] | None = None
+    ) -> None:
+        self.membership = Membership(
+            "me", random.Random(1), config, metadata, ("/ip4/127.0.0.1/tcp/1",), allowed
+        )
         self.core = NodeCore("me", random.Random(1), [self.membership])
         self.now_us = 0
         self.request_ids = 0
@@ -174,6 +178,13 @@ def test_the_member_table_is_bounded() -> None:
     driver.gossip("a", *(alive(peer) for peer in "abcde"))
     assert len(driver.membership.members()) == 3
     assert driver.membership.counters["members_refused"] == 3
+
+
+def test_an_allow_list_keeps_gossiped_strangers_out() -> None:
+    driver = Driver(allowed=frozenset({"me", "a", "b"}))
+    driver.gossip("a", *(alive(peer) for peer in "abcx"))
+    assert sorted(r.peer for r in driver.membership.members()) == ["a", "b", "me"]
+    assert driver.membership.counters["members_refused"] == 2
 
 
 def test_metadata_is_validated_and_versioned() -> None:

@@ -247,7 +247,8 @@ async def run(home: Path, config: Config) -> None:
     peer_id = identity.peer_id_of(key_pair)
     # The daemon's randomness is seeded from the OS once; the cores only ever see this generator.
     rng = random.Random(os.urandom(32))
-    members = membership.Membership(peer_id, rng, membership_config(config.membership))
+    allowed = frozenset(config.mesh.allow_list) | {peer_id} if config.mesh.allow_list else None
+    members = membership.Membership(peer_id, rng, membership_config(config.membership), allowed=allowed)
     core = NodeCore.standard(peer_id, rng, [members, *pluginhost.collect_components(plugins, peer_id, rng)])
     events_in, events_out = trio.open_memory_channel[Event](EVENTS_QUEUE_MAX)
     host = Host(key_pair, host_config(config, psk), events_in)

@@ -8,6 +8,7 @@ one frame's worth of bytes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,19 +104,30 @@ def decode_body(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
 
 
 def _check_shape(value: object, limits: Limits) -> None:
-    """Walk the decoded value iteratively, bounding depth and total element count."""
-    stack: list[tuple[object, int]] = [(value, 1)]
-    count = 0
+    """Walk the decoded value iteratively, bounding depth and total element count.
+
+    Only containers go on the stack; scalars are counted where they are met. Map keys are scalars
+    (``strict_map_key`` admits only str and bytes), so they count without a visit.
+    """
+    if not isinstance(value, dict | list):
+        return
+    stack: list[tuple[dict[Any, Any] | list[Any], int]] = [(value, 1)]
+    count = 1
     while stack:
         item, depth = stack.pop()
-        count += 1
+        if depth > limits.depth_max:
+            raise RemoteProtocolError(f"message nested deeper than depth_max={limits.depth_max}")
+        if isinstance(item, dict):
+            count += len(item)
+            children: Iterable[object] = item.values()
+        else:
+            children = item
+        for child in children:
+            count += 1
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
         if count > limits.count_max:
             raise RemoteProtocolError(f"message has more than count_max={limits.count_max} values")
-        if isinstance(item, dict | list):
-            if depth > limits.depth_max:
-                raise RemoteProtocolError(f"message nested deeper than depth_max={limits.depth_max}")
-            children = list(item.keys()) + list(item.values()) if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
 
 
 class FrameDecoder:

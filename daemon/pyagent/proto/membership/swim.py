@@ -105,11 +105,15 @@ class Membership(Component):
         config: Config = LAN,
         local_metadata: Metadata | None = None,
         local_addrs: tuple[str, ...] = (),
+        allowed: frozenset[PeerId] | None = None,
     ) -> None:
         metadata = local_metadata or Metadata()
         metadata_codec.check_local(metadata, config.metadata_bytes_max)
         _check_local_addrs(local_addrs, config.addrs_bytes_max)
         self.config = config
+        # A private mesh's allow-list: gossip about anyone else is ignored, so they never become members
+        # even when a misconfigured member relays them. None admits everyone.
+        self._allowed = allowed
         self._rng = rng
         local = Member(local_peer, local_addrs, incarnation=0, now_us=0)
         local.metadata, local.meta_version = metadata, 1
@@ -463,6 +467,9 @@ class Membership(Component):
         self, member: Member | None, entry: Entry, now_us: int, out: Ready, relay_new: bool
     ) -> bool:
         if member is None:
+            if self._allowed is not None and entry.peer not in self._allowed:
+                self.counters["members_refused"] += 1
+                return False
             member = Member(entry.peer, entry.addrs, entry.incarnation, now_us)
             if not self._table.add(member, self._rng):
                 self.counters["members_refused"] += 1
