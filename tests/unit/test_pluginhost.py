@@ -265,3 +265,27 @@ def test_the_hello_cli_command_is_added_through_the_hook() -> None:
     pm.hook.pyagent_add_cli_commands(subparsers=subparsers)
 
     assert parser.parse_args(["hello"]).run is pyagent_hello.cli.run_hello
+
+
+def test_metadata_keys_merge_across_plugins_and_clash_by_name() -> None:
+    def plugin_with(keys: dict[str, object]) -> object:
+        class Plugin:
+            @hookimpl
+            def pyagent_add_metadata(self) -> dict[str, object]:
+                return keys
+
+        return Plugin()
+
+    pm = pluginhost.new_plugin_manager()
+    pm.register(plugin_with({"gpu.vram_gb": 80}), name="gpu")
+    pm.register(plugin_with({"cache.lsh": True}), name="cache")
+    assert pluginhost.collect_metadata(pm) == {"gpu.vram_gb": 80, "cache.lsh": True}
+
+    pm.register(plugin_with({"gpu.vram_gb": 40}), name="impostor")
+    with pytest.raises(ConfigError, match=r"'gpu\.vram_gb' is set by both"):
+        pluginhost.collect_metadata(pm)
+
+    bad = pluginhost.new_plugin_manager()
+    bad.register(plugin_with({"nested": {"no": 1}}), name="nested")
+    with pytest.raises(ConfigError, match="must return a dict of str to scalars"):
+        pluginhost.collect_metadata(bad)
