@@ -102,7 +102,9 @@ async def test_idle_connections_beyond_the_target_are_closed_oldest_first(
     assert host.connected == {"P1", "P3"}
 
 
-async def test_sends_without_addresses_go_to_the_host_as_they_are(autojump_clock: trio.testing.MockClock) -> None:
+async def test_sends_without_addresses_go_to_the_host_as_they_are(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     host = FakeHost(reachable={"D"})
     dialer = Dialer(host)
     async with trio.open_nursery() as nursery:
