@@ -1,7 +1,8 @@
 """Membership (SWIM + Lifeguard) in the simulator: how nodes join, leave, and how the mesh is judged.
 
 The observer keeps every node's view incrementally from the ``MemberChanged`` changes its core queues
-(drained after every step), and the ground truth from the simulator (who is really up). From the two it derives, at O(1) per notice:
+(drained after every step), and the ground truth from the simulator (who is really up). From the two it
+derives, at O(1) per change:
 - convergence: the fraction of (observer, member) pairs on which the observer is right;
 - false positives: a member declared dead while it was up, unpaused, not slowed, and untouched by any
   fault, as was its accuser (the safety invariant, with a tolerated rate per member-hour);
