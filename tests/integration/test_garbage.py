@@ -2,53 +2,21 @@
 
 from __future__ import annotations
 
-import random
-
-import msgpack
 import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from libp2p.custom_types import TProtocol
-from libp2p.io.exceptions import IOException
 from libp2p.peer.id import ID
 from test_host import GOSSIP, LIMITS, Node, running_nodes
 
 from pyagent.errors import RemoteProtocolError
 from pyagent.node.streams import FrameReader
 from pyagent.proto.events import MessageReceived
-from pyagent.proto.wire import FrameDecoder, Message, encode_frame, encode_varint
+from pyagent.proto.wire import FrameDecoder, Message, encode_frame
+from pyagent.testing.garbage import garbage_frames, read_until_closed
 
-
-def _prefixed(body: bytes) -> bytes:
-    return encode_varint(len(body)) + body
-
-
-def _nested(depth: int) -> object:
-    value: object = []
-    for _ in range(depth):
-        value = [value]
-    return value
-
-
-GARBAGE = {
-    "random-bytes": _prefixed(b"\xc1" + random.Random(7).randbytes(255)),
-    "oversize-length-prefix": encode_varint(LIMITS.frame_size_bytes_max + 1),
-    "bad-msgpack": _prefixed(b"\xc1"),
-    "deeply-nested": _prefixed(msgpack.packb({"v": 1, "t": "x", "d": _nested(LIMITS.depth_max * 4)})),
-    "lacks-v-and-t": _prefixed(msgpack.packb({"hello": "world"})),
-}
-
-
-async def _stream_ends(stream_read: object) -> None:
-    """Reads until the host resets or closes the stream (a reset may surface as a clean EOF)."""
-    assert callable(stream_read)
-    with trio.fail_after(10.0):
-        try:
-            while await stream_read(4096):
-                pass
-        except IOException:
-            pass
+GARBAGE = garbage_frames(LIMITS)
 
 
 @pytest.mark.parametrize("name", sorted(GARBAGE))
@@ -57,7 +25,7 @@ async def test_garbage_costs_only_that_stream(name: str) -> None:
         await b.host.connect(a.addr)
         raw = await b.host.libp2p_host.new_stream(ID.from_base58(a.host.peer_id), [TProtocol(GOSSIP)])
         await raw.write(GARBAGE[name])
-        await _stream_ends(raw.read)
+        await read_until_closed(raw.read)
         assert a.host.stats()["protocol_errors"] == 1
         await _still_serves(a, b)
 
