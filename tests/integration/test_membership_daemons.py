@@ -52,6 +52,10 @@ def test_crash_is_detected_and_restart_rejoins(mesh: Callable[..., list[LocalPee
 def test_graceful_leave_is_left_not_dead(mesh: Callable[..., list[LocalPeer]]) -> None:
     peers = mesh(COUNT)
     wait_until(lambda: converged(peers), CONVERGE_TIMEOUT_S, "convergence of 5 daemons")
+    # Any member can be pinged by id: the daemon dials the addresses gossip gave for it if need be.
+    for source, target in ((peers[2], peers[4]), (peers[3], peers[1])):
+        pinged = run_cli(source.home, "ping", target.peer_id, "-c", "1")
+        assert pinged.returncode == 0, pinged.stderr
     leaver, stayers = peers[1], [p for p in peers if p is not peers[1]]
     began = time.monotonic()
     result = run_cli(leaver.home, "leave")

@@ -149,12 +149,28 @@ class Node:
         if target.startswith("/"):
             peer = (await self.api_connect({"addr": target}))["peer_id"]
         elif peer not in self.host.connected_peers():
-            raise MethodError(f"not connected to {peer}; connect first with `pyagent connect <multiaddr>`")
+            await self._connect_member(peer)
         try:
             rtt_us = await self.request(PingPeer(peer))
         except RequestFailed as exc:
             raise MethodError(f"ping {peer}: {exc}") from None
         return {"peer_id": peer, "rtt_us": rtt_us}
+
+    async def _connect_member(self, peer: str) -> None:
+        """Dial a member at the addresses gossip gave for it."""
+        record = self.members.member(peer)
+        if record is None or not record.addrs:
+            raise MethodError(
+                f"{peer} is neither connected nor a known member; give its multiaddr instead of its id"
+            )
+        errors = []
+        for addr in record.addrs:
+            try:
+                await self.host.connect(addr if "/p2p/" in addr else f"{addr}/p2p/{peer}")
+                return
+            except DialError as exc:
+                errors.append(str(exc))
+        raise MethodError("; ".join(errors))
 
     async def api_plugins(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         return [asdict(info) for info in pluginhost.describe_plugins(self.plugins)]
