@@ -45,7 +45,8 @@ LEAVE_LINGER_GOSSIP_INTERVALS = 5
 
 def config_for(preset: str, overrides: Mapping[str, Any], source: str) -> membership.Config:
     known = {f.name for f in dataclasses.fields(membership.Config)}
-    settings = {k: v for k, v in overrides.items() if k != LIFEGUARD_KEY}
+    # simnet counts every frame's bytes itself, so membership need not re-encode messages to count them.
+    settings = {"count_bytes": False, **{k: v for k, v in overrides.items() if k != LIFEGUARD_KEY}}
     for key in settings:
         if key not in known:
             raise ConfigError(f"{source}: membership.{key}: unknown key")

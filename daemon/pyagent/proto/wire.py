@@ -8,7 +8,6 @@ one frame's worth of bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,30 +103,29 @@ def decode_body(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
 
 
 def _check_shape(value: object, limits: Limits) -> None:
-    """Walk the decoded value iteratively, bounding depth and total element count.
+    """Walk the decoded value one nesting level at a time, bounding depth and total element count.
 
-    Only containers go on the stack; scalars are counted where they are met. Map keys are scalars
-    (``strict_map_key`` admits only str and bytes), so they count without a visit.
+    Each level is flattened by one comprehension rather than visited item by item: this walk runs on
+    every frame received, and push-pull frames hold thousands of values. Map keys are scalars
+    (``strict_map_key`` admits only str and bytes), so they count without a visit. msgpack yields
+    exactly ``dict`` and ``list``, which allows exact type tests.
     """
-    if not isinstance(value, dict | list):
+    if type(value) is not dict and type(value) is not list:
         return
-    stack: list[tuple[dict[Any, Any] | list[Any], int]] = [(value, 1)]
+    level: list[Any] = [value]
     count = 1
-    while stack:
-        item, depth = stack.pop()
+    depth = 1
+    while True:
         if depth > limits.depth_max:
             raise RemoteProtocolError(f"message nested deeper than depth_max={limits.depth_max}")
-        if isinstance(item, dict):
-            count += len(item)
-            children: Iterable[object] = item.values()
-        else:
-            children = item
-        for child in children:
-            count += 1
-            if isinstance(child, dict | list):
-                stack.append((child, depth + 1))
+        children = [child for item in level for child in (item.values() if type(item) is dict else item)]
+        count += len(children) + sum([len(item) for item in level if type(item) is dict])
         if count > limits.count_max:
             raise RemoteProtocolError(f"message has more than count_max={limits.count_max} values")
+        level = [child for child in children if type(child) is list or type(child) is dict]
+        if not level:
+            return
+        depth += 1
 
 
 class FrameDecoder:

@@ -70,6 +70,12 @@ def check_local(metadata: Metadata, bytes_max: int) -> None:
 
 def decode(raw: object, bytes_max: int, error: type[Exception]) -> Metadata:
     """Strictly decode a metadata map; anything off raises ``error``."""
+    if type(raw) is dict and not raw:
+        # A member that publishes nothing: every field at its default. A joiner fetches one record per
+        # member, so this common case skips the field-by-field walk (an empty map packs in 1 byte).
+        if bytes_max < 1:
+            raise error(f"metadata of 1 bytes exceeds metadata_bytes_max={bytes_max}")
+        return EMPTY
     if not isinstance(raw, dict):
         raise error("metadata must be a map")
     unknown = raw.keys() - _KNOWN_KEYS

@@ -672,8 +672,7 @@ class Membership(Component):
         for peer in query.peers:
             member = self._table.local if peer == self._local_peer else self._table.get(peer)
             if member is not None:
-                record = [peer, member.meta_version, metadata_codec.encode(member.metadata)]
-                records.append((record, codec.packed_size_bytes(record)))
+                records.append(_metadata_record(member))
         chunk_bytes_max = self.config.push_pull_chunk_bytes_max
         for chunk in codec.chunks(records, chunk_bytes_max, limits.METADATA_RECORDS_MAX):
             self._send(out, sender, codec.metadata_reply(chunk))
@@ -792,6 +791,15 @@ class Membership(Component):
         self.counters[f"{direction}.{kind}"] += 1
         if self.config.count_bytes:
             self.counters[f"{direction}_bytes.{kind}"] += codec.packed_size_bytes(message)
+
+
+def _metadata_record(member: Member) -> tuple[list[Any], int]:
+    # Every joiner asks every member for the same records: each version is encoded once, not per query.
+    cached = member.meta_record
+    if cached is None or cached[0] is not member.metadata or cached[1][1] != member.meta_version:
+        record = [member.peer, member.meta_version, metadata_codec.encode(member.metadata)]
+        cached = member.meta_record = (member.metadata, record, codec.packed_size_bytes(record))
+    return cached[1], cached[2]
 
 
 def _gossip_filter(now_us: int, to_dead_us: int) -> Callable[[Member], bool]:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pyagent.proto.membership.lifeguard import Suspicion
-from pyagent.proto.membership.metadata import Metadata
+from pyagent.proto.membership.metadata import EMPTY, Metadata
 from pyagent.proto.membership.records import LIVE_STATES, MemberRecord, State
 from pyagent.proto.types import PeerId, Rng
 
@@ -28,6 +28,7 @@ class Member:
     __slots__ = (
         "addrs",
         "incarnation",
+        "meta_record",
         "meta_requested_us",
         "meta_version",
         "metadata",
@@ -47,7 +48,9 @@ class Member:
         self.state = State.ALIVE
         self.incarnation = incarnation
         self.meta_version = 0
-        self.metadata = Metadata()
+        self.metadata: Metadata = EMPTY
+        # The metadata reply record (metadata, [peer, meta_version, encoded], packed size), cached.
+        self.meta_record: tuple[Metadata, list[Any], int] | None = None
         self.meta_requested_us = -(1 << 62)
         self.state_changed_us = now_us
         self.probing = False
