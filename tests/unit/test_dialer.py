@@ -111,3 +111,21 @@ async def test_sends_without_addresses_go_to_the_host_as_they_are(
         dialer.attach(nursery)
         dialer.send("D", "/p", message(0))
     assert host.dials == [] and host.sent == []  # the host counts its own drop of an unconnected send
+
+
+async def test_a_dropped_peer_is_disconnected_and_redialled_fresh(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    host = FakeHost(reachable={"E"})
+    dialer = Dialer(host)
+    async with trio.open_nursery() as nursery:
+        dialer.attach(nursery)
+        dialer.send("E", "/p", message(0), ("/ip4/192.0.2.5/tcp/1",))
+        await trio.sleep(1)
+        assert host.connected == {"E"}
+        dialer.drop("E")  # the mesh declared it dead
+        await trio.sleep(0)
+        assert host.connected == set()
+        dialer.send("E", "/p", message(1), ("/ip4/192.0.2.5/tcp/1",))
+        await trio.sleep(1)
+    assert host.dials == ["E", "E"] and host.sent[-1][2]["n"] == 1

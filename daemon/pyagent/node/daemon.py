@@ -107,7 +107,9 @@ class Node:
                 self.plugins.hook.pyagent_peer_connected(node=self, peer=info)
         elif isinstance(event, PeerDisconnected):
             self.plugins.hook.pyagent_peer_disconnected(node=self, peer=event.peer)
-        mesh.log_changes(self.members)
+        for change in mesh.log_changes(self.members):
+            if change.new_state in (membership.State.DEAD, membership.State.LEFT):
+                self.dialer.drop(change.peer)
 
     # Control methods. Each takes the request's params and returns something JSON can carry.
 
@@ -296,7 +298,7 @@ async def run(home: Path, config: Config) -> None:
             extra={"peer_id": peer_id, "addrs": ",".join(host.listen_addrs()), "private": psk is not None},
         )
         nursery.start_soon(mesh.join, node, seeds, rng)
-        nursery.start_soon(mesh.refresh_load, node.request, node.local_metadata)
+        nursery.start_soon(mesh.refresh_load, node.request, node.local_metadata, members.live_count)
         nursery.start_soon(_handle_signals, node.stop)
         await node.stop.wait()
         await node.leave()

@@ -80,6 +80,18 @@ class Dialer:
         if len(self._last_used) > self.config.peers_tracked_max:
             self._last_used.popitem(last=False)
 
+    def drop(self, peer: str) -> None:
+        """Close the connection to a peer the mesh declared dead or gone.
+
+        During a partition TCP reports nothing: writes queue in the kernel and go out only at its next
+        retransmission, which backs off up to two minutes. A fresh dial after the heal is answered at once,
+        so a dead member's connection is closed rather than trusted.
+        """
+        self._pending.pop(peer, None)
+        self._last_used.pop(peer, None)
+        if self._nursery is not None and peer in self._host.connected_peers():
+            self._nursery.start_soon(self._host.disconnect, peer)
+
     def send(self, peer: str, protocol_id: str, message: Message, addrs: tuple[str, ...] = ()) -> None:
         self.touch(peer)
         if peer in self._pending:

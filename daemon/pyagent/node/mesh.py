@@ -28,9 +28,11 @@ log = logging.getLogger("pyagent.mesh")
 JOIN_BACKOFF_INITIAL_S = 1.0
 JOIN_BACKOFF_MAX_S = 30.0
 IDENTIFY_WAIT_S = 3.0
-LOAD_REFRESH_INTERVAL_S = 10.0
-# Load is gossiped to every member, so it is republished only when it moves by this much.
-LOAD_CHANGE_MIN = 0.1
+# Each load update is gossiped to every member, so the interval grows with the mesh: N members republish
+# at most N / (interval) times a second in all, about one update a second mesh-wide however large it is.
+LOAD_REFRESH_INTERVAL_S = 30.0
+LOAD_REFRESH_MEMBERS_PER_INTERVAL = 32
+LOAD_CHANGE_MIN = 0.25
 MEMBERSHIP_PROTOCOL_FAMILY = "/pyagent/membership/"
 
 
@@ -158,8 +160,10 @@ async def join(node: MeshNode, bootstrap: Sequence[str], rng: random.Random) -> 
         backoff_s = min(backoff_s * 2, JOIN_BACKOFF_MAX_S)
 
 
-def log_changes(component: membership.Membership) -> None:
-    for change in component.drain_changes():
+def log_changes(component: membership.Membership) -> list[membership.MemberChanged]:
+    """Log (and return) the state transitions the membership core has seen since the last call."""
+    changes = component.drain_changes()
+    for change in changes:
         old = change.old_state.name.lower() if change.old_state is not None else "new"
         alarming = change.new_state in (membership.State.SUSPECT, membership.State.DEAD)
         level = logging.WARNING if alarming else logging.INFO
@@ -171,14 +175,21 @@ def log_changes(component: membership.Membership) -> None:
             change.new_state.name.lower(),
             extra={"incarnation": change.incarnation},
         )
+    return changes
+
+
+def load_refresh_interval_s(live_members: int) -> float:
+    return LOAD_REFRESH_INTERVAL_S * max(1.0, live_members / LOAD_REFRESH_MEMBERS_PER_INTERVAL)
 
 
 async def refresh_load(
-    request: Callable[[object], Awaitable[object]], current: Callable[[], membership.Metadata]
+    request: Callable[[object], Awaitable[object]],
+    current: Callable[[], membership.Metadata],
+    live_members: Callable[[], int],
 ) -> None:
-    """Republish this node's load when it moves noticeably."""
+    """Republish this node's load when it moves noticeably, at a pace the mesh's size allows."""
     while True:
-        await trio.sleep(LOAD_REFRESH_INTERVAL_S)
+        await trio.sleep(load_refresh_interval_s(live_members()))
         metadata = current()
         load = load_per_core()
         if abs(load - metadata.load) >= LOAD_CHANGE_MIN:
