@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pyagent.localmesh import LocalPeer, converged, init_home, member_states, start_mesh, stop_all, wait_until
+from pyagent.localmesh import LocalPeer, converged, member_states, start_mesh, stop_all, wait_until
 from pyagent.proto import membership
 from pyagent.testing.netns import NetnsUnavailable, Network, check_available, network
 
@@ -189,25 +189,11 @@ def veth_bytes(net: Network) -> list[tuple[int, int]]:
     return counts
 
 
-def start_namespaced(base: Path, net: Network) -> list[LocalPeer]:
-    peers: list[LocalPeer] = []
-    for index, host in enumerate(net.hosts, start=1):
-        peer = LocalPeer(f"ns-{index}", base / f"ns-{index}", command_prefix=host.command([]))
-        init_home(peer.home, listen=f"/ip4/{host.address}/tcp/{NETNS_LISTEN_PORT}")
-        if peers:
-            peer.extra_args += ["--bootstrap", peers[0].addr]
-        peers.append(peer)
-        peer.start()
-        if index == 1:
-            peer.wait_ready()
-    for peer in peers[1:]:
-        peer.wait_ready()
-    return peers
-
-
 def netns_run(base: Path, idle_s: float) -> dict[str, float]:
     with network(NETNS_HOSTS) as net:
-        peers = start_namespaced(base, net)
+        peers = start_mesh(
+            base, len(net.hosts), placements=net.placements(NETNS_LISTEN_PORT), name_prefix="ns"
+        )
         try:
             figures = {"converge_s": settle(peers)}
             before, started = veth_bytes(net), time.monotonic()
@@ -251,8 +237,12 @@ def local_rows(results: dict[int, dict[str, float]]) -> list[tuple[str, str, str
         ("kill -9 -> suspect everywhere (s)", "kill_suspect_everywhere_s", "", "{:.1f}"),
         ("kill -9 -> dead everywhere (s)", "kill_dead_everywhere_s", "kill_dead_everywhere_s", "{:.1f}"),
         ("leave -> left everywhere (s)", "leave_left_everywhere_s", "leave_left_everywhere_s", "{:.2f}"),
-        ("restart: ready -> alive everywhere (s)", "restart_alive_everywhere_s",
-         "restart_alive_everywhere_s", "{:.2f}"),
+        (
+            "restart: ready -> alive everywhere (s)",
+            "restart_alive_everywhere_s",
+            "restart_alive_everywhere_s",
+            "{:.2f}",
+        ),
         ("restart: spawn -> alive everywhere (s)", "restart_from_spawn_s", "", "{:.2f}"),
         ("idle frames out per member (B/s)", "idle_out_bytes_per_s", "idle_bytes_per_s", "{:.0f}"),
         ("idle frames in per member (B/s)", "idle_in_bytes_per_s", "", "{:.0f}"),

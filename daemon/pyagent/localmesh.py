@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,17 +122,38 @@ class LocalPeer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def start_mesh(base: Path, count: int, swarm_key_file: str = "", join: bool = True) -> list[LocalPeer]:
+@dataclass(frozen=True)
+class Placement:
+    """Where one daemon of a mesh runs: its listen address, and a wrapper of its command line."""
+
+    listen: str = LOOPBACK_ANY_PORT
+    command_prefix: tuple[str, ...] = ()
+
+
+def start_mesh(
+    base: Path,
+    count: int,
+    swarm_key_file: str = "",
+    join: bool = True,
+    placements: Sequence[Placement] = (),
+    name_prefix: str = "node",
+) -> list[LocalPeer]:
     """Start ``count`` daemons under ``base`` and wait until each answers its control API. With ``join``,
-    node-1 starts a mesh and the others bootstrap from it; without, each node stays alone."""
-    peers = [LocalPeer(f"node-{index}", base / f"node-{index}") for index in range(1, count + 1)]
-    for index, peer in enumerate(peers):
-        init_home(peer.home, swarm_key_file=swarm_key_file)
-        if join and index:
+    the first starts a mesh and the others bootstrap from it; without, each stays alone. ``placements``
+    (one per daemon, default loopback) puts them elsewhere, e.g. on namespaced test hosts."""
+    placements = list(placements) or [Placement()] * count
+    assert len(placements) == count, "one placement per daemon"
+    peers = []
+    for index, placement in enumerate(placements, start=1):
+        name = f"{name_prefix}-{index}"
+        peer = LocalPeer(name, base / name, command_prefix=list(placement.command_prefix))
+        init_home(peer.home, listen=placement.listen, swarm_key_file=swarm_key_file)
+        if join and peers:
             peer.extra_args += ["--bootstrap", peers[0].addr]
         peer.start()
-        if index == 0:
+        if index == 1:
             peer.wait_ready()
+        peers.append(peer)
     for peer in peers[1:]:
         peer.wait_ready()
     return peers

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pyagent.localmesh import LocalPeer, converged, init_home, member_states, stop_all, wait_until
+from pyagent.localmesh import LocalPeer, converged, member_states, start_mesh, stop_all, wait_until
 from pyagent.proto import membership
 from pyagent.testing.netns import NetnsUnavailable, Network, check_available, network
 
@@ -68,19 +68,8 @@ def net() -> Iterator[Network]:
 @pytest.fixture
 def daemons(tmp_path: Path, net: Network) -> Iterator[list[LocalPeer]]:
     """One daemon per namespaced host; node-1 starts the mesh, the others bootstrap from it."""
-    peers: list[LocalPeer] = []
+    peers = start_mesh(tmp_path, len(net.hosts), placements=net.placements(LISTEN_PORT))
     try:
-        for index, host in enumerate(net.hosts, start=1):
-            peer = LocalPeer(f"node-{index}", tmp_path / f"node-{index}", command_prefix=host.command([]))
-            init_home(peer.home, listen=f"/ip4/{host.address}/tcp/{LISTEN_PORT}")
-            if peers:
-                peer.extra_args += ["--bootstrap", peers[0].addr]
-            peers.append(peer)
-            peer.start()
-            if index == 1:
-                peer.wait_ready()
-        for peer in peers[1:]:
-            peer.wait_ready()
         yield peers
     finally:
         stop_all(peers)

@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from pyagent.localmesh import Placement
+
 SUBNET_PREFIX = "10.213.0"
 PREFIX_LEN = 24
 
@@ -81,6 +83,10 @@ class Network:
         host = TestHost(namespace, address, host_veth)
         self.hosts.append(host)
         return host
+
+    def placements(self, port: int) -> list[Placement]:
+        """One daemon per host, listening on ``port`` at the host's address (for ``localmesh.start_mesh``)."""
+        return [Placement(f"/ip4/{host.address}/tcp/{port}", tuple(host.command([]))) for host in self.hosts]
 
     def partition(self, groups: Sequence[Sequence[TestHost]]) -> None:
         """Each group gets its own bridge: hosts in different groups can no longer reach each other."""
