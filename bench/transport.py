@@ -105,14 +105,20 @@ async def serve() -> None:
                 host.send(event.peer, PINGPONG, event.message)
 
 
-async def _timed_rounds(rounds: int, one_round: Callable[[], Awaitable[None]]) -> list[float]:
+async def _timed_pair(
+    rounds: int, ours: Callable[[], Awaitable[None]], raw: Callable[[], Awaitable[None]]
+) -> tuple[list[float], list[float]]:
+    """Times ``ours`` and ``raw`` in alternating rounds, so that whatever else loads the machine during
+    the run weighs on both alike and the ratio stays meaningful on a shared machine."""
     for _ in range(WARMUP_ROUNDS):
-        await one_round()
-    samples = []
+        await ours()
+        await raw()
+    samples: tuple[list[float], list[float]] = ([], [])
     for _ in range(rounds):
-        start = time.perf_counter()
-        await one_round()
-        samples.append(time.perf_counter() - start)
+        for one_round, into in ((ours, samples[0]), (raw, samples[1])):
+            start = time.perf_counter()
+            await one_round()
+            into.append(time.perf_counter() - start)
     return samples
 
 
@@ -149,15 +155,14 @@ async def client(server_addr: str, rounds: int, mebibytes: int) -> list[tuple[st
             await echo_stream.write(LENGTH.pack(PAYLOAD_BYTES) + payload)
             await _read_prefixed(echo_stream)
 
-        for label, one_round in (
-            ("rtt request/response, fresh stream: ours", ours_request),
-            ("rtt request/response, fresh stream: raw", raw_request),
-            ("rtt ping-pong, long-lived streams: ours", ours_pingpong),
-            ("rtt ping-pong, long-lived streams: raw", raw_echo),
+        for kind, ours, raw in (
+            ("rtt request/response, fresh stream", ours_request, raw_request),
+            ("rtt ping-pong, long-lived streams", ours_pingpong, raw_echo),
         ):
-            samples = await _timed_rounds(rounds, one_round)
-            rows.append((label, "median us", statistics.median(samples) * 1e6))
-            rows.append((label, "p99 us", statistics.quantiles(samples, n=100)[98] * 1e6))
+            for side, samples in zip(("ours", "raw"), await _timed_pair(rounds, ours, raw), strict=True):
+                label = f"{kind}: {side}"
+                rows.append((label, "median us", statistics.median(samples) * 1e6))
+                rows.append((label, "p99 us", statistics.quantiles(samples, n=100)[98] * 1e6))
         await echo_stream.close()
 
         start = time.perf_counter()
