@@ -239,3 +239,27 @@ def test_changes_are_reported_and_bounded() -> None:
     ]
     assert driver.membership.counters["changes_dropped"] == 2
     assert driver.membership.drain_changes() == []
+
+
+def _push_pulls_to(ready: Ready, peer: str) -> list[dict[str, Any]]:
+    return [send.message for send in ready.send if send.peer == peer and send.message["t"] == "pp"]
+
+
+def test_a_stranger_still_unknown_a_probe_interval_later_gets_a_push_pull() -> None:
+    driver = Driver()
+    interval_us = LAN.probe_interval_ms * 1_000
+    assert not _push_pulls_to(driver.receive("s", codec.ping(1, [])), "s")
+    assert not _push_pulls_to(driver.fire("probe"), "s")  # too soon: its news may still be on its way
+    ready = driver.step(TimerFired("membership/probe"), advance_us=interval_us)
+    assert len(_push_pulls_to(ready, "s")) == 1
+    assert driver.membership.counters["stranger_push_pulls"] == 1
+    assert not _push_pulls_to(driver.step(TimerFired("membership/probe"), advance_us=interval_us), "s")
+
+
+def test_a_stranger_met_by_gossip_in_the_meantime_costs_no_push_pull() -> None:
+    driver = Driver()
+    driver.receive("t", codec.ping(1, []))
+    driver.gossip("a", alive("a"), alive("t"))
+    ready = driver.step(TimerFired("membership/probe"), advance_us=LAN.probe_interval_ms * 1_000)
+    assert not _push_pulls_to(ready, "t")
+    assert driver.membership.counters["stranger_push_pulls"] == 0

@@ -38,6 +38,9 @@ class BroadcastQueue:
     def __len__(self) -> int:
         return len(self._tier_of)
 
+    def __contains__(self, key: PeerId) -> bool:
+        return key in self._tier_of
+
     def push(self, key: PeerId, payload: WireEntry, size_bytes: int) -> None:
         """Queue an update about member ``key``, replacing any older update about it."""
         tier = self._tier_of.pop(key, None)

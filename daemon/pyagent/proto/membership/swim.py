@@ -130,7 +130,8 @@ class Membership(Component):
         self._started = False
         self._leaving = False
         self._gossip_armed = False
-        self._stranger_sync_us = -(1 << 62)
+        # The unknown sender waiting for a push-pull, and when it first messaged us.
+        self._stranger: tuple[PeerId, int] | None = None
         self._changes: deque[MemberChanged] = deque()
         self._limit_cache = (0, 0)
         self.counters: Counter[str] = Counter()
@@ -172,7 +173,7 @@ class Membership(Component):
         self._count("recv", event.message)
         self._ensure_started(now_us, out)
         if not isinstance(decoded, codec.PushPull | codec.MetadataQuery | codec.MetadataReply):
-            self._sync_with_stranger(sender, now_us, out)
+            self._note_stranger(sender, now_us)
         match decoded:
             case codec.Ping():
                 self._merge(decoded.updates, sender, now_us, out)
@@ -256,6 +257,7 @@ class Membership(Component):
             return
         interval_us = self._probe_interval_us()
         out.timers.append(SetTimer(self.timer_key(_PROBE), now_us + interval_us))
+        self._sync_with_stranger(now_us, out)
         left_before_us = now_us - self.config.gossip_to_dead_ms * US_PER_MS
         dead_before_us = now_us - self.config.dead_retention_ms * US_PER_MS
         target = self._table.next_probe_target(self._rng, left_before_us, dead_before_us)
@@ -546,17 +548,25 @@ class Membership(Component):
         return member.wire, member.wire_size_bytes
 
     def _is_known(self, raw: object) -> bool:
-        """Whether a raw entry equals what we hold (see ``codec.decode``). Suspect entries never are:
-        each names an accuser whose confirmation may count."""
+        """Whether a raw entry equals the entry we would send about that member (see ``codec.decode``).
+        Suspect entries never are: each names an accuser whose confirmation may count. Every entry of
+        every message comes through here, so it compares fields with the member itself rather than
+        validate and compare its cached encoding."""
         if type(raw) is not list or len(raw) != 6 or raw[1] == _SUSPECT_CODE or type(raw[0]) is not str:
             return False
-        member = self._table.get(raw[0])
+        peer, code, incarnation, meta_version, addrs, accuser = raw
+        member = self._table.get(peer)
         if member is None:
-            if raw[0] != self._local_peer:
+            if peer != self._local_peer:
                 return False
             member = self._table.local
-        key = (member.state, member.incarnation, member.meta_version, member.addrs)
-        return (member.wire if member.wire_key == key else self._wire_of(member)[0]) == raw
+        return (
+            code == member.state
+            and incarnation == member.incarnation
+            and meta_version == member.meta_version
+            and accuser is None
+            and addrs == (list(member.addrs) if member.state is State.ALIVE else [])
+        )
 
     def _enqueue_member(self, member: Member, out: Ready, now_us: int) -> None:
         self._enqueue(member.peer, *self._wire_of(member), out, now_us)
@@ -642,17 +652,32 @@ class Membership(Component):
             reply_wanted = not response and index == 0
             self._send(out, peer, codec.push_pull(chunk, response, reply_wanted, join), addrs)
 
-    def _sync_with_stranger(self, sender: PeerId, now_us: int, out: Ready) -> None:
-        # A member gossiping with us knows us but we do not know it: our views diverged (joins that
-        # raced, a healed partition). A push-pull repairs both views now instead of at the next periodic one;
-        # at most one per probe interval keeps a burst of strangers from costing a burst of states.
+    def _note_stranger(self, sender: PeerId, now_us: int) -> None:
+        # A member messaging us knows us but we do not know it: our views diverged (joins that raced, news
+        # we missed). One stranger is held at a time, so a burst of them cannot cost a burst of states.
         if self._leaving or self._table.get(sender) is not None:
             return
-        if now_us - self._stranger_sync_us < self.config.probe_interval_ms * US_PER_MS:
+        pending = self._stranger
+        if pending is None or self._table.get(pending[0]) is not None:
+            self._stranger = (sender, now_us)
+
+    def _sync_with_stranger(self, now_us: int, out: Ready) -> None:
+        # At a probe tick, a push-pull with a stranger that is still unknown a probe interval after it first
+        # messaged us repairs both views now instead of at the next periodic exchange. Waiting costs a
+        # second at most and saves nearly every exchange of a join storm: there the stranger is a fresh
+        # joiner whose alive update reaches us by gossip within that second anyway.
+        pending = self._stranger
+        if pending is None:
             return
-        self._stranger_sync_us = now_us
+        peer, seen_us = pending
+        if self._table.get(peer) is not None:
+            self._stranger = None
+            return
+        if now_us - seen_us < self.config.probe_interval_ms * US_PER_MS:
+            return
+        self._stranger = None
         self.counters["stranger_push_pulls"] += 1
-        self._send_state(out, sender, (), response=False, join=False)
+        self._send_state(out, peer, (), response=False, join=False)
 
     def _on_push_pull(self, sender: PeerId, message: codec.PushPull, now_us: int, out: Ready) -> None:
         self._merge(message.entries, sender, now_us, out, relay_new=False)
@@ -683,7 +708,7 @@ class Membership(Component):
             if member is not None and meta_version > member.meta_version:
                 member.metadata, member.meta_version = metadata, meta_version
                 # Now that we hold it, the transmissions still pending may advertise it.
-                if member.state is State.ALIVE:
+                if member.state is State.ALIVE and peer in self._queue:
                     self._queue.refresh(peer, *self._wire_of(member))
 
     # ----- commands -----
