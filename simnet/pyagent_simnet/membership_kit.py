@@ -39,6 +39,8 @@ CONVERGED_MOST = 0.99
 PRESETS: dict[str, membership.Config] = {"lan": membership.LAN, "wan": membership.WAN}
 # Scenario-only switch: `lifeguard = false` measures plain SWIM.
 LIFEGUARD_KEY = "lifeguard"
+# Transition counter names; an enum's .name is a property lookup, and a join storm notices a million times.
+_STATE_NAMES = {state: state.name.lower() for state in State}
 # A graceful leaver keeps running this many gossip intervals so that its goodbye spreads.
 LEAVE_LINGER_GOSSIP_INTERVALS = 5
 
@@ -195,7 +197,7 @@ class MembershipObserver(Observer):
         observer = node.index
         if subject is None or subject == observer or observer not in self.up:
             return
-        name = item.new_state.name.lower()
+        name = _STATE_NAMES[item.new_state]
         self.transitions[name] = self.transitions.get(name, 0) + 1
         view = self.view[observer]
         believed = item.new_state in LIVE_STATES

@@ -13,6 +13,7 @@ ignored, so a later minor version can add fields.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -230,7 +231,9 @@ def _addrs(value: object) -> tuple[str, ...]:
             raise RemoteProtocolError(
                 f"an address must be a string of at most {limits.ADDR_CHARS_MAX} characters"
             )
-    return tuple(items)
+    # Interned, like entry peer ids: every node holds every member's, and a process running many nodes
+    # (simnet) then keeps one copy of each string instead of one per node.
+    return tuple(map(sys.intern, items))
 
 
 def _updates(message: Message, is_known: Callable[[object], bool]) -> tuple[Entry, ...]:
@@ -254,6 +257,7 @@ def _entry(raw: object) -> Entry:
     if type(meta_version) is not int or not 0 <= meta_version <= limits.INCARNATION_MAX:
         raise RemoteProtocolError("metadata version must be an unsigned 63-bit integer")
     addrs = _addrs(raw_addrs) if raw_addrs != [] else ()
+    peer = sys.intern(peer)
     if state is not State.SUSPECT:
         if accuser is not None:
             raise RemoteProtocolError("only a suspect entry names an accuser")

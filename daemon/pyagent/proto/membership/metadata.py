@@ -46,6 +46,8 @@ _UINT64_MAX = (1 << 64) - 1
 def encode(metadata: Metadata) -> dict[str, Any]:
     """The compact wire map; fields at their default are left out to keep updates small."""
     out: dict[str, Any] = {}
+    if metadata is EMPTY:
+        return out
     for key, name in _LISTS:
         value: tuple[str, ...] = getattr(metadata, name)
         if value:

@@ -540,12 +540,19 @@ class Membership(Component):
         return Entry(member.peer, member.state, member.incarnation, member.meta_version)
 
     def _wire_of(self, member: Member) -> tuple[codec.WireEntry, int]:
-        key = (member.state, member.incarnation, member.meta_version, member.addrs)
-        if member.wire_key != key:
-            member.wire = codec.encode_entry(self._entry_of(member))
-            member.wire_size_bytes = codec.packed_size_bytes(member.wire)
-            member.wire_key = key
-        return member.wire, member.wire_size_bytes
+        # The cached entry is checked against the fields it is made of (the accuser of a suspect entry is
+        # always us); the addresses by identity, as a new tuple is only stored when they may change.
+        wire = member.wire
+        if (
+            member.wire_addrs is not member.addrs
+            or wire[1] != member.state
+            or wire[2] != member.incarnation
+            or wire[3] != member.meta_version
+        ):
+            wire = member.wire = codec.encode_entry(self._entry_of(member))
+            member.wire_size_bytes = codec.packed_size_bytes(wire)
+            member.wire_addrs = member.addrs
+        return wire, member.wire_size_bytes
 
     def _is_known(self, raw: object) -> bool:
         """Whether a raw entry equals the entry we would send about that member (see ``codec.decode``).
@@ -697,7 +704,8 @@ class Membership(Component):
         for peer in query.peers:
             member = self._table.local if peer == self._local_peer else self._table.get(peer)
             if member is not None:
-                records.append(_metadata_record(member))
+                record = [peer, member.meta_version, metadata_codec.encode(member.metadata)]
+                records.append((record, codec.packed_size_bytes(record)))
         chunk_bytes_max = self.config.push_pull_chunk_bytes_max
         for chunk in codec.chunks(records, chunk_bytes_max, limits.METADATA_RECORDS_MAX):
             self._send(out, sender, codec.metadata_reply(chunk))
@@ -816,15 +824,6 @@ class Membership(Component):
         self.counters[f"{direction}.{kind}"] += 1
         if self.config.count_bytes:
             self.counters[f"{direction}_bytes.{kind}"] += codec.packed_size_bytes(message)
-
-
-def _metadata_record(member: Member) -> tuple[list[Any], int]:
-    # Every joiner asks every member for the same records: each version is encoded once, not per query.
-    cached = member.meta_record
-    if cached is None or cached[0] is not member.metadata or cached[1][1] != member.meta_version:
-        record = [member.peer, member.meta_version, metadata_codec.encode(member.metadata)]
-        cached = member.meta_record = (member.metadata, record, codec.packed_size_bytes(record))
-    return cached[1], cached[2]
 
 
 def _gossip_filter(now_us: int, to_dead_us: int) -> Callable[[Member], bool]:

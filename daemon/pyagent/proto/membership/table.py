@@ -28,7 +28,6 @@ class Member:
     __slots__ = (
         "addrs",
         "incarnation",
-        "meta_record",
         "meta_requested_us",
         "meta_version",
         "metadata",
@@ -38,7 +37,7 @@ class Member:
         "state_changed_us",
         "suspicion",
         "wire",
-        "wire_key",
+        "wire_addrs",
         "wire_size_bytes",
     )
 
@@ -49,14 +48,13 @@ class Member:
         self.incarnation = incarnation
         self.meta_version = 0
         self.metadata: Metadata = EMPTY
-        # The metadata reply record (metadata, [peer, meta_version, encoded], packed size), cached.
-        self.meta_record: tuple[Metadata, list[Any], int] | None = None
         self.meta_requested_us = -(1 << 62)
         self.state_changed_us = now_us
         self.probing = False
         self.suspicion: Suspicion | None = None
-        # The member's entry as we encode it, cached against the fields it is made of.
-        self.wire_key: tuple[State, int, int, tuple[str, ...]] | None = None
+        # The member's entry as we encode it, cached against the fields it is made of (``wire_addrs``
+        # is the addrs tuple it was made from; None until it is first made).
+        self.wire_addrs: tuple[str, ...] | None = None
         self.wire: list[Any] = []
         self.wire_size_bytes = 0
 
