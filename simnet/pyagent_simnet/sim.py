@@ -20,6 +20,7 @@ from typing import Any
 
 from pyagent import pluginhost
 from pyagent.errors import LocalProtocolError, RemoteProtocolError
+from pyagent.proto.component import Component
 from pyagent.proto.events import (
     Event,
     LocalRequest,
@@ -67,6 +68,7 @@ class SimNode:
         "disturbed_us",
         "epoch",
         "gray_delay_us",
+        "hears_connections",
         "index",
         "left",
         "notice_sources",
@@ -99,6 +101,9 @@ class SimNode:
         self.pending: list[tuple[int, int, Any, Any]] = []
         self.gray_delay_us = 0
         self.connected: set[int] = set()
+        # Whether any component reacts to PeerConnected/PeerDisconnected; when none does, those events are
+        # not scheduled at all (membership ignores them, and a 1,000-peer mesh makes a million of them).
+        self.hears_connections = True
         self.protocols: dict[str, Limits] = {}
         self.sent_msgs = self.sent_bytes = self.recv_msgs = self.recv_bytes = 0
         self.started_us = 0
@@ -323,8 +328,10 @@ class Sim:
             # The first frame dials: each side learns of the other, the receiver just before the frame.
             source.connected.add(dst)
             target.connected.add(src)
-            self._push(self.now_us, CONNECT, src, dst, source.epoch)
-            self._push(min(verdict.deliver_at_us), CONNECT, dst, src, target.epoch)
+            if source.hears_connections:
+                self._push(self.now_us, CONNECT, src, dst, source.epoch)
+            if target.hears_connections:
+                self._push(min(verdict.deliver_at_us), CONNECT, dst, src, target.epoch)
         payload = (protocol, verdict.frame, dst_epoch)
         for at_us in verdict.deliver_at_us:
             self._push(at_us, DELIVER, dst, src, payload)
@@ -400,6 +407,7 @@ class Sim:
             built[component.name] = component
             parts.append(component)
         node.core = NodeCore(node.peer, rng, parts)
+        node.hears_connections = any(_hears_connections(component) for component in node.core.components)
         node.notice_sources = [source for kit in self.kits for source in kit.notice_sources(built)]
         node.protocols = node.core.protocols
         node.up = True
@@ -456,7 +464,8 @@ class Sim:
         for other_index in sorted(node.connected):
             other = self.nodes[other_index]
             other.connected.discard(node.index)
-            self._push(at_us, DISCONNECT, other_index, node.index, other.epoch)
+            if other.hears_connections:
+                self._push(at_us, DISCONNECT, other_index, node.index, other.epoch)
         node.connected = set()
 
     def pause(self, node: SimNode) -> None:
@@ -494,6 +503,14 @@ class Sim:
 
     def log_fault(self, action: str, detail: str) -> None:
         self.fault_log.append((self.now_us / US_PER_S, action, detail))
+
+
+def _hears_connections(component: Component) -> bool:
+    cls = type(component)
+    return (
+        cls.on_peer_connected is not Component.on_peer_connected
+        or cls.on_peer_disconnected is not Component.on_peer_disconnected
+    )
 
 
 def _call_reply(call: tuple[ReplyHandler, SimNode, Reply]) -> None:

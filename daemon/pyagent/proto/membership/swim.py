@@ -298,6 +298,9 @@ class Membership(Component):
             if not probe.acked:
                 probe.acked = True
                 self._awareness.apply(-1)
+                if not probe.indirect:
+                    # Nothing is left for the timeout to do: cancelling it spares a wake-up per probe.
+                    out.timers.append(CancelTimer(self.timer_key(_PROBE_TIMEOUT)))
             return
         if self._reconnect == (seq, sender):
             # A member we hold dead answers: it is back, or a partition healed. Its ack carried its
