@@ -60,37 +60,36 @@ class BroadcastQueue:
 
     def take(self, budget_bytes: int, transmit_limit: int) -> list[WireEntry]:
         """Updates for one outgoing message, within ``budget_bytes``; counts them as transmitted."""
-        if not self._tier_of:
+        tier_of = self._tier_of
+        if not tier_of:
             return []
+        tiers = self._tiers
         chosen: list[tuple[PeerId, int, _Item]] = []
         misses = 0
-        for tier_index, tier in enumerate(self._tiers):
-            for key in reversed(tier):
-                item = tier[key]
-                if item.size_bytes <= budget_bytes:
+        updates_max = limits.UPDATES_MAX
+        for tier_index, tier in enumerate(tiers):
+            for key, item in reversed(tier.items()):
+                size_bytes = item.size_bytes
+                if size_bytes <= budget_bytes:
                     chosen.append((key, tier_index, item))
-                    budget_bytes -= item.size_bytes
+                    budget_bytes -= size_bytes
                 else:
                     misses += 1
-                if (
-                    budget_bytes < _BUDGET_FLOOR_BYTES
-                    or misses > _MISSES_MAX
-                    or len(chosen) >= limits.UPDATES_MAX
-                ):
+                if budget_bytes < _BUDGET_FLOOR_BYTES or misses > _MISSES_MAX or len(chosen) >= updates_max:
                     break
             else:
                 continue
             break
         for key, tier_index, item in chosen:
-            del self._tiers[tier_index][key]
+            del tiers[tier_index][key]
             sent = tier_index + 1
             if sent >= transmit_limit:
-                del self._tier_of[key]
+                del tier_of[key]
                 continue
-            if sent == len(self._tiers):
-                self._tiers.append({})
-            self._tiers[sent][key] = item
-            self._tier_of[key] = sent
+            if sent == len(tiers):
+                tiers.append({})
+            tiers[sent][key] = item
+            tier_of[key] = sent
         return [item.payload for _, _, item in chosen]
 
     def _drop_most_sent(self) -> None:

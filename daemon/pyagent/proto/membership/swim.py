@@ -562,20 +562,22 @@ class Membership(Component):
         Suspect entries never are: each names an accuser whose confirmation may count. Every entry of
         every message comes through here, so it compares fields with the member itself rather than
         validate and compare its cached encoding."""
-        if type(raw) is not list or len(raw) != 6 or raw[1] == _SUSPECT_CODE or type(raw[0]) is not str:
+        if type(raw) is not list or len(raw) != 6:
             return False
-        peer, code, incarnation, meta_version, addrs, accuser = raw
+        fields: list[object] = raw
+        peer, code, incarnation, meta_version, addrs, accuser = fields
+        if accuser is not None or code == _SUSPECT_CODE or type(peer) is not str:
+            return False
         member = self._table.get(peer)
         if member is None:
             if peer != self._local_peer:
                 return False
             member = self._table.local
         return (
-            code == member.state
-            and incarnation == member.incarnation
-            and meta_version == member.meta_version
-            and accuser is None
-            and addrs == (list(member.addrs) if member.state is State.ALIVE else [])
+            member.state == code
+            and member.incarnation == incarnation
+            and member.meta_version == meta_version
+            and (list(member.addrs) if member.state is State.ALIVE else []) == addrs
         )
 
     def _enqueue_member(self, member: Member, out: Ready, now_us: int) -> None:
