@@ -182,17 +182,17 @@ def decode(message: Message, metadata_bytes_max: int, is_known: Callable[[object
     if kind in ("pp", "pr"):
         raw_entries = _list(message.get("e"), limits.ENTRIES_MAX, "push-pull entries")
         return PushPull(
-            entries=tuple(_entry(raw) for raw in raw_entries if not is_known(raw)),
+            entries=tuple([_entry(raw) for raw in raw_entries if not is_known(raw)]),
             response=kind == "pr",
             reply_wanted=_flag(message.get("r"), "r"),
             join=_flag(message.get("j"), "j"),
         )
     if kind == "mq":
         raw_peers = _list(message.get("q"), limits.QUERY_IDS_MAX, "metadata query")
-        return MetadataQuery(tuple(_peer(raw, "queried peer") for raw in raw_peers))
+        return MetadataQuery(tuple([_peer(raw, "queried peer") for raw in raw_peers]))
     if kind == "md":
         raw_records = _list(message.get("m"), limits.METADATA_RECORDS_MAX, "metadata reply")
-        return MetadataReply(tuple(_metadata_record(raw, metadata_bytes_max) for raw in raw_records))
+        return MetadataReply(tuple([_metadata_record(raw, metadata_bytes_max) for raw in raw_records]))
     raise RemoteProtocolError(f"unknown membership message type {kind!r}")
 
 
@@ -238,7 +238,8 @@ def _addrs(value: object) -> tuple[str, ...]:
 
 def _updates(message: Message, is_known: Callable[[object], bool]) -> tuple[Entry, ...]:
     raw = message.get("u", [])
-    return tuple(_entry(item) for item in _list(raw, limits.UPDATES_MAX, "updates") if not is_known(item))
+    # List comprehensions, not generators: these run once per entry of every message.
+    return tuple([_entry(item) for item in _list(raw, limits.UPDATES_MAX, "updates") if not is_known(item)])
 
 
 def _entry(raw: object) -> Entry:
