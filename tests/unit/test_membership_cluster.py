@@ -69,8 +69,9 @@ def test_suspected_member_refutes_with_a_higher_incarnation() -> None:
     victim = peers[2]
     cut_us = cluster.now_us
     cluster.isolated.add(victim)
-    # Long enough to be suspected, shorter than the smallest suspicion timeout (4 s for 10 members).
-    cluster.run_for(3 * US_PER_S)
+    # Long enough to be suspected, shorter than the smallest suspicion timeout (2.1 s for 10 members), which
+    # only starts when a probe fails, at least one probe interval after the cut.
+    cluster.run_for(int(LAN.suspicion_min_ms(10) * 1_000))
     assert cluster.first_seen(victim, State.SUSPECT, cut_us)
     cluster.isolated.clear()
     cluster.run_for(10 * US_PER_S)

@@ -12,8 +12,9 @@ from pyagent.proto.membership.broadcasts import BroadcastQueue
 from pyagent.proto.membership.lifeguard import Awareness, Suspicion
 
 
-def test_presets_are_memberlists_defaults() -> None:
-    assert (LAN.probe_interval_ms, LAN.probe_timeout_ms, LAN.suspicion_mult) == (1_000, 500, 4)
+def test_presets_are_memberlists_defaults_but_lan_detects_faster() -> None:
+    # LAN probes every 700 ms with memberlist's DefaultLocalConfig suspicion_mult (docs/membership.md).
+    assert (LAN.probe_interval_ms, LAN.probe_timeout_ms, LAN.suspicion_mult) == (700, 350, 3)
     assert (LAN.gossip_interval_ms, LAN.gossip_nodes, LAN.push_pull_interval_ms) == (200, 3, 30_000)
     assert (WAN.probe_interval_ms, WAN.probe_timeout_ms, WAN.suspicion_mult) == (5_000, 3_000, 6)
     assert (WAN.gossip_interval_ms, WAN.gossip_nodes, WAN.push_pull_interval_ms) == (500, 4, 60_000)
@@ -38,10 +39,13 @@ def test_config_validation_names_the_field(changes: dict[str, object], field: st
 
 
 def test_suspicion_bounds_follow_memberlist() -> None:
-    assert LAN.suspicion_min_ms(1) == 4_000  # log10 floor of 1 for small clusters
-    assert LAN.suspicion_min_ms(100) == pytest.approx(8_000)
-    assert LAN.suspicion_max_ms(100) == pytest.approx(48_000)
-    assert LAN.without_lifeguard().suspicion_max_ms(100) == pytest.approx(8_000)
+    memberlist_lan = Config(probe_interval_ms=1_000, probe_timeout_ms=500, suspicion_mult=4)
+    assert memberlist_lan.suspicion_min_ms(1) == 4_000  # log10 floor of 1 for small clusters
+    assert memberlist_lan.suspicion_min_ms(100) == pytest.approx(8_000)
+    assert memberlist_lan.suspicion_max_ms(100) == pytest.approx(48_000)
+    assert memberlist_lan.without_lifeguard().suspicion_max_ms(100) == pytest.approx(8_000)
+    # The LAN preset's minimum at 1,000 members leaves room for the probe wait and the gossip within 12 s.
+    assert LAN.suspicion_min_ms(1_000) == pytest.approx(6_300)
 
 
 def test_retransmit_limit_and_push_pull_scale() -> None:
