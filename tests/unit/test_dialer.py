@@ -124,7 +124,7 @@ async def test_a_dropped_peer_is_disconnected_and_redialled_fresh(
         await trio.sleep(1)
         assert host.connected == {"E"}
         dialer.drop("E")  # the mesh declared it dead
-        await trio.sleep(0)
+        await trio.testing.wait_all_tasks_blocked()
         assert host.connected == set()
         dialer.send("E", "/p", message(1), ("/ip4/192.0.2.5/tcp/1",))
         await trio.sleep(1)
