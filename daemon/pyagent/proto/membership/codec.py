@@ -18,15 +18,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-
 from pyagent.errors import RemoteProtocolError
 from pyagent.proto.membership import limits
 from pyagent.proto.membership import metadata as metadata_codec
 from pyagent.proto.membership.metadata import Metadata
 from pyagent.proto.membership.records import Entry, State
 from pyagent.proto.types import PeerId
-from pyagent.proto.wire import Message
+from pyagent.proto.wire import Message, pack
 
 PROTOCOL_ID = "/pyagent/membership/1.0.0"
 VERSION = 1
@@ -281,7 +279,7 @@ _STATES = {int(state): state for state in State}
 
 
 def packed_size_bytes(value: object) -> int:
-    return len(msgpack.packb(value, use_bin_type=True))
+    return len(pack(value))
 
 
 def chunks(sized_items: Iterable[tuple[Any, int]], bytes_max: int, count_max: int) -> list[list[Any]]:
