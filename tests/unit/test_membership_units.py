@@ -15,6 +15,7 @@ from pyagent.proto.membership.lifeguard import Awareness, Suspicion
 def test_presets_are_memberlists_defaults_but_lan_detects_faster() -> None:
     # LAN probes every 700 ms with memberlist's DefaultLocalConfig suspicion_mult (docs/membership.md).
     assert (LAN.probe_interval_ms, LAN.probe_timeout_ms, LAN.suspicion_mult) == (700, 350, 3)
+    assert (LAN.suspicion_max_timeout_mult, WAN.suspicion_max_timeout_mult) == (12, 6)
     assert (LAN.gossip_interval_ms, LAN.gossip_nodes, LAN.push_pull_interval_ms) == (200, 3, 30_000)
     assert (WAN.probe_interval_ms, WAN.probe_timeout_ms, WAN.suspicion_mult) == (5_000, 3_000, 6)
     assert (WAN.gossip_interval_ms, WAN.gossip_nodes, WAN.push_pull_interval_ms) == (500, 4, 60_000)
@@ -39,7 +40,9 @@ def test_config_validation_names_the_field(changes: dict[str, object], field: st
 
 
 def test_suspicion_bounds_follow_memberlist() -> None:
-    memberlist_lan = Config(probe_interval_ms=1_000, probe_timeout_ms=500, suspicion_mult=4)
+    memberlist_lan = Config(
+        probe_interval_ms=1_000, probe_timeout_ms=500, suspicion_mult=4, suspicion_max_timeout_mult=6
+    )
     assert memberlist_lan.suspicion_min_ms(1) == 4_000  # log10 floor of 1 for small clusters
     assert memberlist_lan.suspicion_min_ms(100) == pytest.approx(8_000)
     assert memberlist_lan.suspicion_max_ms(100) == pytest.approx(48_000)
