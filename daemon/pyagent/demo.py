@@ -59,7 +59,7 @@ def watch_failure(victim: LocalPeer, survivors: list[LocalPeer]) -> bool:
     bound_s = membership.LAN.dead_everywhere_bound_ms(len(survivors) + 1) / 1000
     _say(
         f"killing {victim.name} with SIGKILL; the survivors should see it suspect, then dead "
-        f"(LAN preset: typically 5-7 s; the config's worst-case bound is {bound_s:.0f} s)"
+        f"(LAN preset: typically 3-5 s; the config's worst-case bound is {bound_s:.0f} s)"
     )
     victim.kill()
     killed = time.monotonic()
