@@ -49,8 +49,9 @@ class Driver:
     def receive(self, sender: str, message: dict[str, Any]) -> Ready:
         return self.step(MessageReceived(sender, PROTOCOL_ID, message))
 
-    def gossip(self, sender: str, *entries: Entry) -> Ready:
-        return self.receive(sender, codec.gossip([codec.encode_entry(entry) for entry in entries]))
+    def gossip(self, sender: str, *entries: Entry, advance_us: int = 1_000) -> Ready:
+        message = codec.gossip([codec.encode_entry(entry) for entry in entries])
+        return self.step(MessageReceived(sender, PROTOCOL_ID, message), advance_us)
 
     def fire(self, suffix: str) -> Ready:
         return self.step(TimerFired(f"membership/{suffix}"))
@@ -126,6 +127,31 @@ def test_a_suspected_member_is_refuted_by_a_newer_alive_and_dies_otherwise() -> 
     assert driver.state("b") is State.LEFT
     driver.gossip("a", Entry("b", State.DEAD, 1, 1))
     assert driver.state("b") is State.LEFT
+
+
+def test_a_stale_accusation_is_answered_with_the_refutation_once_per_gossip_interval() -> None:
+    driver = Driver()
+    driver.gossip("a", alive("a"), alive("b", incarnation=2), alive("c"))
+    driver.gossip("a", Entry("me", State.SUSPECT, 0, 1, accuser="a"))
+    stale = Entry("b", State.SUSPECT, 1, 1, accuser="c")
+    ready = driver.gossip("a", stale, Entry("me", State.DEAD, 0, 1), advance_us=LAN.gossip_interval_ms * 1_000)
+    corrections = [send for send in ready.send if send.peer == "a" and send.message["t"] == "g"]
+    assert len(corrections) == 1
+    (b, me) = corrections[0].message["u"]
+    assert b[:3] == ["b", int(State.ALIVE), 2] and me[:3] == ["me", int(State.ALIVE), 1]
+    assert driver.state("b") is State.ALIVE
+    # Many holders relay one stale claim at once: within a gossip interval only the first is answered.
+    assert not driver.gossip("c", stale).send
+    ready = driver.gossip("c", stale, advance_us=LAN.gossip_interval_ms * 1_000)
+    assert [send.peer for send in ready.send] == ["c"]
+    assert driver.membership.counters["stale_claims_corrected"] == 3
+
+
+def test_without_the_buddy_system_stale_accusations_go_unanswered() -> None:
+    driver = Driver(LAN.without_lifeguard())
+    driver.gossip("a", alive("a"), alive("b", incarnation=2))
+    assert not driver.gossip("a", Entry("b", State.SUSPECT, 1, 1, accuser="a")).send
+    assert driver.state("b") is State.ALIVE
 
 
 def probe_once(driver: Driver) -> tuple[str, int]:

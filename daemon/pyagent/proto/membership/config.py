@@ -51,10 +51,13 @@ class Config:
     join_attempts_max: int = 6
     join_backoff_initial_ms: int = 1_000
     join_backoff_max_ms: int = 30_000
-    # The three Lifeguard mechanisms, separately switchable so that simnet can measure each one.
+    # Lifeguard's mechanisms, separately switchable so that simnet can measure each one: its LHA-Probe is
+    # local_health with nacks, its LHA-Suspicion dynamic_suspicion; buddy_system tells a suspect directly
+    # (on any probe exchanged with it) and, our extension, answers a stale accusation to whoever made it.
     dynamic_suspicion: bool = True
     local_health: bool = True
     nacks: bool = True
+    buddy_system: bool = True
     # Byte counters re-encode every message; a simulator that measures bytes itself turns them off.
     count_bytes: bool = True
 
@@ -99,8 +102,9 @@ class Config:
             raise ValueError("membership.Config.join_backoff_initial_ms must not exceed join_backoff_max_ms")
 
     def without_lifeguard(self) -> Config:
-        """Plain SWIM: fixed suspicion timeout, no local health scaling, no nacks."""
-        return replace(self, dynamic_suspicion=False, local_health=False, nacks=False)
+        """Plain SWIM, the Lifeguard paper's baseline: fixed suspicion timeout, no local health scaling,
+        no nacks, refutations spread by gossip alone."""
+        return replace(self, dynamic_suspicion=False, local_health=False, nacks=False, buddy_system=False)
 
     def suspicion_min_ms(self, members: int) -> float:
         """memberlist's ``suspicionTimeout``: suspicion_mult x max(1, log10(N)) x probe interval."""

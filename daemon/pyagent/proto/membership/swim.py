@@ -437,12 +437,41 @@ class Membership(Component):
     ) -> None:
         """Merge the entries, then ask the sender for the metadata it holds newer than ours."""
         stale: list[PeerId] = []
+        corrections: list[tuple[codec.WireEntry, int]] = []
         for entry in entries:
+            if entry.state is not State.ALIVE:
+                correction = self._correction(entry, now_us)
+                if correction is not None:
+                    corrections.append(correction)
+                    continue
             if self._apply(entry, sender, now_us, out, relay_new):
                 stale.append(entry.peer)
         step = self.config.metadata_query_ids_max
         for start in range(0, len(stale), step):
             self._send(out, sender, codec.metadata_query(stale[start : start + step]))
+        config = self.config
+        for chunk in codec.chunks(corrections, config.piggyback_bytes_max, limits.UPDATES_MAX):
+            self._send(out, sender, codec.gossip(chunk))
+
+    def _correction(self, entry: Entry, now_us: int) -> tuple[codec.WireEntry, int] | None:
+        """Our alive entry, to send back, when ``entry`` accuses a member at an incarnation it has refuted.
+
+        Dissemination is best effort: a peer that heard an accusation but missed its refutation (its
+        gossip spent before reaching it, or lost) would otherwise let the suspicion time out into a false
+        death, and relay it. memberlist ignores such a stale claim; telling its holder costs one small
+        message and is what makes Lifeguard's refutation reach everyone under heavy loss. Sent at most
+        once per gossip interval per member, as many holders relay the same claim at once.
+        """
+        if not self.config.buddy_system:
+            return None
+        member = self._table.local if entry.peer == self._local_peer else self._table.get(entry.peer)
+        if member is None or member.state is not State.ALIVE or entry.incarnation >= member.incarnation:
+            return None
+        if self._leaving or now_us - member.corrected_us < self.config.gossip_interval_ms * US_PER_MS:
+            return None
+        member.corrected_us = now_us
+        self.counters["stale_claims_corrected"] += 1
+        return self._wire_of(member)
 
     def _apply(self, entry: Entry, sender: PeerId, now_us: int, out: Ready, relay_new: bool) -> bool:
         """Merge one entry; True when the sender holds newer metadata than we do and we should ask."""
@@ -606,7 +635,9 @@ class Membership(Component):
         dead learns it from its very next ping.
         """
         updates = self._queue.take(self.config.piggyback_bytes_max, self._retransmit_limit())
-        member = None if about is None else self._table.get(about)
+        if about is None or not self.config.buddy_system:
+            return updates
+        member = self._table.get(about)
         if member is not None and member.state in (State.SUSPECT, State.DEAD):
             updates.append(codec.encode_entry(self._entry_of(member)))
         return updates

@@ -27,6 +27,7 @@ _SCAN_FACTOR = 4
 class Member:
     __slots__ = (
         "addrs",
+        "corrected_us",
         "incarnation",
         "meta_requested_us",
         "meta_version",
@@ -49,6 +50,8 @@ class Member:
         self.meta_version = 0
         self.metadata: Metadata = EMPTY
         self.meta_requested_us = -(1 << 62)
+        # When we last answered a stale accusation of this member with its newer entry.
+        self.corrected_us = -(1 << 62)
         self.state_changed_us = now_us
         self.probing = False
         self.suspicion: Suspicion | None = None
