@@ -21,7 +21,7 @@ from pyagent.proto.membership import (
     UpdateLocalMetadata,
     codec,
 )
-from pyagent.proto.membership.records import Entry
+from pyagent.proto.membership.records import Entry, MemberRecord
 from pyagent.proto.node import NodeCore
 from pyagent.proto.ready import Ready, SetTimer
 
@@ -152,6 +152,35 @@ def test_without_the_buddy_system_stale_accusations_go_unanswered() -> None:
     driver.gossip("a", alive("a"), alive("b", incarnation=2))
     assert not driver.gossip("a", Entry("b", State.SUSPECT, 1, 1, accuser="a")).send
     assert driver.state("b") is State.ALIVE
+
+
+def test_dead_members_are_retried_only_while_there_are_any() -> None:
+    driver = Driver()
+    ready = driver.gossip("a", alive("a"), alive("b"))
+    assert not [t for t in ready.timers if isinstance(t, SetTimer) and t.key == "membership/reconnect"]
+    ready = driver.gossip("a", Entry("b", State.DEAD, 0, 1))
+    assert [t for t in ready.timers if isinstance(t, SetTimer) and t.key == "membership/reconnect"]
+    (ping,) = driver.fire("reconnect").send
+    assert ping.peer == "b" and ping.message["t"] == "p"
+    driver.gossip("a", alive("b", incarnation=1))
+    ready = driver.fire("reconnect")
+    assert not ready.send and not ready.timers
+
+
+def test_a_known_view_is_adopted_at_construction() -> None:
+    records = [
+        MemberRecord("a", ("/sim/a",), State.ALIVE, 3, 0, 1, Metadata()),
+        MemberRecord("b", ("/sim/b",), State.DEAD, 1, 0, 1, Metadata()),
+        MemberRecord("me", (), State.DEAD, 9, 0, 1, Metadata()),
+    ]
+    membership = Membership("me", random.Random(1), LAN, known=records)
+    assert sorted((m.peer, m.state, m.incarnation) for m in membership.members()) == [
+        ("a", State.ALIVE, 3),
+        ("b", State.DEAD, 1),
+        ("me", State.ALIVE, 0),
+    ]
+    assert membership.live_count() == 2
+    assert [change.peer for change in membership.drain_changes()] == ["a", "b"]
 
 
 def probe_once(driver: Driver) -> tuple[str, int]:

@@ -17,7 +17,7 @@ memberlist: members of one mesh are authenticated peers (and, in a private mesh,
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -106,6 +106,7 @@ class Membership(Component):
         local_metadata: Metadata | None = None,
         local_addrs: tuple[str, ...] = (),
         allowed: frozenset[PeerId] | None = None,
+        known: Iterable[MemberRecord] = (),
     ) -> None:
         metadata = local_metadata or Metadata()
         metadata_codec.check_local(metadata, config.metadata_bytes_max)
@@ -134,7 +135,24 @@ class Membership(Component):
         self._stranger: tuple[PeerId, int] | None = None
         self._changes: deque[MemberChanged] = deque()
         self._limit_cache = (0, 0)
+        self._reconnect_armed = False
         self.counters: Counter[str] = Counter()
+        for record in known:
+            self._adopt(record)
+
+    def _adopt(self, record: MemberRecord) -> None:
+        """Start out knowing ``record``: a view restored from an earlier run, or a simulated mesh that
+        starts formed. A suspicion is not carried over (its timer is gone): the member is probed anew."""
+        if record.peer == self._local_peer or self._table.get(record.peer) is not None:
+            return
+        if self._allowed is not None and record.peer not in self._allowed:
+            return
+        member = Member(record.peer, record.addrs, record.incarnation, record.state_changed_us)
+        member.metadata, member.meta_version = record.metadata, record.meta_version
+        if record.state in (State.DEAD, State.LEFT):
+            member.state = record.state
+        if self._table.add(member, self._rng):
+            self._notice(member, None, record.state_changed_us)
 
     # ----- observability -----
 
@@ -239,12 +257,9 @@ class Membership(Component):
         out.timers.append(
             SetTimer(self.timer_key(_PROBE), now_us + 1 + self._rng.randrange(self._probe_interval_us()))
         )
-        period_us = self.config.push_pull_period_ms(1) * US_PER_MS
+        period_us = self.config.push_pull_period_ms(self._table.live_count) * US_PER_MS
         out.timers.append(SetTimer(self.timer_key(_PUSH_PULL), now_us + 1 + self._rng.randrange(period_us)))
-        reconnect_us = self.config.reconnect_interval_ms * US_PER_MS
-        out.timers.append(
-            SetTimer(self.timer_key(_RECONNECT), now_us + 1 + self._rng.randrange(reconnect_us))
-        )
+        self._arm_reconnect(now_us, out)
 
     def _probe_interval_us(self) -> int:
         return self._awareness.scale(self.config.probe_interval_ms) * US_PER_MS
@@ -317,17 +332,29 @@ class Membership(Component):
             return
         self.counters["acks_late_or_unknown"] += 1
 
+    def _arm_reconnect(self, now_us: int, out: Ready) -> None:
+        # Only while someone is dead: a healthy mesh spends no wake-ups on it. A random phase, so that
+        # the members that saw one death together do not retry it in lockstep.
+        if self._reconnect_armed or not self._started or self._leaving or not self._table.dead_count:
+            return
+        self._reconnect_armed = True
+        reconnect_us = self.config.reconnect_interval_ms * US_PER_MS
+        out.timers.append(
+            SetTimer(self.timer_key(_RECONNECT), now_us + 1 + self._rng.randrange(reconnect_us))
+        )
+
     def _on_reconnect_tick(self, now_us: int, out: Ready) -> None:
         self._reconnect = None
-        if self._leaving:
+        self._reconnect_armed = False
+        target = None if self._leaving else self._table.next_reconnect_target(self._rng)
+        if target is None:
             return
+        self._reconnect = (self._next_seq(), target.peer)
+        self._send(out, target.peer, codec.ping(self._reconnect[0], self._piggyback(about=target.peer)))
+        self._reconnect_armed = True
         out.timers.append(
             SetTimer(self.timer_key(_RECONNECT), now_us + self.config.reconnect_interval_ms * US_PER_MS)
         )
-        target = self._table.next_reconnect_target(self._rng)
-        if target is not None:
-            self._reconnect = (self._next_seq(), target.peer)
-            self._send(out, target.peer, codec.ping(self._reconnect[0], self._piggyback(about=target.peer)))
 
     def _on_nack(self, sender: PeerId, seq: int) -> None:
         probe = self._probe
@@ -392,7 +419,7 @@ class Membership(Component):
         max_us = int(self.config.suspicion_max_ms(members) * US_PER_MS)
         member.suspicion = Suspicion(accuser, incarnation, k, min_us, max_us, now_us)
         member.incarnation = incarnation
-        self._set_state(member, State.SUSPECT, now_us)
+        self._set_state(member, State.SUSPECT, now_us, out)
         if accuser == self._local_peer:
             self.counters["suspicions_raised"] += 1
         out.timers.append(SetTimer(self.timer_key(_SUSPICION + member.peer), member.suspicion.deadline_us()))
@@ -416,13 +443,15 @@ class Membership(Component):
             member.suspicion = None
             out.timers.append(CancelTimer(self.timer_key(_SUSPICION + member.peer)))
         member.incarnation = incarnation
-        self._set_state(member, state, now_us)
+        self._set_state(member, state, now_us, out)
         self._enqueue_member(member, out, now_us)
 
-    def _set_state(self, member: Member, state: State, now_us: int) -> None:
+    def _set_state(self, member: Member, state: State, now_us: int, out: Ready) -> None:
         old = member.state
         self._table.set_state(member, state, now_us, self._rng)
         self._notice(member, old, now_us)
+        if state is State.DEAD:
+            self._arm_reconnect(now_us, out)
 
     def _notice(self, member: Member, old: State | None, now_us: int) -> None:
         if len(self._changes) >= self.config.changes_max:
@@ -525,7 +554,7 @@ class Membership(Component):
                 member.suspicion = None
                 self.counters["suspicions_refuted"] += 1
                 out.timers.append(CancelTimer(self.timer_key(_SUSPICION + member.peer)))
-            self._set_state(member, State.ALIVE, now_us)
+            self._set_state(member, State.ALIVE, now_us, out)
         self._enqueue_member(member, out, now_us)
         return self._wants_metadata(member, entry, now_us)
 
@@ -808,7 +837,7 @@ class Membership(Component):
         self._leaving = True
         local = self._table.local
         local.incarnation += 1
-        self._set_state(local, State.LEFT, now_us)
+        self._set_state(local, State.LEFT, now_us, out)
         self._enqueue_member(local, out, now_us)
         out.timers.append(CancelTimer(self.timer_key(_PROBE)))
         out.timers.append(CancelTimer(self.timer_key(_PROBE_TIMEOUT)))

@@ -102,6 +102,10 @@ class MemberTable:
         yield from self._members.values()
 
     @property
+    def dead_count(self) -> int:
+        return len(self._dead)
+
+    @property
     def live_count(self) -> int:
         """N in every formula: live members, the local one included while it has not left."""
         return self._live_remote + (1 if self.local.live else 0)
