@@ -134,7 +134,9 @@ def test_a_stale_accusation_is_answered_with_the_refutation_once_per_gossip_inte
     driver.gossip("a", alive("a"), alive("b", incarnation=2), alive("c"))
     driver.gossip("a", Entry("me", State.SUSPECT, 0, 1, accuser="a"))
     stale = Entry("b", State.SUSPECT, 1, 1, accuser="c")
-    ready = driver.gossip("a", stale, Entry("me", State.DEAD, 0, 1), advance_us=LAN.gossip_interval_ms * 1_000)
+    ready = driver.gossip(
+        "a", stale, Entry("me", State.DEAD, 0, 1), advance_us=LAN.gossip_interval_ms * 1_000
+    )
     corrections = [send for send in ready.send if send.peer == "a" and send.message["t"] == "g"]
     assert len(corrections) == 1
     (b, me) = corrections[0].message["u"]
