@@ -10,6 +10,7 @@ __all__ = [
     "NONCE_LEN_BYTES",
     "XSalsa20",
     "__version__",
+    "check_msgpack_shape",
     "format_swarm_key",
     "key_fingerprint",
     "parse_swarm_key",
@@ -30,3 +31,6 @@ class XSalsa20:
 def parse_swarm_key(text: str) -> bytes: ...
 def format_swarm_key(key: bytes) -> str: ...
 def key_fingerprint(key: bytes) -> str: ...
+
+# Raises ValueError for a body that is not exactly one ext-free msgpack value within the bounds.
+def check_msgpack_shape(body: bytes, depth_max: int, count_max: int) -> None: ...

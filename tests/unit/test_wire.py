@@ -91,10 +91,27 @@ def test_envelope_is_checked(value: object) -> None:
 
 
 def test_bad_msgpack_and_trailing_bytes_are_rejected() -> None:
-    with pytest.raises(RemoteProtocolError):
+    with pytest.raises(RemoteProtocolError, match="reserved"):
         decode_body(b"\xc1", LIMITS)  # 0xc1 is never used in msgpack
-    with pytest.raises(RemoteProtocolError):
+    with pytest.raises(RemoteProtocolError, match="trailing"):
         decode_body(msgpack.packb({"v": 1, "t": "x"}) + b"\x00", LIMITS)
+    with pytest.raises(RemoteProtocolError, match="truncated"):
+        decode_body(msgpack.packb({"v": 1, "t": "x"})[:-1], LIMITS)
+
+
+@pytest.mark.parametrize(
+    "ext",
+    [
+        # An ext8 with no data: msgpack's max_ext_len=0 lets it through as an ExtType object.
+        b"\xc7\x00\x05",
+        b"\xd4\x05\x00",
+        msgpack.packb(msgpack.ExtType(5, b"abcd")),
+        msgpack.packb(msgpack.Timestamp(1)),
+    ],
+)
+def test_ext_types_are_rejected(ext: bytes) -> None:
+    with pytest.raises(RemoteProtocolError, match="ext types"):
+        decode_body(b"\x83\xa1v\x01\xa1t\xa1x\xa1e" + ext, LIMITS)
 
 
 def test_encoder_refuses_what_a_peer_would_refuse() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgpack
 
+from pyagent._core import check_msgpack_shape
 from pyagent.errors import LocalProtocolError, RemoteProtocolError
 
 Message = dict[str, Any]
@@ -91,6 +92,15 @@ def decode_body(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     """Decode one frame body (without its length prefix)."""
     if len(body) > limits.frame_size_bytes_max:
         raise RemoteProtocolError(f"frame of {len(body)} bytes exceeds {limits.frame_size_bytes_max}")
+    # Depth, value count, truncation, trailing bytes and ext types are checked on the bytes, so a frame
+    # that breaks them is refused before msgpack builds any object for it. The messages say what was
+    # wrong ("message nested deeper than depth_max=...", "truncated msgpack", ...) and are kept as is.
+    try:
+        check_msgpack_shape(body, limits.depth_max, limits.count_max)
+    except ValueError as exc:
+        raise RemoteProtocolError(str(exc)) from None
+    # The shape is sound; msgpack still bounds str and bin lengths, checks UTF-8 and admits only str and
+    # bytes map keys.
     try:
         value = msgpack.unpackb(
             body,
@@ -107,36 +117,9 @@ def decode_body(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
         raise RemoteProtocolError(f"bad msgpack: {exc}") from None
     except RecursionError:
         raise RemoteProtocolError("bad msgpack: nested too deeply") from None
-    _check_shape(value, limits)
     check_envelope(value, RemoteProtocolError)
     result: Message = value
     return result
-
-
-def _check_shape(value: object, limits: Limits) -> None:
-    """Walk the decoded value one nesting level at a time, bounding depth and total element count.
-
-    Each level is flattened by one comprehension rather than visited item by item: this walk runs on
-    every frame received, and push-pull frames hold thousands of values. Map keys are scalars
-    (``strict_map_key`` admits only str and bytes), so they count without a visit. msgpack yields
-    exactly ``dict`` and ``list``, which allows exact type tests.
-    """
-    if type(value) is not dict and type(value) is not list:
-        return
-    level: list[Any] = [value]
-    count = 1
-    depth = 1
-    while True:
-        if depth > limits.depth_max:
-            raise RemoteProtocolError(f"message nested deeper than depth_max={limits.depth_max}")
-        children = [child for item in level for child in (item.values() if type(item) is dict else item)]
-        count += len(children) + sum([len(item) for item in level if type(item) is dict])
-        if count > limits.count_max:
-            raise RemoteProtocolError(f"message has more than count_max={limits.count_max} values")
-        level = [child for child in children if type(child) is list or type(child) is dict]
-        if not level:
-            return
-        depth += 1
 
 
 class FrameDecoder:

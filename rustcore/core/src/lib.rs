@@ -3,4 +3,5 @@
 //! Modules:
 //! - [`pnet`]: libp2p private networks (pre-shared key, XSalsa20), spec PSK v1.
 
+pub mod msgpack_shape;
 pub mod pnet;

@@ -1,6 +1,6 @@
 //! `pyagent._core`: the Python face of `pyagent-core`. Conversions and error mapping only; the logic
 //! and its tests live in the pure crate.
-use pyagent_core::pnet;
+use pyagent_core::{msgpack_shape, pnet};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -65,6 +65,17 @@ fn key_fingerprint(key: &[u8]) -> PyResult<String> {
     Ok(pnet::key_fingerprint(&fixed_bytes("key", key)?))
 }
 
+/// Check a msgpack frame body before it is decoded: exactly one value, no ext types, containers at
+/// most `depth_max` deep, at most `count_max` values. ValueError says what is wrong.
+///
+/// The body is borrowed, not copied, and the GIL stays held: the scan looks at no more than
+/// `count_max` values, a few nanoseconds each, which is short next to the decoding that follows it.
+#[pyfunction]
+fn check_msgpack_shape(body: &[u8], depth_max: usize, count_max: usize) -> PyResult<()> {
+    msgpack_shape::check_shape(body, depth_max, count_max)
+        .map_err(|error| PyValueError::new_err(error.to_string()))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -74,5 +85,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_swarm_key, m)?)?;
     m.add_function(wrap_pyfunction!(format_swarm_key, m)?)?;
     m.add_function(wrap_pyfunction!(key_fingerprint, m)?)?;
+    m.add_function(wrap_pyfunction!(check_msgpack_shape, m)?)?;
     Ok(())
 }
