@@ -141,11 +141,16 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[Message]:
         if self._failed:
             raise LocalProtocolError("decoder already failed; drop the stream")
-        self._buffer += data
-        messages: list[Message] = []
         try:
+            if not self._buffer:
+                # The common case, one write holding exactly one whole frame, decodes without a copy.
+                header = _frame_header(data, self.limits.frame_size_bytes_max)
+                if header is not None and header[0] + header[1] == len(data):
+                    return [decode_body(data[header[1] :], self.limits)]
+            self._buffer += data
+            messages: list[Message] = []
             while True:
-                header = self._parse_length()
+                header = _frame_header(self._buffer, self.limits.frame_size_bytes_max)
                 if header is None:
                     break
                 length, prefix_bytes = header
@@ -161,17 +166,20 @@ class FrameDecoder:
             raise
         return messages
 
-    def _parse_length(self) -> tuple[int, int] | None:
-        value = 0
-        for index, byte in enumerate(self._buffer[:VARINT_BYTES_MAX]):
-            value |= (byte & 0x7F) << (7 * index)
-            if not byte & 0x80:
-                if index > 0 and byte == 0:
-                    raise RemoteProtocolError("non-minimal varint length prefix")
-                if value > self.limits.frame_size_bytes_max:
-                    limit = self.limits.frame_size_bytes_max
-                    raise RemoteProtocolError(f"frame length {value} exceeds frame_size_bytes_max={limit}")
-                return value, index + 1
-        if len(self._buffer) >= VARINT_BYTES_MAX:
-            raise RemoteProtocolError("varint length prefix too long")
-        return None
+
+def _frame_header(data: bytes | bytearray, frame_size_bytes_max: int) -> tuple[int, int] | None:
+    """The body length and prefix length of the frame ``data`` starts with; None until the prefix is whole."""
+    value = 0
+    for index, byte in enumerate(data[:VARINT_BYTES_MAX]):
+        value |= (byte & 0x7F) << (7 * index)
+        if not byte & 0x80:
+            if index > 0 and byte == 0:
+                raise RemoteProtocolError("non-minimal varint length prefix")
+            if value > frame_size_bytes_max:
+                raise RemoteProtocolError(
+                    f"frame length {value} exceeds frame_size_bytes_max={frame_size_bytes_max}"
+                )
+            return value, index + 1
+    if len(data) >= VARINT_BYTES_MAX:
+        raise RemoteProtocolError("varint length prefix too long")
+    return None
