@@ -1,9 +1,9 @@
 """Which protocol components a simulated node runs, and how each is built, started and observed.
 
-A ``Kit`` knows one feature: the components to put into a fresh ``NodeCore`` (given the node's durable
-store, so a restart resumes from what was persisted), what to do when a node starts (join a mesh), and the
-observer that measures and checks it. Scenarios name kits in ``components``; tests and users add their own
-with ``extra_components = ["module:factory"]``.
+A ``Kit`` knows one feature: the components to put into a fresh ``NodeCore`` (given the node, whose
+durable store lets a restart resume from what was persisted), what to do when a node starts (join a
+mesh), and the observer that measures and checks it. Scenarios name kits in ``components``; tests and
+users add their own with ``extra_components = ["module:factory"]``.
 """
 
 from __future__ import annotations
@@ -31,12 +31,7 @@ class Kit:
     name = ""
 
     def build(
-        self,
-        peer: PeerId,
-        rng: random.Random,
-        store: Mapping[str, bytes],
-        scenario: Scenario,
-        built: dict[str, Component],
+        self, sim: Sim, node: SimNode, rng: random.Random, built: dict[str, Component]
     ) -> list[Component]:
         raise NotImplementedError
 
@@ -61,12 +56,7 @@ class PingKit(Kit):
     name = "ping"
 
     def build(
-        self,
-        peer: PeerId,
-        rng: random.Random,
-        store: Mapping[str, bytes],
-        scenario: Scenario,
-        built: dict[str, Component],
+        self, sim: Sim, node: SimNode, rng: random.Random, built: dict[str, Component]
     ) -> list[Component]:
         table = peers.PeerTable()
         return [table, ping.Ping(rng, table)]

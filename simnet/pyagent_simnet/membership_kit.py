@@ -22,13 +22,13 @@ from pyagent.errors import ConfigError
 from pyagent.proto import membership
 from pyagent.proto.component import Component
 from pyagent.proto.membership.commands import Join, Leave
-from pyagent.proto.membership.records import LIVE_STATES, MemberChanged, State
+from pyagent.proto.membership.metadata import Metadata
+from pyagent.proto.membership.records import LIVE_STATES, MemberChanged, MemberRecord, State
 from pyagent.proto.types import PeerId
 from pyagent_simnet.components import Kit
 from pyagent_simnet.observe import Observer
 
 if TYPE_CHECKING:
-    from pyagent_simnet.scenario import Scenario
     from pyagent_simnet.sim import Sim, SimNode
 
 US_PER_S = 1_000_000
@@ -39,6 +39,7 @@ CONVERGED_MOST = 0.99
 PRESETS: dict[str, membership.Config] = {"lan": membership.LAN, "wan": membership.WAN}
 # Scenario-only switch: `lifeguard = false` measures plain SWIM.
 LIFEGUARD_KEY = "lifeguard"
+_FORMED_VIEW = "membership.formed_view"
 # Transition counter names; an enum's .name is a property lookup, and a join storm notices a million times.
 _STATE_NAMES = {state: state.name.lower() for state in State}
 # A graceful leaver keeps running this many gossip intervals so that its goodbye spreads.
@@ -62,6 +63,28 @@ def config_for(preset: str, overrides: Mapping[str, Any], source: str) -> member
     return config if lifeguard else config.without_lifeguard()
 
 
+def _addrs(peer: PeerId) -> tuple[str, ...]:
+    return (f"/sim/{peer}",)
+
+
+def _starts_formed(sim: Sim, node: SimNode) -> bool:
+    # In a mesh that starts formed, the first peers' first processes know each other from the start.
+    # Peers added later, and restarted ones, join as usual.
+    top = sim.scenario.top
+    return top["start"] == "formed" and node.epoch == 0 and node.index < top["peers"]
+
+
+def _formed_view(sim: Sim) -> tuple[MemberRecord, ...]:
+    """What every member of a formed mesh holds about the others: each alive at its first incarnation,
+    with the metadata every simulated peer starts with. Made once per run (records are immutable)."""
+    view: tuple[MemberRecord, ...] | None = sim.kit_state.get(_FORMED_VIEW)
+    if view is None:
+        initial = sim.nodes[: sim.scenario.top["peers"]]
+        view = tuple(MemberRecord(n.peer, _addrs(n.peer), State.ALIVE, 0, 0, 1, Metadata()) for n in initial)
+        sim.kit_state[_FORMED_VIEW] = view
+    return view
+
+
 class MembershipKit(Kit):
     name = "membership"
 
@@ -72,15 +95,12 @@ class MembershipKit(Kit):
         config_for(preset, overrides, source)
 
     def build(
-        self,
-        peer: PeerId,
-        rng: random.Random,
-        store: Mapping[str, bytes],
-        scenario: Scenario,
-        built: dict[str, Component],
+        self, sim: Sim, node: SimNode, rng: random.Random, built: dict[str, Component]
     ) -> list[Component]:
+        scenario = sim.scenario
         config = config_for(scenario.top["preset"], scenario.membership, scenario.source)
-        return [membership.Membership(peer, rng, config, local_addrs=(f"/sim/{peer}",))]
+        known = _formed_view(sim) if _starts_formed(sim, node) else ()
+        return [membership.Membership(node.peer, rng, config, local_addrs=_addrs(node.peer), known=known)]
 
     def notice_sources(self, built: dict[str, Component]) -> list[Callable[[], list[Any]]]:
         component = built["membership"]
@@ -88,13 +108,16 @@ class MembershipKit(Kit):
         return [component.drain_changes]
 
     def on_start(self, sim: Sim, node: SimNode) -> None:
+        if _starts_formed(sim, node):
+            sim.request(node, Join(seeds=()))
+            return
         candidates = [other for other in sim.nodes if other.up and other is not node]
         if node.index > 0 and node.epoch == 0:
             # A first start joins peers that started before it, as an operator's seed list would name.
             candidates = [other for other in candidates if other.index < node.index] or candidates
         count = min(sim.scenario.top["seeds_per_peer"], len(candidates))
         seeds = sim.join_rng.sample(candidates, count) if count else []
-        sim.request(node, Join(seeds=tuple((s.peer, (f"/sim/{s.peer}",)) for s in seeds)))
+        sim.request(node, Join(seeds=tuple((s.peer, _addrs(s.peer)) for s in seeds)))
 
     def on_leave(self, sim: Sim, node: SimNode) -> int:
         sim.request(node, Leave())

@@ -62,6 +62,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "connections": Field(str, "on-first-send", _one_of("on-first-send", "none")),
         "seeds_per_peer": Field(int, 3, _at_least(1)),
         "join_spread_s": Field(float, 0.0, _nonneg),
+        # "join": every peer joins through seeds (a join storm at 1,000 peers); "formed": the first `peers`
+        # start as one mesh that has already converged, as a long-running one would be.
+        "start": Field(str, "join", _one_of("join", "formed")),
         "sample_interval_s": Field(float, 1.0, _positive),
         "extra_components": Field(list, []),
         # Load the installed `pyagent` plugins and add their pyagent_add_components to every node.
@@ -280,6 +283,10 @@ def _check_cross(tables: dict[str, dict[str, Any]], source: str) -> None:
         )
     if "membership" in top["components"]:
         components.check_membership(top["preset"], tables["membership"], source)
+    if top["start"] == "formed" and top["join_spread_s"]:
+        raise ConfigError(
+            f'{source}: join_spread_s: a mesh with start = "formed" starts all at once; set it to 0'
+        )
     latency.build(network["latency"], f"{source}: network.latency")
     regions = network["regions"]
     if regions:

@@ -11,6 +11,7 @@ generator derived from it in a fixed order, so adding a fault does not shift the
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import random
@@ -168,6 +169,8 @@ class Sim:
         }
         self.drops: dict[str, int] = {}
         self.fault_log: list[tuple[float, str, str]] = []
+        # Kits are shared by every run; what one needs to keep for this run lives here, under its name.
+        self.kit_state: dict[str, Any] = {}
         self.observers: list[Observer] = []
         from pyagent_simnet import faults, workload
 
@@ -178,9 +181,15 @@ class Sim:
                 self.observers.append(observer)
         self.faults = faults.FaultDriver(self)
         join_spread_us = int(sc.top["join_spread_s"] * US_PER_S)
+        last_start_us = 0
         for _ in range(sc.top["peers"]):
             at_us = self.placement_rng.randrange(join_spread_us + 1) if join_spread_us else 0
             self.add_node(at_us)
+            last_start_us = max(last_start_us, at_us)
+        # The initial peers' cores live for the whole run. Once built they are frozen out of the cyclic
+        # collector, which would otherwise walk every one of their (up to millions of) member records
+        # again at each full collection.
+        self.schedule(last_start_us, _freeze_gc)
         self.faults.schedule()
         for observer in self.observers:
             observer.start()
@@ -394,7 +403,7 @@ class Sim:
         built: dict[str, Any] = {}
         parts = []
         for kit in self.kits:
-            made = kit.build(node.peer, rng, node.store, self.scenario, built)
+            made = kit.build(self, node, rng, built)
             for component in made:
                 built[component.name] = component
             parts.extend(made)
@@ -511,6 +520,10 @@ def _hears_connections(component: Component) -> bool:
         cls.on_peer_connected is not Component.on_peer_connected
         or cls.on_peer_disconnected is not Component.on_peer_disconnected
     )
+
+
+def _freeze_gc(_: object) -> None:
+    gc.freeze()
 
 
 def _call_reply(call: tuple[ReplyHandler, SimNode, Reply]) -> None:

@@ -23,6 +23,18 @@ def test_crashes_are_detected_everywhere_within_the_bound_and_no_one_else_is_acc
     assert result["liveness_converged_after_s"] is not None  # the crashed peers rejoined
 
 
+def test_a_mesh_that_starts_formed_is_converged_at_once_and_still_detects_crashes() -> None:
+    sim = Sim("membership-detection", seed=3, overrides=["start=formed", "peers=40", "join_spread_s=0"])
+    sim.run(0.0)
+    members = sim.nodes[7].core.component("membership").members()  # type: ignore[union-attr]
+    assert len(members) == 40 and {m.incarnation for m in members} == {0}
+    outcome = run_scenario(sim)
+    assert outcome.exit_code == EXIT_OK, outcome.problems
+    assert outcome.result["convergence_s"] == 0.0
+    assert len(outcome.result["detection_latencies_s"]) == 6
+    assert outcome.result["false_positives"] == 0
+
+
 def test_churn_keeps_views_honest_and_settles() -> None:
     outcome = run_scenario(Sim("churn", seed=3))
     assert outcome.exit_code == EXIT_OK, outcome.problems

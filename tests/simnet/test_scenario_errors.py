@@ -34,6 +34,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         ("[churn]\njoin_rate_per_s = -1.0\n", "churn.join_rate_per_s", "at least 0"),
         ("[workload]\nping_rate_per_s = -0.5\n", "workload.ping_rate_per_s", "at least 0"),
         ('preset = "moon"\n', "preset", "unknown preset"),
+        ('start = "warm"\n', "start", "unknown value"),
+        ('start = "formed"\njoin_spread_s = 5.0\n', "join_spread_s", "starts all at once"),
         ('[network]\nloss = "lots"\n', "network.loss", "expected float"),
         ("[network]\nloss = 1.5\n", "network.loss", "probability"),
         ('[[faults]]\nat_s = 1\naction = "explode"\n', "faults[0].action", "unknown fault action"),

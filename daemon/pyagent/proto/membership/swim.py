@@ -47,6 +47,12 @@ _MESSAGE_NAMES = {
     "mq": "metadata_query",
     "md": "metadata_reply",
 }
+# Every message is counted; its counter's name is looked up rather than formatted each time.
+_COUNTER_NAMES = {
+    (direction, kind): f"{direction}.{kind}"
+    for direction in ("recv", "sent")
+    for kind in (*_MESSAGE_NAMES.values(), "other")
+}
 _PROBE = "probe"
 _PROBE_TIMEOUT = "probe-timeout"
 _GOSSIP = "gossip"
@@ -137,22 +143,23 @@ class Membership(Component):
         self._limit_cache = (0, 0)
         self._reconnect_armed = False
         self.counters: Counter[str] = Counter()
-        for record in known:
-            self._adopt(record)
+        self._adopt(known)
 
-    def _adopt(self, record: MemberRecord) -> None:
-        """Start out knowing ``record``: a view restored from an earlier run, or a simulated mesh that
+    def _adopt(self, known: Iterable[MemberRecord]) -> None:
+        """Start out knowing ``known``: a view restored from an earlier run, or a simulated mesh that
         starts formed. A suspicion is not carried over (its timer is gone): the member is probed anew."""
-        if record.peer == self._local_peer or self._table.get(record.peer) is not None:
-            return
-        if self._allowed is not None and record.peer not in self._allowed:
-            return
-        member = Member(record.peer, record.addrs, record.incarnation, record.state_changed_us)
-        member.metadata, member.meta_version = record.metadata, record.meta_version
-        if record.state in (State.DEAD, State.LEFT):
-            member.state = record.state
-        if self._table.add(member, self._rng):
-            self._notice(member, None, record.state_changed_us)
+        members: dict[PeerId, Member] = {}
+        for record in known:
+            peer = record.peer
+            if peer == self._local_peer or (self._allowed is not None and peer not in self._allowed):
+                continue
+            member = Member(peer, record.addrs, record.incarnation, record.state_changed_us)
+            member.metadata, member.meta_version = record.metadata, record.meta_version
+            if record.state in (State.DEAD, State.LEFT):
+                member.state = record.state
+            members[peer] = member
+        for member in self._table.adopt(list(members.values()), self._rng):
+            self._notice(member, None, member.state_changed_us)
 
     # ----- observability -----
 
@@ -177,6 +184,8 @@ class Membership(Component):
 
     def drain_changes(self) -> list[MemberChanged]:
         """State transitions since the last drain, oldest first (at most ``changes_max`` are kept)."""
+        if not self._changes:
+            return []
         drained = list(self._changes)
         self._changes.clear()
         return drained
@@ -190,7 +199,9 @@ class Membership(Component):
             return
         self._count("recv", event.message)
         self._ensure_started(now_us, out)
-        if not isinstance(decoded, codec.PushPull | codec.MetadataQuery | codec.MetadataReply):
+        if self._table.get(sender) is None and not isinstance(
+            decoded, codec.PushPull | codec.MetadataQuery | codec.MetadataReply
+        ):
             self._note_stranger(sender, now_us)
         match decoded:
             case codec.Ping():
@@ -886,7 +897,7 @@ class Membership(Component):
 
     def _count(self, direction: str, message: Message) -> None:
         kind = _MESSAGE_NAMES.get(message["t"], "other")
-        self.counters[f"{direction}.{kind}"] += 1
+        self.counters[_COUNTER_NAMES[direction, kind]] += 1
         if self.config.count_bytes:
             self.counters[f"{direction}_bytes.{kind}"] += codec.packed_size_bytes(message)
 

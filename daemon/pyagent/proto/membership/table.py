@@ -128,6 +128,31 @@ class MemberTable:
             self._departed_by_state(member.state)[member.peer] = None
         return True
 
+    def adopt(self, members: list[Member], rng: Rng) -> list[Member]:
+        """Fill an empty table with a whole view at once; returns the members taken (up to the bound).
+
+        The live ones enter the probe order as one block at a random rotation: one random draw instead
+        of one per member, and members that adopt the same view still start their rounds apart. The
+        first round's end reshuffles it as usual."""
+        assert not self._members
+        taken = members[: max(0, self._members_max - len(self))]
+        live: list[PeerId] = []
+        for member in taken:
+            peer = member.peer
+            self._members[peer] = member
+            self._pool_at[peer] = len(self._pool)
+            self._pool.append(peer)
+            if member.live:
+                member.probing = True
+                live.append(peer)
+            else:
+                self._departed_by_state(member.state)[peer] = None
+        self._live_remote += len(live)
+        if live:
+            offset = rng.randrange(len(live))
+            self._probe_order = live[offset:] + live[:offset]
+        return taken
+
     def remove(self, peer: PeerId) -> None:
         member = self._members.pop(peer)
         if member.live:
