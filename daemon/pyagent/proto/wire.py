@@ -53,9 +53,15 @@ def pack(value: object) -> bytes:
     return packed
 
 
+# Most frames are under 128 bytes: their one-byte prefixes are made once.
+_ONE_BYTE_VARINTS = [bytes((value,)) for value in range(0x80)]
+
+
 def encode_varint(value: int) -> bytes:
     if value < 0:
         raise LocalProtocolError(f"varint must be non-negative, got {value}")
+    if value < 0x80:
+        return _ONE_BYTE_VARINTS[value]
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -169,6 +175,8 @@ class FrameDecoder:
 
 def _frame_header(data: bytes | bytearray, frame_size_bytes_max: int) -> tuple[int, int] | None:
     """The body length and prefix length of the frame ``data`` starts with; None until the prefix is whole."""
+    if data and data[0] < 0x80 and data[0] <= frame_size_bytes_max:
+        return data[0], 1
     value = 0
     for index, byte in enumerate(data[:VARINT_BYTES_MAX]):
         value |= (byte & 0x7F) << (7 * index)

@@ -674,7 +674,8 @@ class Membership(Component):
         it directly whenever we exchange a probe lets it refute at once, and a member wrongly declared
         dead learns it from its very next ping.
         """
-        updates = self._queue.take(self.config.piggyback_bytes_max, self._retransmit_limit())
+        queue = self._queue
+        updates = queue.take(self.config.piggyback_bytes_max, self._retransmit_limit()) if queue else []
         if about is None or not self.config.buddy_system:
             return updates
         member = self._table.get(about)
