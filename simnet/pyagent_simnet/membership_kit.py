@@ -214,26 +214,30 @@ class MembershipObserver(Observer):
     # ----- what nodes believe
 
     def on_notice(self, node: SimNode, item: object, now_us: int) -> None:
-        if not isinstance(item, MemberChanged):
-            return
-        subject = self.sim.index_of.get(item.peer)
+        self.on_notices(node, [item], now_us)
+
+    def on_notices(self, node: SimNode, items: list[Any], now_us: int) -> None:
         observer = node.index
-        if subject is None or subject == observer or observer not in self.up:
+        if observer not in self.up:
             return
-        name = _STATE_NAMES[item.new_state]
-        self.transitions[name] = self.transitions.get(name, 0) + 1
-        view = self.view[observer]
-        believed = item.new_state in LIVE_STATES
-        was = subject in view
-        if believed != was:
-            truth = subject in self.up
-            if believed:
-                view.add(subject)
-            else:
-                view.discard(subject)
-            self._adjust(observer, -1 if believed == truth else 1)
-        if item.new_state == State.DEAD:
-            self._on_dead(observer, subject, now_us)
+        index_of, view, transitions, up = self.sim.index_of, self.view[observer], self.transitions, self.up
+        for item in items:
+            if not isinstance(item, MemberChanged):
+                continue
+            subject = index_of.get(item.peer)
+            if subject is None or subject == observer:
+                continue
+            name = _STATE_NAMES[item.new_state]
+            transitions[name] = transitions.get(name, 0) + 1
+            believed = item.new_state in LIVE_STATES
+            if believed != (subject in view):
+                if believed:
+                    view.add(subject)
+                else:
+                    view.discard(subject)
+                self._adjust(observer, -1 if believed == (subject in up) else 1)
+            if item.new_state == State.DEAD:
+                self._on_dead(observer, subject, now_us)
 
     def _on_dead(self, observer: int, subject: int, now_us: int) -> None:
         sim = self.sim

@@ -33,6 +33,11 @@ class Observer:
     def on_notice(self, node: SimNode, item: object, now_us: int) -> None:
         """A non-Reply item appeared in a node's ``Ready.apply``."""
 
+    def on_notices(self, node: SimNode, items: list[Any], now_us: int) -> None:
+        """A step's drained notices (a component's queued changes), in order; one call for all of them."""
+        for item in items:
+            self.on_notice(node, item, now_us)
+
     def check(self) -> None:
         """The safety phase is over: append to ``violations`` whatever went wrong during it."""
 

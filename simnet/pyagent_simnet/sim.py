@@ -278,8 +278,11 @@ class Sim:
         for item in ready.apply:
             self._apply(node, item)
         for drain in node.notice_sources:
-            for notice in drain():
-                self._apply(node, notice)
+            notices = drain()
+            if notices:
+                self.counters["notices"] += len(notices)
+                for observer in self.observers:
+                    observer.on_notices(node, notices, self.now_us)
         now_us = self.now_us
         for timer in ready.timers:
             if type(timer) is SetTimer:
