@@ -8,7 +8,6 @@ time: a partitioned frame is dropped, a clogged one is held and re-sent when the
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from typing import Any
 
 from pyagent_simnet import latency
@@ -29,14 +28,9 @@ DROP_UNSUPPORTED = "protocol_unsupported"
 DROP_HELD_FULL = "clog_buffer_full"
 
 
-@dataclass(slots=True)
-class Verdict:
-    """The fate of one frame: delivery times (two when duplicated), its bytes (maybe corrupted), or a drop."""
-
-    deliver_at_us: list[int] = field(default_factory=list)
-    frame: bytes = b""
-    dropped: str | None = None
-    held: bool = False
+# The fate of one frame: a drop reason, or its delivery times (two when duplicated) and its bytes (maybe
+# corrupted). A plain tuple: one is made for every frame of a run.
+Verdict = tuple[str | None, tuple[int, ...], bytes]
 
 
 class Network:
@@ -127,24 +121,25 @@ class Network:
         """Decide one frame's fate. Partition and clog are the caller's checks; this is the wire itself."""
         rng = self.rng
         if self.loss and rng.random() < self.loss:
-            return Verdict(dropped=DROP_LOSS)
+            return DROP_LOSS, (), frame
         depart_us = now_us
         if self.bandwidth_bps:
             free_us = self.egress_free_at_us.get(src, now_us)
             start_us = free_us if free_us > now_us else now_us
             backlog_bytes = (start_us - now_us) * self.bandwidth_bps // (BITS_PER_BYTE * US_PER_S)
             if backlog_bytes + len(frame) > self.egress_queue_bytes_max:
-                return Verdict(dropped=DROP_QUEUE)
+                return DROP_QUEUE, (), frame
             depart_us = start_us + len(frame) * BITS_PER_BYTE * US_PER_S // self.bandwidth_bps
             self.egress_free_at_us[src] = depart_us
         base_us = self.region_base_us[src_region][dst_region]
         sample = self.sample_latency_us
-        times = [depart_us + base_us + sample(rng)]
+        at_us = depart_us + base_us + sample(rng)
+        times: tuple[int, ...] = (at_us,)
         if self.duplicate and rng.random() < self.duplicate:
-            times.append(depart_us + base_us + sample(rng))
+            times = (at_us, depart_us + base_us + sample(rng))
         if self.corrupt and rng.random() < self.corrupt:
             frame = self._flip(frame)
-        return Verdict(deliver_at_us=times, frame=frame)
+        return None, times, frame
 
     def _flip(self, frame: bytes) -> bytes:
         damaged = bytearray(frame)

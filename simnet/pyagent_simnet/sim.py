@@ -332,9 +332,11 @@ class Sim:
 
     def _transmit(self, src: int, dst: int, protocol: str, frame: bytes, dst_epoch: int) -> None:
         source, target = self.nodes[src], self.nodes[dst]
-        verdict = self.network.route(src, dst, source.region, target.region, frame, self.now_us)
-        if verdict.dropped is not None:
-            self._drop(verdict.dropped, src, dst)
+        dropped, deliver_at_us, frame = self.network.route(
+            src, dst, source.region, target.region, frame, self.now_us
+        )
+        if dropped is not None:
+            self._drop(dropped, src, dst)
             return
         if self._connections and dst not in source.connected and target.up and source.up:
             # The first frame dials: each side learns of the other, the receiver just before the frame.
@@ -343,9 +345,9 @@ class Sim:
             if source.hears_connections:
                 self._push(self.now_us, CONNECT, src, dst, source.epoch)
             if target.hears_connections:
-                self._push(min(verdict.deliver_at_us), CONNECT, dst, src, target.epoch)
-        payload = (protocol, verdict.frame, dst_epoch)
-        for at_us in verdict.deliver_at_us:
+                self._push(min(deliver_at_us), CONNECT, dst, src, target.epoch)
+        payload = (protocol, frame, dst_epoch)
+        for at_us in deliver_at_us:
             self._push(at_us, DELIVER, dst, src, payload)
 
     def _deliver(self, node: SimNode, src: int, payload: tuple[str, bytes, int]) -> None:
