@@ -1,7 +1,12 @@
-"""How far pure-Python simnet scales on this machine: wall time, events/s, x real time, peak memory.
+"""How far simnet scales on this machine: wall time, events/s, x real time, peak memory.
 
     .venv/bin/python bench/simnet_scale.py                 # the standard runs, each in its own process
+    .venv/bin/python bench/simnet_scale.py --interpreted   # the same on the interpreted cores
     .venv/bin/python bench/simnet_scale.py --one --peers 1000 --duration-s 300 --start formed
+
+The standard runs use the cores compiled by mypyc from the same sources (pyagent_simnet.compiled; a run's
+trace hash is the same either way), built once per source version; --one runs in whatever this process
+imported.
 
 The standard runs:
 1. 1,000 peers running membership (LAN preset) for 300 simulated seconds in a mesh that starts formed
@@ -19,12 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
 
-from pyagent_simnet import Sim
+from pyagent_simnet import Sim, compiled
+from pyagent_simnet import sim as sim_module
 
 # Phase boundaries (simulated s): joining ends this long after the last peer starts, settling at 60 s, and
 # the steady state follows.
@@ -108,6 +115,7 @@ def one(
         "bytes_per_peer_per_s": round(sent_bytes / peers / duration_s, 1),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "trace_hash": sim.trace.hexdigest(),
+        "compiled": sim_module.__file__.endswith(".so"),
     }
 
 
@@ -116,6 +124,11 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--one", action="store_true", help="run one configuration in this process")
+    parser.add_argument(
+        "--interpreted",
+        action="store_true",
+        help="run on the interpreted cores (default: compiled by mypyc; see pyagent_simnet.compiled)",
+    )
     parser.add_argument("--peers", type=int, default=1000)
     parser.add_argument("--duration-s", type=float, default=300.0)
     parser.add_argument("--components", default="membership")
@@ -133,10 +146,17 @@ def main() -> int:
         )
         print(json.dumps(result))
         return 0
+    env = dict(os.environ)
+    if args.interpreted:
+        print("cores: interpreted (pure Python)")
+    else:
+        target = compiled.build()
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(target), env.get("PYTHONPATH")]))
+        print(f"cores: compiled by mypyc from the same sources ({target}); --interpreted for pure Python")
     for title, argv in STANDARD_RUNS:
         # A fresh process per run, so that each peak RSS is that run's own.
         done = subprocess.run(
-            [sys.executable, __file__, "--one", *argv], capture_output=True, text=True, check=False
+            [sys.executable, __file__, "--one", *argv], capture_output=True, text=True, check=False, env=env
         )
         if done.returncode != 0:
             print(f"{title}: FAILED\n{done.stderr}")
