@@ -274,8 +274,13 @@ def build_parser(plugins: Any = None) -> OneLineParser:
     _command(sub, "id", "show this node's peer id and addresses", cmd_id, json_output=True)
     _command(sub, "peers", "list connected peers with their round-trip times", cmd_peers, json_output=True)
 
-    _command(sub, "members", "the mesh as this node sees it: state, incarnation, tags, load", cmd_members,
-             json_output=True)
+    _command(
+        sub,
+        "members",
+        "the mesh as this node sees it: state, incarnation, tags, load",
+        cmd_members,
+        json_output=True,
+    )
     _command(sub, "leave", "leave the mesh gracefully (others see 'left', not 'dead') and stop", cmd_leave)
 
     p = _command(sub, "connect", "connect to a peer by multiaddr (ending in /p2p/<peer id>)", cmd_connect)

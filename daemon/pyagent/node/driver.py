@@ -108,8 +108,12 @@ class Driver:
             # The core left its state unchanged; the sender loses the stream, as for undecodable bytes.
             assert isinstance(event, MessageReceived)
             self.remote_errors += 1
-            log.warning("bad message peer=%s protocol=%s reason=%s; resetting its stream",
-                        event.peer, event.protocol, exc)
+            log.warning(
+                "bad message peer=%s protocol=%s reason=%s; resetting its stream",
+                event.peer,
+                event.protocol,
+                exc,
+            )
             self._sender.reset_inbound(event.peer, event.protocol)
             return
         self._carry_out(ready)

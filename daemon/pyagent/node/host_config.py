@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 def is_allowed(config: HostConfig, peer: str) -> bool:
     return config.allow_list is None or peer in config.allow_list
 
+
 DEFAULT_LISTEN_ADDRS = ("/ip4/127.0.0.1/tcp/0",)
 
 

@@ -87,6 +87,4 @@ class Ping(Component):
     def on_timer(self, suffix: str, now_us: int, out: Ready) -> None:
         pending = self._pending.pop(int(suffix), None)
         if pending is not None:
-            out.apply.append(
-                Reply(pending.request_id, error=f"no pong within {self.config.timeout_ms} ms")
-            )
+            out.apply.append(Reply(pending.request_id, error=f"no pong within {self.config.timeout_ms} ms"))
