@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 
+from pyagent.errors import ConfigError
 from pyagent_simnet import Sim, compiled
 from pyagent_simnet import sim as sim_module
 
@@ -150,7 +151,11 @@ def main() -> int:
     if args.interpreted:
         print("cores: interpreted (pure Python)")
     else:
-        target = compiled.build()
+        try:
+            target = compiled.build()
+        except ConfigError as exc:
+            print(f"simnet_scale: {exc} (or run with --interpreted)", file=sys.stderr)
+            return 2
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(target), env.get("PYTHONPATH")]))
         print(f"cores: compiled by mypyc from the same sources ({target}); --interpreted for pure Python")
     for title, argv in STANDARD_RUNS:
