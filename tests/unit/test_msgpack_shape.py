@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgpack_values import frame_messages, msgpack_values
 
 from pyagent._core import check_msgpack_shape
 from pyagent.errors import RemoteProtocolError
@@ -41,21 +42,7 @@ def reference_accepts(value: object, depth_max: int, count_max: int) -> bool:
         depth += 1
 
 
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
-    | st.floats()
-    | st.text(max_size=12)
-    | st.binary(max_size=12)
-)
-values = st.recursive(
-    scalars,
-    lambda children: (
-        st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=4), children, max_size=5)
-    ),
-    max_leaves=60,
-)
+values = msgpack_values(floats=True, leaves_max=60)
 
 
 @given(values, st.integers(0, 8), st.integers(0, 80))
@@ -79,10 +66,7 @@ def _decodes_or_refuses(body: bytes) -> None:
     assert isinstance(message, dict)
 
 
-messages = st.builds(
-    lambda body: {"v": 1, "t": "x", **body},
-    st.dictionaries(st.text(min_size=2, max_size=4), values, max_size=4),
-)
+messages = frame_messages(values)
 
 
 @given(st.binary(max_size=512))

@@ -4,31 +4,14 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgpack_values import frame_messages, msgpack_values
 
 from pyagent.errors import LocalProtocolError, RemoteProtocolError
 from pyagent.proto.wire import FrameDecoder, Limits, decode_body, encode_frame, encode_varint, pack
 
 LIMITS = Limits(frame_size_bytes_max=4096, depth_max=4, count_max=64)
 
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
-    | st.text(max_size=20)
-    | st.binary(max_size=20)
-)
-values = st.recursive(
-    scalars,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=20,
-)
-messages = st.builds(
-    lambda t, body: {"v": 1, "t": t, **body},
-    st.text(min_size=1, max_size=10),
-    st.dictionaries(st.text(min_size=2, max_size=8), values, max_size=4),
-)
+messages = frame_messages(msgpack_values(floats=False, leaves_max=20))
 
 
 @given(st.binary(max_size=2048))
@@ -126,38 +109,3 @@ def test_the_shared_packer_matches_packb_even_after_a_value_it_cannot_pack() -> 
         pack({"v": 1, "t": "x", "bad": [1, object()]})
     value = {"v": 1, "t": "x", "a": [1, "b", None, 2.5, b"\x00"]}
     assert pack(value) == msgpack.packb(value, use_bin_type=True)
-
-
-def _shape(value: object, depth: int = 1) -> tuple[int, int]:
-    """(deepest container depth, values below ``value``), the reference the shape check must agree with."""
-    if isinstance(value, dict):
-        children, count = list(value.values()), len(value)
-    elif isinstance(value, list):
-        children, count = value, 0
-    else:
-        return 0, 0
-    deepest = depth
-    for child in children:
-        child_depth, child_count = _shape(child, depth + 1)
-        deepest, count = max(deepest, child_depth), count + 1 + child_count
-    return deepest, count
-
-
-nested = st.recursive(
-    st.none() | st.integers(0, 1 << 40) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=3), inner, max_size=4),
-    max_leaves=40,
-)
-
-
-@given(nested)
-@settings(max_examples=200)
-def test_the_shape_check_rejects_exactly_what_exceeds_depth_or_count(value: object) -> None:
-    message = {"v": 1, "t": "x", "n": value}
-    deepest, below = _shape(message)
-    body = msgpack.packb(message)
-    if deepest > LIMITS.depth_max or 1 + below > LIMITS.count_max:
-        with pytest.raises(RemoteProtocolError):
-            decode_body(body, LIMITS)
-    else:
-        assert decode_body(body, LIMITS)["n"] == value
