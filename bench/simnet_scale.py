@@ -156,7 +156,7 @@ def main() -> int:
         except ConfigError as exc:
             print(f"simnet_scale: {exc} (or run with --interpreted)", file=sys.stderr)
             return 2
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(target), env.get("PYTHONPATH")]))
+        env = compiled.environ(target, env)
         print(f"cores: compiled by mypyc from the same sources ({target}); --interpreted for pure Python")
     for title, argv in STANDARD_RUNS:
         # A fresh process per run, so that each peak RSS is that run's own.

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import pyagent
@@ -98,6 +99,11 @@ def build(log: bool = True) -> Path:
                 raise
     _prune(keep=target)
     return target
+
+
+def environ(target: Path, base: Mapping[str, str]) -> dict[str, str]:
+    """``base`` with ``target`` (from ``build``) first on PYTHONPATH, for a process on the compiled cores."""
+    return {**base, "PYTHONPATH": os.pathsep.join(filter(None, [str(target), base.get("PYTHONPATH")]))}
 
 
 def _prune(keep: Path) -> None:

@@ -29,7 +29,7 @@ def _trace_hash(env: dict[str, str]) -> str:
 def test_compiled_cores_replay_the_interpreted_trace() -> None:
     target = compiled.build(log=False)
     env = dict(os.environ)
-    fast_env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(target), env.get("PYTHONPATH")]))}
+    fast_env = compiled.environ(target, env)
     probe = subprocess.run(
         [sys.executable, "-c", "import pyagent.proto.membership.swim as m; print(m.__file__)"],
         capture_output=True,
