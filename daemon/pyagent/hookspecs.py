@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from pyagent.proto.component import Component
     from pyagent.proto.peers import PeerInfo
-    from pyagent.proto.types import Rng
+    from pyagent.proto.context import NodeContext
 
 PROJECT_NAME = "pyagent"
 
@@ -86,13 +86,15 @@ CliRun: TypeAlias = Callable[[argparse.Namespace, CliContext], int]
 
 
 @hookspec
-def pyagent_add_components(local_peer: str, rng: Rng, plugin_names: tuple[str, ...]) -> list[Component]:
+def pyagent_add_components(ctx: NodeContext) -> list[Component]:
     """Return the sans-I/O protocol components this plugin adds to ``NodeCore``.
 
     Runs once per node, when its ``NodeCore`` is built: in the daemon before the host listens, and in the
-    simulator once per simulated peer. ``local_peer`` is this node's peer id, ``rng`` the node's seeded
-    random generator (the only randomness a component may use) and ``plugin_names`` the sorted names of
-    every plugin loaded on this node.
+    simulator once per simulated peer. ``ctx`` (``pyagent.proto.context.NodeContext``) gives, for a
+    component name: ``ctx.config(name)``, the ``[name]`` table of the node's config; ``ctx.rng(name)``,
+    the component's own seeded generator (the only randomness it may use); ``ctx.storage(name)``, reads
+    of its own storage namespace; and ``ctx.sibling(name)``, another component of the node. Also
+    ``ctx.local_peer`` and ``ctx.plugin_names`` (the sorted names of every loaded plugin).
 
     Must be deterministic and must do no I/O: read no clock, no files, no environment. Return a list
     (possibly empty) of new ``pyagent.proto.component.Component`` instances; their names, protocol ids

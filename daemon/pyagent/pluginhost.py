@@ -19,7 +19,7 @@ from pyagent import hookspecs
 from pyagent.errors import ConfigError
 from pyagent.hookspecs import ControlMethod
 from pyagent.proto.component import Component
-from pyagent.proto.types import Rng
+from pyagent.proto.context import NodeContext
 
 ENTRY_POINT_GROUP = "pyagent"
 
@@ -151,15 +151,13 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[PluginInfo]:
     return infos
 
 
-def collect_components(pm: pluggy.PluginManager, local_peer: str, rng: Rng) -> list[Component]:
-    """Call ``pyagent_add_components`` on every plugin and return the components, in plugin-name order."""
+def collect_components(pm: pluggy.PluginManager, ctx: NodeContext) -> list[Component]:
+    """Call ``pyagent_add_components(ctx)`` through pluggy (so wrappers and ordering apply) and return
+    every plugin's components, in the order pluggy called the plugins."""
     components: list[Component] = []
-    names = plugin_names(pm)
-    for plugin, result in _call_each(
-        pm.hook.pyagent_add_components, local_peer=local_peer, rng=rng, plugin_names=names
-    ):
+    for result in pm.hook.pyagent_add_components(ctx=ctx):
         if not isinstance(result, list) or not all(isinstance(c, Component) for c in result):
-            raise ConfigError(f"plugin {plugin!r}: pyagent_add_components must return a list of Component")
+            raise ConfigError(f"pyagent_add_components must return a list of Component, got {result!r:.100}")
         components.extend(result)
     return components
 

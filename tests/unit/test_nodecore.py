@@ -1,9 +1,8 @@
 """NodeCore and its first components, driven with an injected clock and seeded generator (no trio)."""
 
-import random
-
 import pytest
 
+from pyagent.composition import build_core
 from pyagent.errors import LocalProtocolError, RemoteProtocolError
 from pyagent.proto.events import LocalRequest, MessageReceived, PeerConnected, PeerDisconnected, TimerFired
 from pyagent.proto.node import NodeCore
@@ -12,8 +11,14 @@ from pyagent.proto.ping import PROTOCOL_ID, PingPeer
 from pyagent.proto.ready import CancelTimer, Ready, Reply, SetTimer
 
 
+def started(peer: str, seed: int) -> NodeCore:
+    core = build_core(peer, seed)
+    core.start(0)
+    return core
+
+
 def make_pair() -> tuple[NodeCore, NodeCore]:
-    a, b = NodeCore.standard("A", random.Random(1)), NodeCore.standard("B", random.Random(2))
+    a, b = started("A", 1), started("B", 2)
     a.step(PeerConnected("B", ("/ip4/127.0.0.1/tcp/1",), (PROTOCOL_ID,), "pyagent/test"), 0)
     b.step(PeerConnected("A"), 0)
     return a, b
@@ -46,7 +51,8 @@ def test_ping_times_out_and_a_late_pong_is_ignored() -> None:
     timer = ready.timers[0]
     assert isinstance(timer, SetTimer)
     expired = a.step(TimerFired(timer.key), timer.at_us)
-    assert expired.apply[0].error is not None and "no pong" in expired.apply[0].error
+    error = expired.apply[0].error
+    assert error is not None and error.code == "timeout" and "no pong" in error.message
     late = deliver(deliver(ready, "A", b, 1), "B", a, timer.at_us + 1)
     assert late.apply == []
 
@@ -94,7 +100,8 @@ def test_pings_in_flight_are_bounded() -> None:
     for request_id in range(limit):
         assert a.step(LocalRequest(request_id, PingPeer("B")), 0).send
     refused = a.step(LocalRequest(limit, PingPeer("B")), 0)
-    assert refused.send == [] and refused.apply[0].error
+    assert refused.send == [] and refused.apply[0].error is not None
+    assert refused.apply[0].error.code == "busy"
 
 
 def test_disconnect_removes_the_peer() -> None:
@@ -104,7 +111,7 @@ def test_disconnect_removes_the_peer() -> None:
 
 
 def test_peer_table_is_bounded_and_evicts_the_oldest() -> None:
-    core = NodeCore.standard("A", random.Random(0))
+    core = started("A", 0)
     table = core.component("peers")
     table.config.peers_max = 3
     for index in range(5):
@@ -113,7 +120,7 @@ def test_peer_table_is_bounded_and_evicts_the_oldest() -> None:
 
 
 def test_time_must_not_go_backwards() -> None:
-    core = NodeCore.standard("A", random.Random(0))
+    core = started("A", 0)
     core.step(PeerConnected("B"), 10)
     with pytest.raises(LocalProtocolError):
         core.step(PeerConnected("C"), 9)

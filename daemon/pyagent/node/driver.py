@@ -1,8 +1,15 @@
-"""The trio side of the sans-I/O seam: feeds events into ``NodeCore`` and carries out each ``Ready``.
+"""The trio side of the sans-I/O seam: one task owns ``NodeCore`` and feeds it from one inbox.
 
-One task owns the core, so ``step`` is never re-entered. Events come from a bounded channel (host
-messages, connection changes), timers from a heap, and local requests from callers of ``request``. The
-Ready order documented in ``proto/ready.py`` is kept: persist, send, apply, timers.
+Everything the core sees goes through ``Inbox`` (``inbox.py``): host messages and connection changes,
+due timers, local requests, incoming transfer chunks, and the feedback the shell owes the core about its
+effects. The owner task takes one item at a time, steps the core, and hands the Ready to the one
+``Interpreter`` (``proto/interpret.py``), which keeps the documented order; this module only supplies
+the sink. So ``step`` is never re-entered, Readies are carried out in order, and a send that depends on a
+write leaves only after the storage reported the write durable (``Persisted``), however slow the disk.
+
+Backpressure: when storage falls behind (too many batches pending, or too many effects held for it), the
+owner stops taking new work until it catches up. Its producers then wait on the full inbox, and TCP
+pushes back on the peers.
 """
 
 from __future__ import annotations
@@ -18,16 +25,20 @@ from typing import Protocol
 import trio
 
 from pyagent.errors import LocalProtocolError, RemoteProtocolError
+from pyagent.node.inbox import Inbox
 from pyagent.proto.events import (
     Event,
     LocalRequest,
     MessageReceived,
-    PeerConnected,
-    PeerDisconnected,
+    Persisted,
+    RequestCancelled,
+    Started,
     TimerFired,
 )
+from pyagent.proto.interpret import Interpreter
 from pyagent.proto.node import NodeCore
-from pyagent.proto.ready import CancelTimer, Ready, Reply
+from pyagent.proto.ready import CancelTransfer, Reply, ReplyError, Send, Transfer
+from pyagent.proto.storage import WriteBatch
 from pyagent.proto.types import US_PER_S
 from pyagent.proto.wire import Message
 
@@ -35,6 +46,13 @@ log = logging.getLogger("pyagent.driver")
 
 REQUESTS_IN_FLIGHT_MAX = 1024
 REQUEST_TIMEOUT_S = 30.0
+INBOX_CAPACITY = 4096
+# Feedback producers: at most one RequestCancelled per request in flight, one Persisted per pending
+# batch, and what the dialer and transfer service bound themselves; generous, because passing it is a bug.
+FEEDBACK_MAX = 65_536
+# The owner pauses new work while storage has this many batches pending, or this many effects wait for it.
+STORAGE_PENDING_MAX = 4096
+HELD_EFFECTS_MAX = 65_536
 
 
 class Sender(Protocol):
@@ -43,8 +61,36 @@ class Sender(Protocol):
     def reset_inbound(self, peer: str, protocol_id: str) -> None: ...
 
 
+class Storage(Protocol):
+    """What the owner needs of the storage handle (``node/storage.py``, or a test's slow fake)."""
+
+    @property
+    def recovered(self) -> bool: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    def submit(self, batch: WriteBatch) -> None: ...
+
+    async def wait_below(self, limit: int) -> None: ...
+
+    async def run(self, on_persisted: Callable[[WriteBatch], None]) -> None: ...
+
+
+class Transfers(Protocol):
+    """What the owner needs of the bulk-transfer service (``node/transfer.py``)."""
+
+    def start(self, transfer: Transfer) -> None: ...
+
+    def cancel(self, cancel: CancelTransfer) -> None: ...
+
+
 class RequestFailed(Exception):
-    """The core answered a local request with an error; the message is for the operator."""
+    """The core answered a local request with an error, or did not answer in time."""
+
+    def __init__(self, error: ReplyError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 @dataclass(slots=True)
@@ -53,9 +99,18 @@ class _Waiter:
     reply: Reply | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _DueTimer:
+    """A timer the timer task found due; stale if the core re-set or cancelled it since."""
+
+    key: str
+    at_us: int
+
+
 def now_us() -> int:
-    # trio's clock is monotonic, so the core never sees time go backwards.
-    return int(trio.current_time() * US_PER_S)
+    # trio's clock is monotonic, so the core never sees time go backwards. Rounding, not truncating:
+    # once the clock reaches a timer's deadline (at_us / 1e6, a float), now_us() must reach at_us.
+    return round(trio.current_time() * US_PER_S)
 
 
 class Driver:
@@ -63,50 +118,92 @@ class Driver:
         self,
         core: NodeCore,
         sender: Sender,
-        events: trio.MemoryReceiveChannel[Event],
+        storage: Storage,
+        inbox: Inbox[Event | _DueTimer] | None = None,
+        transfers: Transfers | None = None,
         on_event: Callable[[Event], None] = lambda event: None,
+        on_notice: Callable[[object], None] = lambda notice: None,
     ) -> None:
         self.core = core
+        self.inbox: Inbox[Event | _DueTimer] = inbox or Inbox(INBOX_CAPACITY, FEEDBACK_MAX)
         self._sender = sender
-        self._events = events
-        # Called after each event is stepped; the daemon uses it to notify plugins.
+        self._storage = storage
+        self.transfers = transfers
+        # Called after each event is stepped; the daemon uses it for bookkeeping and plugin hooks.
         self.on_event = on_event
+        self.on_notice = on_notice
+        self._interpreter = Interpreter(self)
         self._timers: dict[str, int] = {}
         self._timer_heap: list[tuple[int, str]] = []
         self._timer_changed = trio.Event()
         self._waiters: dict[int, _Waiter] = {}
         self._request_ids = itertools.count(1)
         self.remote_errors = 0
+        self.started = trio.Event()
 
     async def run(self) -> None:
+        """Own the core until cancelled: feed ``Started``, then every inbox item in turn."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump_events)
+            nursery.start_soon(self._storage.run, self._on_persisted)
             nursery.start_soon(self._pump_timers)
+            self._step(Started(self._storage.recovered))
+            self.started.set()
+            while True:
+                item = await self.inbox.receive()
+                if isinstance(item, _DueTimer):
+                    if self._timers.get(item.key) != item.at_us:
+                        continue
+                    del self._timers[item.key]
+                    self._step(TimerFired(item.key))
+                    continue
+                if isinstance(item, Persisted):
+                    self._interpreter.persisted()
+                self._step(item)
+                if (
+                    self._storage.pending >= STORAGE_PENDING_MAX
+                    or self._interpreter.held_effects >= HELD_EFFECTS_MAX
+                ):
+                    await self._storage.wait_below(STORAGE_PENDING_MAX // 2)
 
     async def request(self, command: object, timeout_s: float = REQUEST_TIMEOUT_S) -> object:
-        """Run a local command through the core and wait for its ``Reply``."""
+        """Run a local command through the core and wait for its ``Reply``.
+
+        Raises ``RequestFailed`` with the reply's error. If the caller stops waiting (timeout or
+        cancellation), the core is told with ``RequestCancelled``."""
         if len(self._waiters) >= REQUESTS_IN_FLIGHT_MAX:
-            raise RequestFailed("too many requests in flight; try again")
+            raise RequestFailed(ReplyError("busy", "too many requests in flight; try again"))
         request_id = next(self._request_ids)
         waiter = self._waiters[request_id] = _Waiter()
+        reason = "cancelled by the caller"
         try:
-            self.step(LocalRequest(request_id, command))
+            await self.inbox.send(LocalRequest(request_id, command))
             with trio.move_on_after(timeout_s):
                 await waiter.done.wait()
+            reason = f"no answer within {timeout_s:.0f} s"
         finally:
             del self._waiters[request_id]
+            if waiter.reply is None:
+                self.inbox.send_feedback(RequestCancelled(request_id, reason))
         if waiter.reply is None:
-            raise RequestFailed(f"no answer within {timeout_s:.0f} s")
+            raise RequestFailed(ReplyError("timeout", reason))
         if waiter.reply.error is not None:
             raise RequestFailed(waiter.reply.error)
         return waiter.reply.value
 
-    def step(self, event: Event) -> None:
+    def feedback(self, event: Event) -> None:
+        """For the shell's services (dialer, transfers): report what became of an effect."""
+        self.inbox.send_feedback(event)
+
+    def _on_persisted(self, batch: WriteBatch) -> None:
+        self.inbox.send_feedback(Persisted(batch.component, batch.tag))
+
+    def _step(self, event: Event) -> None:
         try:
             ready = self.core.step(event, now_us())
         except RemoteProtocolError as exc:
             # The core left its state unchanged; the sender loses the stream, as for undecodable bytes.
-            assert isinstance(event, MessageReceived)
+            if not isinstance(event, MessageReceived):
+                raise LocalProtocolError(f"RemoteProtocolError from a {type(event).__name__}") from exc
             self.remote_errors += 1
             log.warning(
                 "bad message peer=%s protocol=%s reason=%s; resetting its stream",
@@ -116,45 +213,54 @@ class Driver:
             )
             self._sender.reset_inbound(event.peer, event.protocol)
             return
-        self._carry_out(ready)
+        self._interpreter.carry_out(ready)
         self.on_event(event)
 
-    def _carry_out(self, ready: Ready) -> None:
-        if ready.persist:
-            # No component persists yet; the Raft round brings the durable store that must run first.
-            raise LocalProtocolError("a component asked to persist, but this node has no durable store")
-        for send in ready.send:
-            self._sender.send(send.peer, send.protocol, send.message, send.addrs)
-        for reply in ready.apply:
-            waiter = self._waiters.get(reply.request_id)
-            if waiter is not None:
-                waiter.reply = reply
-                waiter.done.set()
-        for timer in ready.timers:
-            if isinstance(timer, CancelTimer):
-                self._timers.pop(timer.key, None)
-            else:
-                self._timers[timer.key] = timer.at_us
-                heapq.heappush(self._timer_heap, (timer.at_us, timer.key))
-                self._timer_changed.set()
+    # ----- the sink: how this shell carries out each effect (the Interpreter decides when)
 
-    async def _pump_events(self) -> None:
-        async for event in self._events:
-            assert isinstance(event, MessageReceived | PeerConnected | PeerDisconnected)
-            self.step(event)
+    def write(self, batch: WriteBatch) -> None:
+        self._storage.submit(batch)
+
+    def send(self, send: Send) -> None:
+        self._sender.send(send.peer, send.protocol, send.message, send.addrs)
+
+    def reply(self, reply: Reply) -> None:
+        waiter = self._waiters.get(reply.request_id)
+        if waiter is not None:
+            waiter.reply = reply
+            waiter.done.set()
+
+    def notice(self, notice: object) -> None:
+        self.on_notice(notice)
+
+    def set_timer(self, key: str, at_us: int) -> None:
+        self._timers[key] = at_us
+        heapq.heappush(self._timer_heap, (at_us, key))
+        self._timer_changed.set()
+
+    def cancel_timer(self, key: str) -> None:
+        self._timers.pop(key, None)
+
+    def transfer(self, transfer: Transfer) -> None:
+        if self.transfers is None:
+            raise LocalProtocolError("a component started a transfer, but this node has no transfer service")
+        self.transfers.start(transfer)
+
+    def cancel_transfer(self, cancel: CancelTransfer) -> None:
+        if self.transfers is not None:
+            self.transfers.cancel(cancel)
+
+    # ----- timers
 
     async def _pump_timers(self) -> None:
         while True:
-            self._fire_due_timers()
+            while self._timer_heap and self._timer_heap[0][0] <= now_us():
+                at_us, key = heapq.heappop(self._timer_heap)
+                # Heap entries are never removed on cancel or reset; the stale ones are skipped here, and
+                # one that goes stale while queued is skipped by the owner.
+                if self._timers.get(key) == at_us:
+                    await self.inbox.send(_DueTimer(key, at_us))
             self._timer_changed = trio.Event()
             deadline = self._timer_heap[0][0] / US_PER_S if self._timer_heap else math.inf
             with trio.move_on_at(deadline):
                 await self._timer_changed.wait()
-
-    def _fire_due_timers(self) -> None:
-        while self._timer_heap and self._timer_heap[0][0] <= now_us():
-            at_us, key = heapq.heappop(self._timer_heap)
-            # Heap entries are never removed on cancel or reset; skip the stale ones here instead.
-            if self._timers.get(key) == at_us:
-                del self._timers[key]
-                self.step(TimerFired(key))

@@ -1,15 +1,28 @@
 """The shape of one protocol core inside ``NodeCore``.
 
-A component owns one wire protocol (or none), a timer-key namespace (its ``name``) and the local
-commands whose types it lists. ``NodeCore`` routes each event to the component that owns it and
-broadcasts connection changes to all of them.
+A component owns one wire protocol (or none), a timer-key namespace and a storage namespace (both its
+``name``), and the local commands whose types it lists. ``NodeCore`` routes each event to the component
+that owns it, broadcasts ``Started`` and connection changes to all of them, and checks what each one
+puts into the Ready.
+
+Every handler may add effects to ``out``. A handler for a peer's message raises ``RemoteProtocolError``
+before changing any state when the message is bad.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from pyagent.proto.events import LocalRequest, MessageReceived, PeerConnected, PeerDisconnected
+from pyagent.proto.events import (
+    LocalRequest,
+    MessageReceived,
+    PeerConnected,
+    PeerDisconnected,
+    RequestCancelled,
+    SendFailed,
+    Started,
+    TransferEvent,
+)
 from pyagent.proto.ready import Ready
 from pyagent.proto.types import ProtocolId
 from pyagent.proto.wire import DEFAULT_LIMITS, Limits
@@ -24,6 +37,9 @@ class Component:
     def timer_key(self, suffix: str) -> str:
         return f"{self.name}/{suffix}"
 
+    def on_started(self, event: Started, now_us: int, out: Ready) -> None:
+        """The first event: storage is recovered. Read back durable state here."""
+
     def on_message(self, event: MessageReceived, now_us: int, out: Ready) -> None:
         """Handle a frame on ``protocol_id``. Raise ``RemoteProtocolError`` before changing any state."""
 
@@ -32,6 +48,18 @@ class Component:
 
     def on_request(self, request: LocalRequest, now_us: int, out: Ready) -> None:
         """Handle a ``LocalRequest`` whose command type is in ``command_types``."""
+
+    def on_request_cancelled(self, event: RequestCancelled, now_us: int, out: Ready) -> None:
+        """A request this component was given has no one waiting any more; its reply is not needed."""
+
+    def on_persisted(self, tag: int, now_us: int, out: Ready) -> None:
+        """The write batch this component tagged ``tag`` is durable."""
+
+    def on_send_failed(self, event: SendFailed, now_us: int, out: Ready) -> None:
+        """A message this component sent could not be delivered."""
+
+    def on_transfer(self, event: TransferEvent, now_us: int, out: Ready) -> None:
+        """Progress of this component's outgoing transfers, and chunks of incoming ones."""
 
     def on_peer_connected(self, event: PeerConnected, now_us: int, out: Ready) -> None:
         """Called for every component when a peer connects."""

@@ -1,8 +1,16 @@
 """``NodeCore``: the one state machine per peer that composes every protocol core.
 
-Shells call ``step(event, now_us)`` and carry out the returned ``Ready`` (see ``ready.py`` for the order).
-The daemon drives it from trio with the wall clock; simnet drives it from its event loop with a virtual
-clock. Both therefore run exactly the same protocol code.
+Shells call ``step(event, now_us)`` and hand the returned ``Ready`` to ``proto.interpret.Interpreter``,
+which carries it out in the documented order (``ready.py``). The daemon drives it from one trio task with
+the wall clock; simnet drives it from its event loop with a virtual clock. Both run the same code.
+
+``NodeCore`` enforces the rules of the seam, so a component's bug is caught where it happens and not as
+a strange effect somewhere in a shell (TigerBeetle's "assert on both sides of a boundary"):
+- ``Started`` comes first, once;
+- a component sends and transfers only on its own protocol, sets only its own timers (``name/...``),
+  writes only its own storage namespace, and replies only to requests it was given;
+- two components may not share a name, a protocol or a command type.
+Breaking a rule raises ``LocalProtocolError``.
 """
 
 from __future__ import annotations
@@ -10,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pyagent.errors import LocalProtocolError
-from pyagent.proto import peers, ping
 from pyagent.proto.component import Component
 from pyagent.proto.events import (
     Event,
@@ -18,17 +25,35 @@ from pyagent.proto.events import (
     MessageReceived,
     PeerConnected,
     PeerDisconnected,
+    Persisted,
+    RequestCancelled,
+    SendFailed,
+    Started,
     TimerFired,
+    TransferAborted,
+    TransferChunk,
+    TransferDone,
+    TransferFailed,
+    TransferProgress,
+    TransferReceived,
 )
-from pyagent.proto.ready import Ready
-from pyagent.proto.types import PeerId, ProtocolId, Rng
+from pyagent.proto.ready import CancelTransfer, Ready, Send
+from pyagent.proto.types import PeerId, ProtocolId
 from pyagent.proto.wire import Limits
+
+_TRANSFER_EVENTS = (
+    TransferProgress,
+    TransferDone,
+    TransferFailed,
+    TransferChunk,
+    TransferReceived,
+    TransferAborted,
+)
 
 
 class NodeCore:
-    def __init__(self, local_peer: PeerId, rng: Rng, components: Sequence[Component]) -> None:
+    def __init__(self, local_peer: PeerId, components: Sequence[Component]) -> None:
         self.local_peer = local_peer
-        self.rng = rng
         self.components = tuple(components)
         self._by_name: dict[str, Component] = {}
         self._by_protocol: dict[ProtocolId, Component] = {}
@@ -42,14 +67,17 @@ class NodeCore:
                     raise LocalProtocolError(f"two components speak {component.protocol_id}")
                 self._by_protocol[component.protocol_id] = component
             for command_type in component.command_types:
+                owner = self._by_command.get(command_type)
+                if owner is not None:
+                    raise LocalProtocolError(
+                        f"{component.name!r} and {owner.name!r} both handle {command_type.__name__}"
+                    )
                 self._by_command[command_type] = component
         self._last_now_us: int | None = None
-
-    @classmethod
-    def standard(cls, local_peer: PeerId, rng: Rng, extra: Sequence[Component] = ()) -> NodeCore:
-        """The composition the daemon and simnet ship with, plus components that plugins add."""
-        table = peers.PeerTable()
-        return cls(local_peer, rng, [table, ping.Ping(rng, table), *extra])
+        self._started = False
+        # Request id -> the component that must answer it. An entry leaves with the reply or the cancel.
+        self._open_requests: dict[int, Component] = {}
+        self.replies_dropped = 0  # replies to requests nobody waits for any more
 
     def component(self, name: str) -> Component:
         return self._by_name[name]
@@ -60,31 +88,122 @@ class NodeCore:
         return {pid: component.limits for pid, component in self._by_protocol.items()}
 
     def step(self, event: Event, now_us: int) -> Ready:
-        """Feed one event. Raises ``RemoteProtocolError`` (state unchanged) when a peer's message is bad."""
+        """Feed one event. Raises ``RemoteProtocolError`` (state unchanged) when a peer's message is bad,
+        and ``LocalProtocolError`` when a shell or a component breaks the seam's rules."""
         if self._last_now_us is not None and now_us < self._last_now_us:
             raise LocalProtocolError(f"time went backwards: {now_us} < {self._last_now_us}")
         self._last_now_us = now_us
+        if not self._started and not isinstance(event, Started):
+            raise LocalProtocolError(f"{type(event).__name__} before Started: feed Started first")
         out = Ready()
         match event:
             case MessageReceived():
-                component = self._by_protocol.get(event.protocol)
-                if component is None:
-                    raise LocalProtocolError(f"no component speaks {event.protocol}")
-                component.on_message(event, now_us, out)
+                self._call(self._owner_of_protocol(event.protocol), out, "on_message", event, now_us)
             case TimerFired():
                 name, _, suffix = event.key.partition("/")
-                if name not in self._by_name:
+                component = self._by_name.get(name)
+                if component is None:
                     raise LocalProtocolError(f"timer {event.key!r} belongs to no component")
-                self._by_name[name].on_timer(suffix, now_us, out)
+                self._call(component, out, "on_timer", suffix, now_us)
             case LocalRequest():
                 handler = self._by_command.get(type(event.command))
                 if handler is None:
                     raise LocalProtocolError(f"no component handles {type(event.command).__name__}")
-                handler.on_request(event, now_us, out)
+                if event.request_id in self._open_requests:
+                    raise LocalProtocolError(f"request id {event.request_id} is already open")
+                self._open_requests[event.request_id] = handler
+                self._call(handler, out, "on_request", event, now_us)
+            case RequestCancelled():
+                owner = self._open_requests.pop(event.request_id, None)
+                if owner is not None:  # else it was answered already
+                    self._call(owner, out, "on_request_cancelled", event, now_us)
+            case Persisted():
+                component = self._by_name.get(event.component)
+                if component is None:
+                    raise LocalProtocolError(f"Persisted for {event.component!r}, which is no component")
+                self._call(component, out, "on_persisted", event.tag, now_us)
+            case SendFailed():
+                self._call(self._owner_of_protocol(event.protocol), out, "on_send_failed", event, now_us)
+            case Started():
+                if self._started:
+                    raise LocalProtocolError("Started fed twice")
+                self._started = True
+                for component in self.components:
+                    self._call(component, out, "on_started", event, now_us)
             case PeerConnected():
                 for component in self.components:
-                    component.on_peer_connected(event, now_us, out)
+                    self._call(component, out, "on_peer_connected", event, now_us)
             case PeerDisconnected():
                 for component in self.components:
-                    component.on_peer_disconnected(event, now_us, out)
+                    self._call(component, out, "on_peer_disconnected", event, now_us)
+            case _ if isinstance(event, _TRANSFER_EVENTS):
+                self._call(self._owner_of_protocol(event.protocol), out, "on_transfer", event, now_us)
+            case _:
+                raise LocalProtocolError(f"not an event: {event!r}")
         return out
+
+    def start(self, now_us: int, recovered: bool = False) -> Ready:
+        """``step(Started(recovered), now_us)``: what every shell feeds first."""
+        return self.step(Started(recovered), now_us)
+
+    def _owner_of_protocol(self, protocol: ProtocolId) -> Component:
+        component = self._by_protocol.get(protocol)
+        if component is None:
+            raise LocalProtocolError(f"no component speaks {protocol}")
+        return component
+
+    def _call(self, component: Component, out: Ready, handler: str, arg: object, now_us: int) -> None:
+        """Run one handler, then check what it added to ``out`` against ``component``'s rights."""
+        marks = (
+            len(out.writes),
+            len(out.send_before_persist),
+            len(out.send),
+            len(out.apply),
+            len(out.timers),
+        )
+        transfers = len(out.transfers)
+        getattr(component, handler)(arg, now_us, out)
+        writes, early, sends, replies, timers = marks
+        name = component.name
+        for batch in out.writes[writes:]:
+            if batch.component != name:
+                raise LocalProtocolError(f"{name!r} wrote to the storage of {batch.component!r}")
+            try:
+                batch.check()
+            except ValueError as exc:
+                raise LocalProtocolError(str(exc)) from None
+        if len(out.send_before_persist) > early:
+            _check_sends(component, out.send_before_persist[early:])
+        if len(out.send) > sends:
+            _check_sends(component, out.send[sends:])
+        prefix = name + "/"
+        for timer in out.timers[timers:]:
+            if not timer.key.startswith(prefix):
+                raise LocalProtocolError(f"{name!r} set timer {timer.key!r}, outside its own {prefix!r}")
+        for transfer in out.transfers[transfers:]:
+            if transfer.protocol != component.protocol_id:
+                kind = "cancelled" if isinstance(transfer, CancelTransfer) else "started"
+                raise LocalProtocolError(f"{name!r} {kind} a transfer on {transfer.protocol}, not its own")
+        if len(out.apply) > replies:
+            self._check_replies(component, out, replies)
+
+    def _check_replies(self, component: Component, out: Ready, first: int) -> None:
+        kept = out.apply[:first]
+        for reply in out.apply[first:]:
+            owner = self._open_requests.get(reply.request_id)
+            if owner is None:
+                self.replies_dropped += 1  # cancelled or answered before: nobody waits for it
+                continue
+            if owner is not component:
+                raise LocalProtocolError(
+                    f"{component.name!r} answered request {reply.request_id}, which {owner.name!r} owns"
+                )
+            del self._open_requests[reply.request_id]
+            kept.append(reply)
+        out.apply[:] = kept
+
+
+def _check_sends(component: Component, sends: list[Send]) -> None:
+    for send in sends:
+        if send.protocol != component.protocol_id:
+            raise LocalProtocolError(f"{component.name!r} sent on {send.protocol}, not on its own protocol")

@@ -57,7 +57,7 @@ class Ping(Component):
     def on_request(self, request: LocalRequest, now_us: int, out: Ready) -> None:
         assert isinstance(request.command, PingPeer)
         if len(self._pending) >= self.config.pings_in_flight_max:
-            out.apply.append(Reply(request.request_id, error="too many pings in flight; try again"))
+            out.apply.append(Reply.fail(request.request_id, "busy", "too many pings in flight; try again"))
             return
         nonce = self._rng.getrandbits(NONCE_BITS)
         while nonce in self._pending:
@@ -87,4 +87,6 @@ class Ping(Component):
     def on_timer(self, suffix: str, now_us: int, out: Ready) -> None:
         pending = self._pending.pop(int(suffix), None)
         if pending is not None:
-            out.apply.append(Reply(pending.request_id, error=f"no pong within {self.config.timeout_ms} ms"))
+            out.apply.append(
+                Reply.fail(pending.request_id, "timeout", f"no pong within {self.config.timeout_ms} ms")
+            )

@@ -1,11 +1,18 @@
 """SWIM + Lifeguard gossip membership, as a sans-I/O component of ``NodeCore``.
 
-Compose it with ``Membership(local_peer, rng, config, local_metadata, local_addrs)``; see
+Compose it with ``Membership(local_peer, rng, config, local_metadata, local_addrs, storage=...)``; see
 docs/membership.md for the protocol, the configuration and the detection-time bound.
 """
 
 from pyagent.proto.membership.codec import PROTOCOL_ID
-from pyagent.proto.membership.commands import Join, Joined, Leave, ListMembers, UpdateLocalMetadata
+from pyagent.proto.membership.commands import (
+    Join,
+    Joined,
+    Leave,
+    ListAddressBook,
+    ListMembers,
+    UpdateLocalMetadata,
+)
 from pyagent.proto.membership.config import LAN, WAN, Config
 from pyagent.proto.membership.metadata import Metadata
 from pyagent.proto.membership.records import Entry, MemberChanged, MemberRecord, State
@@ -20,6 +27,7 @@ __all__ = [
     "Join",
     "Joined",
     "Leave",
+    "ListAddressBook",
     "ListMembers",
     "MemberChanged",
     "MemberRecord",

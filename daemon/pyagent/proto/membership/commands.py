@@ -35,6 +35,12 @@ class Leave:
 
 
 @dataclass(frozen=True, slots=True)
+class ListAddressBook:
+    """The reply value is the address book as the last run left it: ``((peer, addrs), ...)``, the
+    members this node knew (alive or suspect) when it stopped. Empty on a first start."""
+
+
+@dataclass(frozen=True, slots=True)
 class ListMembers:
     """The reply value is a list of ``MemberRecord`` sorted by peer id, this node included."""
 

@@ -22,17 +22,26 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pyagent.proto.component import Component
-from pyagent.proto.events import LocalRequest, MessageReceived
+from pyagent.proto.events import LocalRequest, MessageReceived, Started
 from pyagent.proto.membership import codec, limits
 from pyagent.proto.membership import metadata as metadata_codec
+from pyagent.proto.membership.addressbook import AddressBook
 from pyagent.proto.membership.broadcasts import BroadcastQueue
-from pyagent.proto.membership.commands import Join, Joined, Leave, ListMembers, UpdateLocalMetadata
+from pyagent.proto.membership.commands import (
+    Join,
+    Joined,
+    Leave,
+    ListAddressBook,
+    ListMembers,
+    UpdateLocalMetadata,
+)
 from pyagent.proto.membership.config import LAN, Config
 from pyagent.proto.membership.lifeguard import Awareness, Suspicion
 from pyagent.proto.membership.metadata import Metadata
 from pyagent.proto.membership.records import Entry, MemberChanged, MemberRecord, State
 from pyagent.proto.membership.table import Member, MemberTable
 from pyagent.proto.ready import CancelTimer, Ready, Reply, Send, SetTimer
+from pyagent.proto.storage import StorageReader, WriteBatch
 from pyagent.proto.types import US_PER_MS, PeerId, Rng
 from pyagent.proto.wire import Limits, Message
 
@@ -102,7 +111,13 @@ class Membership(Component):
     name: ClassVar[str] = "membership"
     protocol_id: ClassVar[str] = codec.PROTOCOL_ID
     limits: ClassVar[Limits] = limits.FRAME_LIMITS
-    command_types: ClassVar[tuple[type, ...]] = (Join, Leave, ListMembers, UpdateLocalMetadata)
+    command_types: ClassVar[tuple[type, ...]] = (
+        Join,
+        Leave,
+        ListAddressBook,
+        ListMembers,
+        UpdateLocalMetadata,
+    )
 
     def __init__(
         self,
@@ -113,6 +128,7 @@ class Membership(Component):
         local_addrs: tuple[str, ...] = (),
         allowed: frozenset[PeerId] | None = None,
         known: Iterable[MemberRecord] = (),
+        storage: StorageReader | None = None,
     ) -> None:
         metadata = local_metadata or Metadata()
         metadata_codec.check_local(metadata, config.metadata_bytes_max)
@@ -143,6 +159,7 @@ class Membership(Component):
         self._limit_cache = (0, 0)
         self._reconnect_armed = False
         self.counters: Counter[str] = Counter()
+        self._book = AddressBook(storage, config.members_max)
         self._adopt(known)
 
     def _adopt(self, known: Iterable[MemberRecord]) -> None:
@@ -182,17 +199,38 @@ class Membership(Component):
     def live_count(self) -> int:
         return self._table.live_count
 
-    def drain_changes(self) -> list[MemberChanged]:
-        """State transitions since the last drain, oldest first (at most ``changes_max`` are kept)."""
-        if not self._changes:
-            return []
-        drained = list(self._changes)
-        self._changes.clear()
-        return drained
-
     # ----- Component -----
 
+    def on_started(self, event: Started, now_us: int, out: Ready) -> None:
+        local = self._table.local
+        # Never reuse an incarnation of an earlier run (addressbook.py says why and how).
+        local.incarnation = max(local.incarnation, self._book.recover())
+        self._book.reserve(local.incarnation)
+        self._flush_changes(out)  # also those of a view adopted at construction
+
     def on_message(self, event: MessageReceived, now_us: int, out: Ready) -> None:
+        self._on_message(event, now_us, out)
+        self._flush_changes(out)
+
+    def on_timer(self, suffix: str, now_us: int, out: Ready) -> None:
+        self._on_timer(suffix, now_us, out)
+        self._flush_changes(out)
+
+    def on_request(self, request: LocalRequest, now_us: int, out: Ready) -> None:
+        self._on_request(request, now_us, out)
+        self._flush_changes(out)
+
+    def _flush_changes(self, out: Ready) -> None:
+        """State changes leave as notices of the Ready in which they happened, and what must survive a
+        restart as one write batch."""
+        if self._changes:
+            out.notices.extend(self._changes)
+            self._changes.clear()
+        ops, sync = self._book.take()
+        if ops:
+            out.writes.append(WriteBatch(self.name, ops, sync=sync))
+
+    def _on_message(self, event: MessageReceived, now_us: int, out: Ready) -> None:
         decoded = codec.decode(event.message, self.config.metadata_bytes_max, self._is_known)
         sender = event.peer
         if sender == self._local_peer:
@@ -224,7 +262,7 @@ class Membership(Component):
             case codec.MetadataReply():
                 self._apply_metadata(decoded)
 
-    def on_timer(self, suffix: str, now_us: int, out: Ready) -> None:
+    def _on_timer(self, suffix: str, now_us: int, out: Ready) -> None:
         if suffix == _PROBE:
             self._on_probe_tick(now_us, out)
         elif suffix == _PROBE_TIMEOUT:
@@ -242,7 +280,7 @@ class Membership(Component):
         elif suffix.startswith(_RELAY):
             self._on_relay_timeout(int(suffix[len(_RELAY) :]), out)
 
-    def on_request(self, request: LocalRequest, now_us: int, out: Ready) -> None:
+    def _on_request(self, request: LocalRequest, now_us: int, out: Ready) -> None:
         self._ensure_started(now_us, out)
         command = request.command
         if isinstance(command, Join):
@@ -251,6 +289,8 @@ class Membership(Component):
             self._on_leave(request.request_id, now_us, out)
         elif isinstance(command, ListMembers):
             out.apply.append(Reply(request.request_id, value=self.members()))
+        elif isinstance(command, ListAddressBook):
+            out.apply.append(Reply(request.request_id, value=self._book.recovered))
         elif isinstance(command, UpdateLocalMetadata):
             self._on_update_local_metadata(request.request_id, command, now_us, out)
 
@@ -461,6 +501,8 @@ class Membership(Component):
         old = member.state
         self._table.set_state(member, state, now_us, self._rng)
         self._notice(member, old, now_us)
+        if state in (State.DEAD, State.LEFT) and member is not self._table.local:
+            self._book.forget(member.peer)
         if state is State.DEAD:
             self._arm_reconnect(now_us, out)
 
@@ -549,6 +591,7 @@ class Membership(Component):
                 self.counters["members_refused"] += 1
                 return False
             self._notice(member, None, now_us)
+            self._book.remember(member.peer, member.addrs)
             # A member met in a push-pull announces itself; relaying every one of them would make each
             # join cost N gossip updates instead of one. Our own queue may wait for a first target.
             if relay_new:
@@ -560,6 +603,7 @@ class Membership(Component):
             return entry.incarnation == member.incarnation and self._wants_metadata(member, entry, now_us)
         member.incarnation = entry.incarnation
         member.addrs = entry.addrs
+        self._book.remember(member.peer, member.addrs)
         if member.state is not State.ALIVE:
             if member.suspicion is not None:
                 member.suspicion = None
@@ -650,6 +694,8 @@ class Membership(Component):
         )
 
     def _enqueue_member(self, member: Member, out: Ready, now_us: int) -> None:
+        if member is self._table.local:
+            self._book.reserve(member.incarnation)
         self._enqueue(member.peer, *self._wire_of(member), out, now_us)
 
     def _enqueue(self, peer: PeerId, payload: codec.WireEntry, size: int, out: Ready, now_us: int) -> None:
@@ -800,15 +846,17 @@ class Membership(Component):
 
     def _on_join(self, request_id: int, command: Join, now_us: int, out: Ready) -> None:
         if self._leaving:
-            out.apply.append(Reply(request_id, error="this node has left the cluster; start a new one"))
+            out.apply.append(
+                Reply.fail(request_id, "left", "this node has left the cluster; start a new one")
+            )
             return
         if self._join is not None:
-            out.apply.append(Reply(request_id, error="a join is already in progress"))
+            out.apply.append(Reply.fail(request_id, "busy", "a join is already in progress"))
             return
         try:
             seeds = _seeds(command, self._local_peer)
         except ValueError as exc:
-            out.apply.append(Reply(request_id, error=str(exc)))
+            out.apply.append(Reply.fail(request_id, "invalid", str(exc)))
             return
         if not seeds:
             out.apply.append(
@@ -837,7 +885,7 @@ class Membership(Component):
             self._join = None
             tried = ", ".join(peer for peer, _ in join.seeds)
             error = f"no seed answered after {join.attempt} attempts (seeds: {tried})"
-            out.apply.append(Reply(join.request_id, error=error))
+            out.apply.append(Reply.fail(join.request_id, "unreachable", error))
             return
         join.attempt += 1
         self._join_attempt(now_us, out)
@@ -873,10 +921,10 @@ class Membership(Component):
             metadata_codec.check_local(metadata, self.config.metadata_bytes_max)
             _check_local_addrs(addrs, self.config.addrs_bytes_max)
         except ValueError as exc:
-            out.apply.append(Reply(request_id, error=str(exc)))
+            out.apply.append(Reply.fail(request_id, "invalid", str(exc)))
             return
         if self._leaving:
-            out.apply.append(Reply(request_id, error="this node has left the cluster"))
+            out.apply.append(Reply.fail(request_id, "left", "this node has left the cluster"))
             return
         local.metadata, local.addrs = metadata, addrs
         local.incarnation += 1

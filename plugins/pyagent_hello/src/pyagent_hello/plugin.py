@@ -8,13 +8,14 @@ from typing import Any
 import pyagent
 from pyagent.hookspecs import ControlMethod, NodeHandle, hookimpl
 from pyagent.proto.component import Component
+from pyagent.proto.context import NodeContext
 from pyagent_hello.cli import run_hello
 from pyagent_hello.component import Hello, HelloProtocol, ListHellos
 
 
 @hookimpl
-def pyagent_add_components(plugin_names: tuple[str, ...]) -> list[Component]:
-    return [HelloProtocol(pyagent.__version__, plugin_names)]
+def pyagent_add_components(ctx: NodeContext) -> list[Component]:
+    return [HelloProtocol(pyagent.__version__, ctx.plugin_names)]
 
 
 @hookimpl
