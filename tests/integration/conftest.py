@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from pyagent.localmesh import LocalPeer, start_mesh, stop_all
+
+DAEMONKIT = Path(__file__).resolve().parents[1] / "daemonkit"
+
+
+@pytest.fixture
+def daemonkit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Daemons started after this load the test-only ``daemonkit`` plugin (tests/daemonkit)."""
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(DAEMONKIT), os.environ.get("PYTHONPATH")]))
+    )
 
 
 @pytest.fixture

@@ -87,3 +87,25 @@ def test_bootstrap_failures_are_reported_with_their_reason(mesh: Callable[..., l
         )
     finally:
         assert joiner.stop() == 0
+
+
+def test_first_node_restarted_without_bootstrap_rejoins_from_its_address_book(
+    mesh: Callable[..., list[LocalPeer]],
+) -> None:
+    peers = mesh(3)
+    wait_until(lambda: converged(peers), CONVERGE_TIMEOUT_S, "convergence of 3 daemons")
+    first, others = peers[0], peers[1:]
+    assert "--bootstrap" not in first.extra_args  # it started the mesh: nothing to bootstrap from
+    incarnation_before = members_json(first)[first.peer_id]["incarnation"]
+
+    first.kill()
+    first.start()
+    first.wait_ready()
+    rejoin_s = wait_until(lambda: converged(peers), CONVERGE_TIMEOUT_S, "rejoin from the address book")
+    print(f"\nrestarted first node rejoined its mesh from its address book in {rejoin_s:.2f} s")
+    assert "rejoining the mesh from the address book" in first.log_text()
+    assert "started a new mesh" not in first.log_text().split("rejoining the mesh")[-1]
+    # A restarted peer never reuses an old incarnation, as it sees itself and as the others see it.
+    assert members_json(first)[first.peer_id]["incarnation"] > incarnation_before
+    for other in others:
+        assert members_json(other)[first.peer_id]["incarnation"] > incarnation_before

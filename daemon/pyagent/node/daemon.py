@@ -20,14 +20,28 @@ import trio
 from libp2p.crypto.keys import KeyPair
 
 from pyagent import __version__, bootstraplist, identity, pluginhost
+from pyagent.composition import STANDARD, build_core
 from pyagent.config import CONTROL_SOCKET, IDENTITY_FILE, Config, membership_config
+from pyagent.errors import ConfigError
 from pyagent.hookspecs import ControlMethod
 from pyagent.node import mesh
 from pyagent.node.control import ControlServer, Method, MethodError, open_listener
 from pyagent.node.dialer import Dialer
-from pyagent.node.driver import Driver, RequestFailed, now_us
+from pyagent.node.driver import (
+    FEEDBACK_MAX,
+    INBOX_CAPACITY,
+    REQUEST_TIMEOUT_S,
+    Driver,
+    DueTimer,
+    RequestFailed,
+    now_us,
+)
 from pyagent.node.host import DialError, Host, HostConfig
+from pyagent.node.inbox import Inbox
+from pyagent.node.storage import StorageHandle
 from pyagent.proto import membership
+from pyagent.proto.component import Component
+from pyagent.proto.context import NodeContext
 from pyagent.proto.events import Event, MessageReceived, PeerConnected, PeerDisconnected
 from pyagent.proto.node import NodeCore
 from pyagent.proto.peers import ListPeers, PeerInfo
@@ -36,7 +50,6 @@ from pyagent.proto.wire import Message
 
 log = logging.getLogger("pyagent.daemon")
 
-EVENTS_QUEUE_MAX = 4096
 # After announcing a leave, stay up this many gossip intervals so that the news spreads.
 LEAVE_LINGER_GOSSIP_INTERVALS = 5
 
@@ -54,6 +67,7 @@ class Node:
         driver: Driver,
         plugins: pluggy.PluginManager,
         members: membership.Membership,
+        storage: StorageHandle,
     ) -> None:
         self.home = home
         self.peer_id = identity.peer_id_of(key_pair)
@@ -63,6 +77,7 @@ class Node:
         self.driver = driver
         self.plugins = plugins
         self.members = members
+        self.storage = storage
         # Set by a signal or by `pyagent leave`; the daemon then leaves the mesh and stops.
         self.stop = trio.Event()
         self._left = False
@@ -76,8 +91,8 @@ class Node:
     async def connect(self, addr: str) -> str:
         return await self.host.connect(addr)
 
-    async def request(self, command: object) -> object:
-        return await self.driver.request(command)
+    async def request(self, command: object, timeout_s: float = REQUEST_TIMEOUT_S) -> object:
+        return await self.driver.request(command, timeout_s)
 
     def send(self, peer: str, protocol_id: str, message: Message) -> None:
         self.dialer.send(peer, protocol_id, message)
@@ -98,7 +113,7 @@ class Node:
         await trio.sleep(linger_s)
 
     def after_step(self, event: Event) -> None:
-        """Runs after the core has taken each event: bookkeeping, logs and plugin notifications."""
+        """Runs after the core has taken each event: bookkeeping and plugin notifications."""
         if isinstance(event, MessageReceived):
             self.dialer.touch(event.peer)
         elif isinstance(event, PeerConnected):
@@ -107,9 +122,14 @@ class Node:
                 self.plugins.hook.pyagent_peer_connected(node=self, peer=info)
         elif isinstance(event, PeerDisconnected):
             self.plugins.hook.pyagent_peer_disconnected(node=self, peer=event.peer)
-        for change in mesh.log_changes(self.members):
-            if change.new_state in (membership.State.DEAD, membership.State.LEFT):
-                self.dialer.drop(change.peer)
+
+    def on_notice(self, notice: object) -> None:
+        """Every notice of a Ready: logged when it is a membership change, then shown to plugins."""
+        if isinstance(notice, membership.MemberChanged):
+            mesh.log_change(notice)
+            if notice.new_state in (membership.State.DEAD, membership.State.LEFT):
+                self.dialer.drop(notice.peer)
+        self.plugins.hook.pyagent_notice(node=self, notice=notice)
 
     # Control methods. Each takes the request's params and returns something JSON can carry.
 
@@ -181,6 +201,8 @@ class Node:
         return {
             **self.host.stats(),
             "core_remote_errors": self.driver.remote_errors,
+            "core_replies_dropped": self.core.replies_dropped,
+            **self.storage.counters(),
             "on_demand_dial_failures": self.dialer.dial_failures,
             "on_demand_frames_dropped": self.dialer.frames_dropped,
             **{f"membership.{k}": v for k, v in sorted(self.members.counters.items())},
@@ -256,6 +278,43 @@ async def _handle_signals(stop: trio.Event) -> None:
                 stop.set()
 
 
+def open_storage(home: Path) -> StorageHandle:
+    try:
+        return StorageHandle(home)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot open the node's storage in {home}: {exc}; check the directory's permissions and "
+            "free space, or move a damaged store aside"
+        ) from None
+
+
+def build_node_core(
+    peer_id: str, config: Config, plugins: pluggy.PluginManager, storage: StorageHandle
+) -> NodeCore:
+    """The daemon's core: the standard components, membership with this config, then the plugins'."""
+    allowed = frozenset(config.mesh.allow_list) | {peer_id} if config.mesh.allow_list else None
+
+    def gossip_membership(ctx: NodeContext) -> Component:
+        name = membership.Membership.name
+        return membership.Membership(
+            ctx.local_peer,
+            ctx.rng(name),
+            membership_config(config.membership),
+            allowed=allowed,
+            storage=ctx.storage(name),
+        )
+
+    # The OS seeds the node once; each component's generator is derived from it and its name.
+    seed = int.from_bytes(os.urandom(8), "big")
+    return build_core(
+        peer_id,
+        seed,
+        storage_for=storage.reader,
+        core_factories=(*STANDARD, gossip_membership),
+        plugins=plugins,
+    )
+
+
 async def run(home: Path, config: Config) -> None:
     """Run until SIGINT, SIGTERM or ``pyagent leave``; ``ConfigError`` for what the operator must fix."""
     key_pair = identity.load(home / IDENTITY_FILE)
@@ -263,13 +322,14 @@ async def run(home: Path, config: Config) -> None:
     seeds = bootstrap_addrs(home, config)
     plugins = pluginhost.load_plugins(config.plugins.disabled)
     peer_id = identity.peer_id_of(key_pair)
-    # The daemon's randomness is seeded from the OS once; the cores only ever see this generator.
+    storage = open_storage(home)
+    core = build_node_core(peer_id, config, plugins, storage)
+    members = core.component(membership.Membership.name)
+    assert isinstance(members, membership.Membership)
+    # The shell's own randomness (join backoff jitter); the cores never see it.
     rng = random.Random(os.urandom(32))
-    allowed = frozenset(config.mesh.allow_list) | {peer_id} if config.mesh.allow_list else None
-    members = membership.Membership(peer_id, rng, membership_config(config.membership), allowed=allowed)
-    core = NodeCore.standard(peer_id, rng, [members, *pluginhost.collect_components(plugins, peer_id, rng)])
-    events_in, events_out = trio.open_memory_channel[Event](EVENTS_QUEUE_MAX)
-    host = Host(key_pair, host_config(config, psk), events_in)
+    inbox: Inbox[Event | DueTimer] = Inbox(INBOX_CAPACITY, FEEDBACK_MAX)
+    host = Host(key_pair, host_config(config, psk), inbox)
     for protocol_id, limits in core.protocols.items():
         host.register_protocol(protocol_id, limits)
 
@@ -277,10 +337,12 @@ async def run(home: Path, config: Config) -> None:
     async with host.running(), trio.open_nursery() as nursery:
         dialer = Dialer(host)
         dialer.attach(nursery)
-        driver = Driver(core, dialer, events_out)
-        node = Node(home, key_pair, host, dialer, core, driver, plugins, members)
+        driver = Driver(core, dialer, storage, inbox)
+        node = Node(home, key_pair, host, dialer, core, driver, plugins, members, storage)
         driver.on_event = node.after_step
+        driver.on_notice = node.on_notice
         nursery.start_soon(driver.run)
+        await driver.started.wait()
         metadata = mesh.local_metadata(
             home,
             config.node.hardware_tags,
@@ -297,11 +359,12 @@ async def run(home: Path, config: Config) -> None:
             "daemon ready",
             extra={"peer_id": peer_id, "addrs": ",".join(host.listen_addrs()), "private": psk is not None},
         )
-        nursery.start_soon(mesh.join, node, seeds, rng)
+        nursery.start_soon(mesh.join_mesh, node, seeds, rng)
         nursery.start_soon(mesh.refresh_load, node.request, node.local_metadata, members.live_count)
         nursery.start_soon(_handle_signals, node.stop)
         await node.stop.wait()
         await node.leave()
         plugins.hook.pyagent_shutdown(node=node)
         nursery.cancel_scope.cancel()
+    storage.close()
     log.info("daemon stopped")

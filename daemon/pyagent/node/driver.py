@@ -100,7 +100,7 @@ class _Waiter:
 
 
 @dataclass(frozen=True, slots=True)
-class _DueTimer:
+class DueTimer:
     """A timer the timer task found due; stale if the core re-set or cancelled it since."""
 
     key: str
@@ -119,13 +119,13 @@ class Driver:
         core: NodeCore,
         sender: Sender,
         storage: Storage,
-        inbox: Inbox[Event | _DueTimer] | None = None,
+        inbox: Inbox[Event | DueTimer] | None = None,
         transfers: Transfers | None = None,
         on_event: Callable[[Event], None] = lambda event: None,
         on_notice: Callable[[object], None] = lambda notice: None,
     ) -> None:
         self.core = core
-        self.inbox: Inbox[Event | _DueTimer] = inbox or Inbox(INBOX_CAPACITY, FEEDBACK_MAX)
+        self.inbox: Inbox[Event | DueTimer] = inbox or Inbox(INBOX_CAPACITY, FEEDBACK_MAX)
         self._sender = sender
         self._storage = storage
         self.transfers = transfers
@@ -150,7 +150,7 @@ class Driver:
             self.started.set()
             while True:
                 item = await self.inbox.receive()
-                if isinstance(item, _DueTimer):
+                if isinstance(item, DueTimer):
                     if self._timers.get(item.key) != item.at_us:
                         continue
                     del self._timers[item.key]
@@ -259,7 +259,7 @@ class Driver:
                 # Heap entries are never removed on cancel or reset; the stale ones are skipped here, and
                 # one that goes stale while queued is skipped by the owner.
                 if self._timers.get(key) == at_us:
-                    await self.inbox.send(_DueTimer(key, at_us))
+                    await self.inbox.send(DueTimer(key, at_us))
             self._timer_changed = trio.Event()
             deadline = self._timer_heap[0][0] / US_PER_S if self._timer_heap else math.inf
             with trio.move_on_at(deadline):

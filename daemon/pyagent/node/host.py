@@ -23,6 +23,7 @@ from libp2p.host.basic_host import BasicHost
 from libp2p.host.exceptions import StreamFailure
 from libp2p.host.ping import ID as PING_PROTOCOL_ID
 from libp2p.host.ping import PING_LENGTH
+from libp2p.io.exceptions import IOException
 from libp2p.io.utils import read_exactly
 from libp2p.network.stream.net_stream import NetStream
 from libp2p.network.swarm import Swarm
@@ -30,7 +31,7 @@ from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 from multiaddr.protocols import P_P2P
 
-from pyagent.errors import ConfigError
+from pyagent.errors import ConfigError, RemoteProtocolError
 from pyagent.node import multistream_limit
 from pyagent.node.counters import Counters
 from pyagent.node.dial_errors import DialError, classify
@@ -38,7 +39,8 @@ from pyagent.node.host_config import HostConfig, is_allowed
 from pyagent.node.identify_client import PROTOCOL_ID as IDENTIFY_PROTOCOL_ID
 from pyagent.node.identify_client import read_identify
 from pyagent.node.inbound import InboundStreams, message_handler
-from pyagent.node.libp2p_factory import build_libp2p_host
+from pyagent.node.inbox import EventSender
+from pyagent.node.libp2p_factory import StreamHandler, build_libp2p_host
 from pyagent.node.libp2p_logging import restore_libp2p_logging
 from pyagent.node.outbound import OutboundQueues
 from pyagent.node.presence import PeerPresence
@@ -79,7 +81,7 @@ _PING_PROTOCOL = str(PING_PROTOCOL_ID)
 
 
 class Host:
-    def __init__(self, key_pair: KeyPair, config: HostConfig, events: trio.MemorySendChannel[Event]) -> None:
+    def __init__(self, key_pair: KeyPair, config: HostConfig, events: EventSender[Event]) -> None:
         restore_libp2p_logging()
         multistream_limit.install()
         self._config = config
@@ -166,6 +168,19 @@ class Host:
             self._config.read_chunk_size_bytes,
         )
         self._libp2p.set_stream_handler(TProtocol(protocol_id), stream_handler)
+
+    def register_stream_handler(self, protocol_id: str, handler: StreamHandler) -> None:
+        """A protocol that owns its streams (bulk transfer): ``handler`` reads, writes and sets its own
+        deadlines. What escapes it costs only that stream: a peer's bad bytes (``RemoteProtocolError``,
+        counted in ``protocol_errors``), a broken stream, or a bug (``handler_errors``, logged)."""
+        self._libp2p.set_stream_handler(
+            TProtocol(protocol_id), _contained(protocol_id, handler, self._counters)
+        )
+
+    async def open_stream(self, peer: str, protocol_id: str) -> NetStream:
+        """A fresh stream to a connected peer, negotiated within ``open_stream_timeout_ms``; raises
+        RequestError (``not-connected``, ``timeout``, ``refused``: the peer does not speak it, ``stream``)."""
+        return await self._open_stream(peer, protocol_id)
 
     async def connect(self, maddr: str) -> str:
         """Dials ``maddr`` (which must end with /p2p/<peer-id>) unless already connected; returns the
@@ -360,6 +375,26 @@ class _ConnectionNotifee(INotifee):
 
     async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
         return None
+
+
+def _contained(protocol_id: str, handler: StreamHandler, counters: Counters) -> StreamHandler:
+    async def contained(stream: INetStream) -> None:
+        peer = stream.muxed_conn.peer_id
+        try:
+            await handler(stream)
+        except RemoteProtocolError as exc:
+            counters.add("protocol_errors")
+            logger.warning("protocol error from %s on %s: %s; resetting the stream", peer, protocol_id, exc)
+        except (IOException, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            logger.debug("%s stream from %s ended: %r", protocol_id, peer, exc)
+        except Exception:
+            counters.add("handler_errors")
+            logger.exception("stream handler for %s failed on a stream from %s", protocol_id, peer)
+        else:
+            return
+        await finish_stream(stream, reset=True)
+
+    return contained
 
 
 def _parse_listen_addr(addr: str) -> Multiaddr:

@@ -17,6 +17,7 @@ from libp2p.io.exceptions import IOException
 
 from pyagent.errors import RemoteProtocolError
 from pyagent.node.counters import Counters
+from pyagent.node.inbox import EventSender
 from pyagent.node.libp2p_factory import StreamHandler
 from pyagent.node.streams import FrameReader, finish_stream
 from pyagent.proto.events import Event, MessageReceived
@@ -54,7 +55,7 @@ class InboundStreams:
 def message_handler(
     protocol: str,
     limits: Limits,
-    events: trio.MemorySendChannel[Event],
+    events: EventSender[Event],
     counters: Counters,
     read_chunk_size_bytes: int,
     registry: InboundStreams,

@@ -15,13 +15,21 @@ The owner drains feedback first: it frees memory (held effects, storage slots) b
 from __future__ import annotations
 
 from collections import deque
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import trio
 
 from pyagent.errors import LocalProtocolError
 
 T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
+
+
+class EventSender(Protocol[T_contra]):
+    """Where the host's tasks put what they receive: the node's ``Inbox``, or a plain trio channel in
+    tests. ``send`` waits while the receiver is full."""
+
+    async def send(self, item: T_contra, /) -> None: ...
 
 
 class Inbox(Generic[T]):

@@ -26,6 +26,8 @@ from pyagent.proto.peers import PeerInfo
 log = logging.getLogger("pyagent.mesh")
 
 JOIN_BACKOFF_INITIAL_S = 1.0
+# Rounds tried through the address book before a restarted node runs alone.
+ADDRESS_BOOK_ATTEMPTS_MAX = 3
 JOIN_BACKOFF_MAX_S = 30.0
 IDENTIFY_WAIT_S = 3.0
 # Each load update is gossiped to every member, so the interval grows with the mesh: N members republish
@@ -122,21 +124,51 @@ async def _reach_seed(node: MeshNode, peer: str, addrs: list[str]) -> str | None
     return "; ".join(reasons)
 
 
-async def join(node: MeshNode, bootstrap: Sequence[str], rng: random.Random) -> membership.Joined:
-    """Join through any reachable seed, retrying with jittered exponential backoff until one answers.
+async def join_mesh(node: MeshNode, bootstrap: Sequence[str], rng: random.Random) -> membership.Joined:
+    """Join through the configured bootstrap peers; with none, rejoin the mesh this node was in (its
+    address book, as kubo reconnects from its peerstore); with neither, start a new mesh."""
+    if bootstrap:
+        joined = await join(node, bootstrap, rng)
+        assert joined is not None
+        return joined
+    book = await node.request(membership.ListAddressBook())
+    assert isinstance(book, tuple)
+    if book:
+        addrs = [_with_peer(addr, peer) for peer, member_addrs in book for addr in member_addrs]
+        log.info("rejoining the mesh from the address book", extra={"members": len(book)})
+        rejoined = await join(node, addrs, rng, ADDRESS_BOOK_ATTEMPTS_MAX)
+        if rejoined is not None:
+            return rejoined
+        log.warning(
+            "no member of the address book answered after %d attempts; running alone until a peer "
+            "joins (pass --bootstrap to join another mesh)",
+            ADDRESS_BOOK_ATTEMPTS_MAX,
+        )
+    joined = await node.request(membership.Join(()))
+    assert isinstance(joined, membership.Joined)
+    if not book:
+        log.info("started a new mesh (no bootstrap peers configured)")
+    return joined
+
+
+def _with_peer(addr: str, peer: str) -> str:
+    suffix = f"/p2p/{peer}"
+    return addr if addr.endswith(suffix) else addr + suffix
+
+
+async def join(
+    node: MeshNode, bootstrap: Sequence[str], rng: random.Random, attempts_max: int | None = None
+) -> membership.Joined | None:
+    """Join through any reachable seed, retrying with jittered exponential backoff until one answers,
+    or until ``attempts_max`` rounds failed (then None).
 
     Each failed round logs one line per seed with its reason (unreachable, wrong peer id, key mismatch,
     version mismatch...), so an operator sees at once why a node stays alone.
     """
     seeds = seeds_of(bootstrap)
-    if not seeds:
-        joined = await node.request(membership.Join(()))
-        assert isinstance(joined, membership.Joined)
-        log.info("started a new mesh (no bootstrap peers configured)")
-        return joined
     backoff_s = JOIN_BACKOFF_INITIAL_S
     attempt = 0
-    while True:
+    while attempts_max is None or attempt < attempts_max:
         attempt += 1
         usable = []
         for peer, addrs in seeds.items():
@@ -154,28 +186,28 @@ async def join(node: MeshNode, bootstrap: Sequence[str], rng: random.Random) -> 
                 assert isinstance(joined, membership.Joined)
                 log.info("joined the mesh", extra={"seed": joined.seed, "members": joined.members})
                 return joined
+        if attempts_max is not None and attempt >= attempts_max:
+            break
         delay_s = backoff_s * (0.5 + rng.random() / 2)
         log.warning("join attempt %d failed; retrying in %.1f s", attempt, delay_s)
         await trio.sleep(delay_s)
         backoff_s = min(backoff_s * 2, JOIN_BACKOFF_MAX_S)
+    return None
 
 
-def log_changes(component: membership.Membership) -> list[membership.MemberChanged]:
-    """Log (and return) the state transitions the membership core has seen since the last call."""
-    changes = component.drain_changes()
-    for change in changes:
-        old = change.old_state.name.lower() if change.old_state is not None else "new"
-        alarming = change.new_state in (membership.State.SUSPECT, membership.State.DEAD)
-        level = logging.WARNING if alarming else logging.INFO
-        log.log(
-            level,
-            "member %s: %s -> %s",
-            change.peer,
-            old,
-            change.new_state.name.lower(),
-            extra={"incarnation": change.incarnation},
-        )
-    return changes
+def log_change(change: membership.MemberChanged) -> None:
+    """One log line per state transition the membership core reports."""
+    old = change.old_state.name.lower() if change.old_state is not None else "new"
+    alarming = change.new_state in (membership.State.SUSPECT, membership.State.DEAD)
+    level = logging.WARNING if alarming else logging.INFO
+    log.log(
+        level,
+        "member %s: %s -> %s",
+        change.peer,
+        old,
+        change.new_state.name.lower(),
+        extra={"incarnation": change.incarnation},
+    )
 
 
 def load_refresh_interval_s(live_members: int) -> float:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from pyagent.node.inbox import EventSender
 from pyagent.proto.events import Event, PeerConnected, PeerDisconnected
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ class _Presence:
 class PeerPresence:
     def __init__(
         self,
-        events: trio.MemorySendChannel[Event],
+        events: EventSender[Event],
         identify: Identify,
         known_info: KnownInfo,
         identify_timeout_s: float,
