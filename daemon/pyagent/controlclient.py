@@ -24,7 +24,21 @@ class DaemonNotRunning(Exception):
 
 
 class ControlError(Exception):
-    """The daemon answered with an error; its message is for the operator."""
+    """The daemon answered with an error; its message is for the operator. When a protocol core gave
+    the error, ``code`` names it for programs and ``data`` carries what they can act on (for example
+    ``{"leader_hint": peer}``)."""
+
+    def __init__(self, message: str, code: str | None = None, data: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.data = data or {}
+
+    def __str__(self) -> str:
+        message = super().__str__()
+        if not self.data:
+            return message
+        details = ", ".join(f"{key}={value}" for key, value in sorted(self.data.items()))
+        return f"{message} ({details})"
 
 
 def encode_line(message: dict[str, Any]) -> bytes:
@@ -58,7 +72,12 @@ class ControlClient:
         finally:
             sock.close()
         if "error" in reply:
-            raise ControlError(str(reply["error"]))
+            code, data = reply.get("code"), reply.get("data")
+            raise ControlError(
+                str(reply["error"]),
+                code if isinstance(code, str) else None,
+                data if isinstance(data, dict) else None,
+            )
         return reply.get("result")
 
     @staticmethod

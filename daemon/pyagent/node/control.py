@@ -17,6 +17,7 @@ import trio
 
 from pyagent.controlclient import LINE_BYTES_MAX, encode_line
 from pyagent.errors import ConfigError, PyAgentError
+from pyagent.node.driver import RequestFailed
 
 log = logging.getLogger("pyagent.control")
 
@@ -114,6 +115,10 @@ class ControlServer:
             return {"id": request_id, "error": "'params' must be an object"}
         try:
             return {"id": request_id, "result": await method(params)}
+        except RequestFailed as exc:
+            # The core's structured error: its code and data let a client act (follow a leader hint).
+            error = exc.error
+            return {"id": request_id, "error": error.message, "code": error.code, "data": error.data}
         except (MethodError, ValueError, ConfigError) as exc:
             return {"id": request_id, "error": str(exc)}
         except Exception:
