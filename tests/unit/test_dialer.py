@@ -46,7 +46,10 @@ def message(n: int) -> dict:
 
 async def test_frames_wait_for_the_dial_then_flow(autojump_clock: trio.testing.MockClock) -> None:
     host = FakeHost(reachable={"B"})
-    dialer = Dialer(host, DialerConfig(frames_pending_per_peer_max=2))
+    failed: list[tuple[str, str, str]] = []
+    dialer = Dialer(
+        host, DialerConfig(frames_pending_per_peer_max=2), lambda *failure: failed.append(failure)
+    )
     async with trio.open_nursery() as nursery:
         dialer.attach(nursery)
         for n in range(3):
@@ -55,6 +58,7 @@ async def test_frames_wait_for_the_dial_then_flow(autojump_clock: trio.testing.M
     assert host.dials == ["B"]  # one dial, however many frames
     assert [m["n"] for _, _, m in host.sent] == [0, 1]  # the buffer holds two; the third was dropped
     assert dialer.frames_dropped == 1
+    assert failed == [("B", "/p", "queue full: frames are waiting for the dial to this peer")]
     dialer.send("B", "/p", message(9), ("/ip4/192.0.2.2/tcp/1",))
     assert host.sent[-1][2]["n"] == 9  # connected now: straight through
 
@@ -64,7 +68,8 @@ async def test_a_failed_peer_is_not_redialled_until_its_backoff_expires(
 ) -> None:
     host = FakeHost(reachable=set())
     config = DialerConfig(backoff_initial_ms=1_000, backoff_max_ms=4_000)
-    dialer = Dialer(host, config)
+    failed: list[tuple[str, str, str]] = []
+    dialer = Dialer(host, config, lambda *failure: failed.append(failure))
     addrs = ("/ip4/192.0.2.3/tcp/1",)
     async with trio.open_nursery() as nursery:
         dialer.attach(nursery)
@@ -81,6 +86,10 @@ async def test_a_failed_peer_is_not_redialled_until_its_backoff_expires(
         dialer.send("C", "/p", message(3), addrs)
         assert host.dials == ["C", "C"]
     assert dialer.dial_failures == 2 and host.sent == []
+    # Every frame given up on is reported, with the reason the dialer knows.
+    reasons = [reason for _, _, reason in failed]
+    assert len(reasons) == 4 and reasons[0].startswith("unreachable: ") and "unreachable" in reasons[0]
+    assert "next try in" in reasons[1] and "next try in" in reasons[3]
 
 
 async def test_idle_connections_beyond_the_target_are_closed_oldest_first(

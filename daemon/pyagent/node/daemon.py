@@ -42,7 +42,7 @@ from pyagent.node.storage import StorageHandle
 from pyagent.proto import membership
 from pyagent.proto.component import Component
 from pyagent.proto.context import NodeContext
-from pyagent.proto.events import Event, MessageReceived, PeerConnected, PeerDisconnected
+from pyagent.proto.events import Event, MessageReceived, PeerConnected, PeerDisconnected, SendFailed
 from pyagent.proto.node import NodeCore
 from pyagent.proto.peers import ListPeers, PeerInfo
 from pyagent.proto.ping import PingPeer
@@ -338,6 +338,9 @@ async def run(home: Path, config: Config) -> None:
         dialer = Dialer(host)
         dialer.attach(nursery)
         driver = Driver(core, dialer, storage, inbox)
+        dialer.on_send_failed = lambda peer, protocol_id, reason: driver.feedback(
+            SendFailed(peer, protocol_id, reason)
+        )
         node = Node(home, key_pair, host, dialer, core, driver, plugins, members, storage)
         driver.on_event = node.after_step
         driver.on_notice = node.on_notice

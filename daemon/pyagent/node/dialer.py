@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,9 +56,19 @@ class _Backoff:
     delay_ms: int
 
 
+SendFailedCallback = Callable[[str, str, str], None]
+"""Told ``(peer, protocol_id, reason)`` for every frame the dialer gives up on."""
+
+
 class Dialer:
-    def __init__(self, host: DialHost, config: DialerConfig | None = None) -> None:
+    def __init__(
+        self,
+        host: DialHost,
+        config: DialerConfig | None = None,
+        on_send_failed: SendFailedCallback = lambda peer, protocol_id, reason: None,
+    ) -> None:
         self.config = config or DialerConfig()
+        self.on_send_failed = on_send_failed
         self._host = host
         self._nursery: trio.Nursery | None = None
         self._pending: dict[str, list[tuple[str, Message]]] = {}
@@ -96,15 +107,18 @@ class Dialer:
         self.touch(peer)
         if peer in self._pending:
             self._buffer(peer, protocol_id, message)
-        elif peer in self._host.connected_peers() or not addrs:
-            self._host.send(peer, protocol_id, message)  # the host counts a drop if not connected
+        elif peer in self._host.connected_peers():
+            self._host.send(peer, protocol_id, message)
+        elif not addrs:
+            self._host.send(peer, protocol_id, message)  # the host counts the drop
+            self.on_send_failed(peer, protocol_id, "not connected, and no address to dial is known")
         elif self._may_dial(peer):
             self._pending[peer] = []
             self._buffer(peer, protocol_id, message)
             assert self._nursery is not None, "Dialer.attach(nursery) must run before sends"
             self._nursery.start_soon(self._dial, peer, addrs)
         else:
-            self.frames_dropped += 1
+            self._drop(peer, protocol_id, self._why_not_dialing(peer))
 
     def _may_dial(self, peer: str) -> bool:
         backoff = self._backoff.get(peer)
@@ -113,10 +127,21 @@ class Dialer:
             backoff is None or trio.current_time() >= backoff.until_s
         )
 
+    def _why_not_dialing(self, peer: str) -> str:
+        backoff = self._backoff.get(peer)
+        if backoff is not None and trio.current_time() < backoff.until_s:
+            wait_s = backoff.until_s - trio.current_time()
+            return f"unreachable: its last dial failed; next try in {wait_s:.1f} s"
+        return f"too many dials in flight ({self.config.dials_in_flight_max})"
+
+    def _drop(self, peer: str, protocol_id: str, reason: str) -> None:
+        self.frames_dropped += 1
+        self.on_send_failed(peer, protocol_id, reason)
+
     def _buffer(self, peer: str, protocol_id: str, message: Message) -> None:
         frames = self._pending[peer]
         if len(frames) >= self.config.frames_pending_per_peer_max:
-            self.frames_dropped += 1
+            self._drop(peer, protocol_id, "queue full: frames are waiting for the dial to this peer")
             return
         frames.append((protocol_id, message))
 
@@ -134,8 +159,9 @@ class Dialer:
                 self._host.send(peer, protocol_id, message)
             await self._prune_idle()
             return
-        frames = self._pending.pop(peer, [])
-        self.frames_dropped += len(frames)
+        reason = f"unreachable: {error}" if error is not None else "unreachable: no address could be dialed"
+        for protocol_id, _ in self._pending.pop(peer, []):
+            self._drop(peer, protocol_id, reason)
         self.dial_failures += 1
         previous = self._backoff.get(peer)
         delay_ms = min(previous.delay_ms * 2, self.config.backoff_max_ms) if previous else 0
