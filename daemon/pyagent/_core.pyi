@@ -6,10 +6,13 @@ Checked against the built module by ``python -m mypy.stubtest pyagent._core``.
 from typing import final
 
 __all__ = [
+    "BLAKE3_LEN_BYTES",
     "KEY_LEN_BYTES",
     "NONCE_LEN_BYTES",
     "XSalsa20",
     "__version__",
+    "blake3",
+    "blake3_chunks",
     "check_msgpack_shape",
     "format_swarm_key",
     "key_fingerprint",
@@ -18,6 +21,7 @@ __all__ = [
 
 __version__: str
 KEY_LEN_BYTES: int
+BLAKE3_LEN_BYTES: int
 NONCE_LEN_BYTES: int
 
 @final
@@ -34,3 +38,9 @@ def key_fingerprint(key: bytes) -> str: ...
 
 # Raises ValueError for a body that is not exactly one ext-free msgpack value within the bounds.
 def check_msgpack_shape(body: bytes, depth_max: int, count_max: int) -> None: ...
+
+# BLAKE3 (32 bytes); large inputs are hashed with the GIL released.
+def blake3(data: bytes) -> bytes: ...
+
+# The 32-byte BLAKE3 hashes of consecutive ``chunk_size_bytes`` pieces of ``data``, concatenated.
+def blake3_chunks(data: bytes, chunk_size_bytes: int) -> bytes: ...

@@ -1,7 +1,9 @@
 //! PyAgent's pure Rust core. It knows nothing of Python; `rustcore/py` only converts.
 //!
 //! Modules:
+//! - [`hashing`]: BLAKE3 digests of transfer chunks and blobs (a hash list).
 //! - [`pnet`]: libp2p private networks (pre-shared key, XSalsa20), spec PSK v1.
 
+pub mod hashing;
 pub mod msgpack_shape;
 pub mod pnet;

@@ -1,6 +1,6 @@
 //! `pyagent._core`: the Python face of `pyagent-core`. Conversions and error mapping only; the logic
 //! and its tests live in the pure crate.
-use pyagent_core::{msgpack_shape, pnet};
+use pyagent_core::{hashing, msgpack_shape, pnet};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -76,6 +76,32 @@ fn check_msgpack_shape(body: &[u8], depth_max: usize, count_max: usize) -> PyRes
         .map_err(|error| PyValueError::new_err(error.to_string()))
 }
 
+/// The BLAKE3 hash of `data` (32 bytes). Large inputs are hashed with the GIL released.
+#[pyfunction]
+fn blake3<'py>(py: Python<'py>, data: &[u8]) -> Bound<'py, PyBytes> {
+    let digest = if data.len() >= DETACH_THRESHOLD_BYTES {
+        py.detach(|| hashing::digest(data))
+    } else {
+        hashing::digest(data)
+    };
+    PyBytes::new(py, &digest)
+}
+
+/// The BLAKE3 hashes of `data` cut into pieces of `chunk_size_bytes` (the last may be shorter),
+/// concatenated: 32 bytes per piece. Hashed with the GIL released; ValueError for a size of 0.
+#[pyfunction]
+fn blake3_chunks<'py>(
+    py: Python<'py>,
+    data: &[u8],
+    chunk_size_bytes: usize,
+) -> PyResult<Bound<'py, PyBytes>> {
+    if chunk_size_bytes == 0 {
+        return Err(PyValueError::new_err("chunk_size_bytes must be positive"));
+    }
+    let hashes = py.detach(|| hashing::chunk_digests(data, chunk_size_bytes));
+    Ok(PyBytes::new(py, &hashes))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -86,5 +112,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(format_swarm_key, m)?)?;
     m.add_function(wrap_pyfunction!(key_fingerprint, m)?)?;
     m.add_function(wrap_pyfunction!(check_msgpack_shape, m)?)?;
+    m.add("BLAKE3_LEN_BYTES", hashing::DIGEST_LEN_BYTES)?;
+    m.add_function(wrap_pyfunction!(blake3, m)?)?;
+    m.add_function(wrap_pyfunction!(blake3_chunks, m)?)?;
     Ok(())
 }
