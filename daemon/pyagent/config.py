@@ -2,12 +2,20 @@
 
 Every value has a default, so an empty file (or none at all) is a working configuration. Unknown keys are
 errors rather than warnings: a misspelt key silently ignored is how a private mesh ends up public.
+
+Besides the core's own sections, a table may be named after a component or a plugin (``[hello]``). The
+core does not know their schemas: it keeps them raw in ``Config.components``, and each component reads
+its own through ``NodeContext.config(name)`` and checks it. Which names exist is known only once the
+plugins are loaded, so ``check_component_tables`` refuses a table no component or plugin claims then.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import tomllib
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -22,6 +30,10 @@ IDENTITY_FILE = "identity.key"
 CONTROL_SOCKET = "control.sock"
 
 DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4001"
+
+# A component's config table is named after it (as are its timers and storage namespace), so component
+# names are plain bare TOML keys. Plugin names follow the same pattern (``pluginhost.PLUGIN_NAME_PATTERN``).
+COMPONENT_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
 def resolve_home(flag: str | None) -> Path:
@@ -89,6 +101,15 @@ class Config:
     membership: MembershipSection = field(default_factory=MembershipSection)
     log: LogSection = field(default_factory=LogSection)
     plugins: PluginsSection = field(default_factory=PluginsSection)
+    # Every other top-level table, by name, as TOML parsed it: a component's or a plugin's own settings,
+    # handed to it by ``NodeContext.config(name)`` (``composition.build_core(config=...)``).
+    components: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Where this config came from, for error messages about it.
+    source: str = CONFIG_FILE
+
+
+# The core's own sections, each a typed dataclass field of ``Config``.
+CORE_SECTIONS = ("node", "mesh", "host", "membership", "log", "plugins")
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -98,7 +119,7 @@ LOG_FORMATS = ("text", "json")
 def load(home: Path) -> Config:
     path = home / CONFIG_FILE
     if not path.exists():
-        return Config()
+        return Config(source=str(path))
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
@@ -111,11 +132,22 @@ def load(home: Path) -> Config:
 
 
 def parse(raw: dict[str, Any], source: str) -> Config:
-    config = Config()
-    sections = {f.name: getattr(config, f.name) for f in fields(config)}
+    config = Config(source=source)
+    sections = {name: getattr(config, name) for name in CORE_SECTIONS}
     for name, value in raw.items():
         if name not in sections:
-            raise ConfigError(f"{source}: unknown section [{name}]; valid sections: {', '.join(sections)}")
+            if not COMPONENT_NAME_PATTERN.fullmatch(name):
+                raise ConfigError(
+                    f"{source}: unknown section [{name}]; valid sections: {', '.join(sections)}, "
+                    f"and one per component or plugin, named like it ({COMPONENT_NAME_PATTERN.pattern})"
+                )
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"{source}: top-level key '{name}' must be a table; put settings under a section "
+                    f"such as [node], or [{name}] for the component or plugin {name!r}"
+                )
+            config.components[name] = value
+            continue
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: [{name}] must be a table")
         if name == "membership":
@@ -124,6 +156,25 @@ def parse(raw: dict[str, Any], source: str) -> Config:
             _fill_section(sections[name], value, f"{source}: [{name}]")
     _validate(config, source)
     return config
+
+
+def check_component_tables(config: Config, names: Collection[str]) -> None:
+    """Refuse a component table (``Config.components``) that no name in ``names`` claims: a typo such as
+    ``[nod]`` or ``[helo]``, which would otherwise be silently ignored.
+
+    ``names``: every component of the node and every installed plugin (disabled ones too, so that
+    switching a plugin off does not make its table an error).
+    """
+    known = set(names)
+    unknown = sorted(config.components.keys() - known)
+    if unknown:
+        name = unknown[0]
+        close = difflib.get_close_matches(name, [*CORE_SECTIONS, *sorted(known)], n=1)
+        hint = f"did you mean [{close[0]}]? " if close else ""
+        raise ConfigError(
+            f"{config.source}: unknown section [{name}]; {hint}valid sections: {', '.join(CORE_SECTIONS)}, "
+            f"and one per component or plugin: {', '.join(sorted(known)) or 'none'}"
+        )
 
 
 def _fill_section(section: Any, values: dict[str, Any], where: str) -> None:
@@ -232,4 +283,8 @@ format = "text"    # text or json
 
 [plugins]
 disabled = []      # plugin names, as `pyagent plugins` lists them
+
+# A component or plugin reads its own table, named after it; see its documentation. For example:
+# [hello]
+# hellos_max = 1024
 """
