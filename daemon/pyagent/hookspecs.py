@@ -5,11 +5,15 @@ return and whether it is ``firstresult``.
 
 Hooks are named ``pyagent_<phase>_<what>``, or ``pyagent_<phase>`` when the phase says it all. The
 phases, in the order a daemon meets them: ``add`` (the node and the CLI are being built), ``control``
-(the control API is being built), ``startup``, ``peer`` (connections come and go) and ``shutdown``.
+(the control API is being built), ``startup``, ``peer`` (connections come and go), ``notice`` (the core
+reports a state change) and ``shutdown``.
 
-Hooks are plain synchronous functions. The ones that shape protocol behaviour
-(``pyagent_add_components``) must be deterministic and do no I/O, because the simulator calls them too.
-A plugin that needs I/O starts its own tasks from ``pyagent_startup``, in the nursery it is given.
+Hooks are plain synchronous functions, and the daemon and simnet call every one of them through pluggy
+(``pm.hook.<name>(...)``), so ``wrapper=True`` (and old-style ``hookwrapper=True``) implementations and
+``tryfirst``/``trylast`` work on every hook. Without ``tryfirst``/``trylast``, plugins are called in the
+order of their names. The hooks that shape protocol behaviour (``pyagent_add_components``) must be
+deterministic and do no I/O, because the simulator calls them too. A plugin that needs I/O starts its
+own tasks from ``pyagent_startup``, in the nursery it is given.
 
 A plugin is a module (or object) whose hook functions carry ``@hookimpl``, registered under the
 entry-point group ``pyagent``; ``docs/plugins.md`` walks through one.
@@ -28,8 +32,8 @@ if TYPE_CHECKING:
     import trio
 
     from pyagent.proto.component import Component
-    from pyagent.proto.peers import PeerInfo
     from pyagent.proto.context import NodeContext
+    from pyagent.proto.peers import PeerInfo
 
 PROJECT_NAME = "pyagent"
 
@@ -55,8 +59,11 @@ class NodeHandle(Protocol):
         """Run a local command through ``NodeCore`` and return its reply value.
 
         ``command`` must be an instance of a type some component lists in ``command_types``. Raises
-        ``pyagent.errors.LocalProtocolError`` when no component handles it, and an exception whose
-        message is the reply's error text when the component answers with an error or not in time.
+        ``pyagent.errors.LocalProtocolError`` when no component handles it. When the component answers
+        with ``Reply.fail(...)``, or not in time, raises an exception (the daemon's ``RequestFailed``)
+        whose message is the error's message and whose ``error`` attribute is the
+        ``pyagent.proto.ready.ReplyError``: a stable ``code`` (``"timeout"`` and ``"busy"`` come from the
+        daemon itself), the ``message`` and a ``data`` dict.
         """
 
     def send(self, peer: str, protocol_id: str, message: dict[str, Any]) -> None:
@@ -97,11 +104,14 @@ def pyagent_add_components(ctx: NodeContext) -> list[Component]:
     ``ctx.local_peer`` and ``ctx.plugin_names`` (the sorted names of every loaded plugin).
 
     Must be deterministic and must do no I/O: read no clock, no files, no environment. Return a list
-    (possibly empty) of new ``pyagent.proto.component.Component`` instances; their names, protocol ids
-    and command types must not clash with any other component's.
+    (possibly empty) of new ``pyagent.proto.component.Component`` instances. A component's ``name``
+    must match ``[a-z][a-z0-9_]{0,31}`` (it names its config table, timers and storage namespace), and
+    its name, protocol id and command types must not clash with any other component's, the core's
+    included: a clash stops the build with a ``ConfigError`` naming both owners. Raise
+    ``pyagent.errors.ConfigError`` (one line, naming ``[<name>]`` and the key) for a bad config table.
 
-    Not firstresult: every plugin's list is collected (``pyagent.pluginhost.collect_components``).
-    Synchronous.
+    Not firstresult: every plugin's list is collected (``pyagent.pluginhost.collect_components``), in
+    the order pluggy calls the plugins. Synchronous.
     """
     raise NotImplementedError
 
@@ -159,6 +169,27 @@ def pyagent_startup(node: NodeHandle, nursery: trio.Nursery) -> None:
     already be connecting). A plugin that needs I/O (files, sockets, its own timers) starts its tasks
     here with ``nursery.start_soon``; they are cancelled at shutdown, and an exception escaping one of
     them stops the daemon. Do not block here: start a task. Never called by the simulator.
+
+    Returns nothing. Not firstresult: every plugin is told. Synchronous.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def pyagent_notice(node: NodeHandle, notice: object) -> None:
+    """The core reported a state change: one item of a ``Ready``'s ``notices``.
+
+    Runs in the daemon, in the task that owns ``NodeCore``, once for every item of ``Ready.notices``, in
+    order, after the Ready's other immediate effects: its writes are handed to storage and its
+    ``send_before_persist`` sends and timers carried out (its ``send``, ``apply`` and ``transfers`` may
+    still wait for those writes to be durable). ``notice`` is whatever the component put there, for
+    example ``pyagent.proto.membership.MemberChanged`` (peer, old_state, new_state, incarnation, at_us);
+    check its type and ignore the ones you do not know.
+
+    A notification for I/O-side bookkeeping (metrics, logs, a task's queue). The core never sees what it
+    does, so the hooks the core calls (``pyagent_add_components``) stay deterministic. Must not block:
+    every other event of the node waits while it runs; hand slow work to a task. Never called by the
+    simulator, which delivers notices to its observers instead (``pyagent_simnet.observe.Observer``).
 
     Returns nothing. Not firstresult: every plugin is told. Synchronous.
     """

@@ -1,21 +1,26 @@
 """Finds, loads and checks plugins, and merges what their hooks return.
 
 Built-in features and third-party plugins take the same path: an entry point in the group ``pyagent``.
-Plugins are registered in the order of their names, not in the order the file system lists installed
-distributions, so every hook runs in the same order on every machine and a simulation replays anywhere.
+
+Every hook is called through pluggy (``pm.hook.<name>(...)``), the merged ones included, so a plugin's
+``wrapper=True`` (or old-style ``hookwrapper=True``) implementations and ``tryfirst`` / ``trylast`` apply
+to every hook. pluggy calls the implementation registered last first; ``load_plugins`` registers plugins
+in reverse name order, so that, unless ``tryfirst``/``trylast`` say otherwise, every hook runs the plugins
+in name order: the same order on every machine, whatever order the file system lists distributions in,
+so a simulation replays anywhere.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Generator, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import pluggy
 
 from pyagent import hookspecs
+from pyagent.config import COMPONENT_NAME_PATTERN
 from pyagent.errors import ConfigError
 from pyagent.hookspecs import ControlMethod
 from pyagent.proto.component import Component
@@ -65,7 +70,8 @@ def load_plugins(disabled: Iterable[str] = ()) -> pluggy.PluginManager:
         )
     for name in disabled:
         pm.set_blocked(name)
-    for name in sorted(installed.keys() - disabled):
+    enabled = sorted(installed.keys() - disabled)
+    for name in enabled:
         owners = installed[name]
         if not PLUGIN_NAME_PATTERN.fullmatch(name):
             raise ConfigError(
@@ -76,12 +82,16 @@ def load_plugins(disabled: Iterable[str] = ()) -> pluggy.PluginManager:
             raise ConfigError(
                 f"plugin name {name!r} is claimed by {' and '.join(map(str, owners))}; uninstall all but one"
             )
+    # pluggy calls the implementation registered last first: registering in reverse name order makes
+    # every hook call run the plugins in name order.
+    for name in reversed(enabled):
+        owner = installed[name][0]
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
         except Exception as exc:
             raise ConfigError(
-                f"plugin {name!r} (from {owners[0]}) failed to load: {exc!r}; "
-                f"reinstall or upgrade {owners[0].name}, or {_disable_hint(name)}"
+                f"plugin {name!r} (from {owner}) failed to load: {exc!r}; "
+                f"reinstall or upgrade {owner.name}, or {_disable_hint(name)}"
             ) from exc
     check_plugins(pm)
     return pm
@@ -129,7 +139,13 @@ def _installed_plugins() -> dict[str, list[_Owner]]:
 
 def plugin_names(pm: pluggy.PluginManager) -> tuple[str, ...]:
     """The sorted names of the registered plugins."""
-    return tuple(sorted(name for name, plugin in pm.list_name_plugin() if plugin is not None))
+    return tuple(
+        sorted(
+            name
+            for name, plugin in pm.list_name_plugin()
+            if plugin is not None and not isinstance(plugin, _Recorder)
+        )
+    )
 
 
 def describe_plugins(pm: pluggy.PluginManager) -> list[PluginInfo]:
@@ -152,29 +168,90 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[PluginInfo]:
 
 
 def collect_components(pm: pluggy.PluginManager, ctx: NodeContext) -> list[Component]:
-    """Call ``pyagent_add_components(ctx)`` through pluggy (so wrappers and ordering apply) and return
-    every plugin's components, in the order pluggy called the plugins."""
+    """Call ``pyagent_add_components(ctx=ctx)`` through pluggy and return every plugin's components, in
+    the order pluggy called the plugins (name order, unless ``tryfirst``/``trylast`` say otherwise).
+
+    ``ctx.built`` holds the core's components (``composition.build_core`` builds them first). Raises
+    ``ConfigError``, naming the plugin, for a result that is not a list of ``Component``, a component
+    name that does not match ``COMPONENT_NAME_PATTERN``, and a name, protocol id or command type that a
+    core component or an earlier plugin's component already has.
+    """
+    claims = _Claims()
+    for core in ctx.built.values():
+        claims.claim(core, "the pyagent core", "a bug in pyagent's core factories")
     components: list[Component] = []
-    for result in pm.hook.pyagent_add_components(ctx=ctx):
+    for source, result in _call_merged(pm, "pyagent_add_components", "a list of Component", ctx=ctx):
         if not isinstance(result, list) or not all(isinstance(c, Component) for c in result):
-            raise ConfigError(f"pyagent_add_components must return a list of Component, got {result!r:.100}")
+            raise ConfigError(
+                f"{source}: pyagent_add_components must return a list of Component, got {result!r:.100}; "
+                f"{source.way_out()}"
+            )
+        for component in result:
+            name = getattr(component, "name", None)
+            if not isinstance(name, str) or not COMPONENT_NAME_PATTERN.fullmatch(name):
+                raise ConfigError(
+                    f"{source}: component {type(component).__name__} has name {name!r}, which must match "
+                    f"{COMPONENT_NAME_PATTERN.pattern} (it names the component's config table, timers "
+                    f"and storage); {source.way_out()}"
+                )
+            claims.claim(component, str(source), source.way_out())
         components.extend(result)
     return components
+
+
+class _Claims:
+    """Which component has each name, protocol id and command type, and whose component it is, so that
+    a clash is refused at build naming both owners (``NodeCore`` refuses it too, but knows no plugin)."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+        self.protocols: dict[str, tuple[str, str]] = {}
+        self.commands: dict[type, tuple[str, str]] = {}
+
+    def claim(self, component: Component, owner: str, way_out: str) -> None:
+        name = component.name
+        if name in self.names:
+            raise ConfigError(
+                f"{owner} adds a component named {name!r}, which {self.names[name]} already has; {way_out}"
+            )
+        protocol = component.protocol_id
+        if protocol is not None and protocol in self.protocols:
+            other_owner, other = self.protocols[protocol]
+            raise ConfigError(
+                f"component {name!r} of {owner} speaks {protocol}, which component {other!r} of "
+                f"{other_owner} already speaks; {way_out}"
+            )
+        for command in component.command_types:
+            if command in self.commands:
+                other_owner, other = self.commands[command]
+                raise ConfigError(
+                    f"component {name!r} of {owner} handles {command.__name__}, which component "
+                    f"{other!r} of {other_owner} already handles; {way_out}"
+                )
+        self.names[name] = owner
+        if protocol is not None:
+            self.protocols[protocol] = (owner, name)
+        for command in component.command_types:
+            self.commands[command] = (owner, name)
 
 
 def collect_metadata(pm: pluggy.PluginManager) -> dict[str, str | int | float | bool]:
     """Merge every plugin's ``pyagent_add_metadata`` keys, refusing a key claimed twice."""
     merged: dict[str, str | int | float | bool] = {}
-    owners: dict[str, str] = {}
-    for plugin, result in _call_each(pm.hook.pyagent_add_metadata):
+    owners: dict[str, _Source] = {}
+    for source, result in _call_merged(pm, "pyagent_add_metadata", "a dict"):
         if not isinstance(result, dict) or not all(
             isinstance(k, str) and isinstance(v, str | int | float | bool) for k, v in result.items()
         ):
-            raise ConfigError(f"plugin {plugin!r}: pyagent_add_metadata must return a dict of str to scalars")
+            raise ConfigError(
+                f"{source}: pyagent_add_metadata must return a dict of str to scalars, got {result!r:.100}"
+            )
         for key, value in result.items():
             if key in owners:
-                raise ConfigError(f"metadata key {key!r} is set by both {owners[key]!r} and {plugin!r}")
-            owners[key] = plugin
+                raise ConfigError(
+                    f"metadata key {key!r} is set by both {owners[key]} and {source}; {source.way_out()}"
+                )
+            owners[key] = source
             merged[key] = value
     return merged
 
@@ -188,33 +265,106 @@ def control_methods(
     """
     owners = dict.fromkeys(core_method_names, "the pyagent core")
     merged: dict[str, ControlMethod] = {}
-    for plugin, result in _call_each(pm.hook.pyagent_control_methods):
+    for source, result in _call_merged(pm, "pyagent_control_methods", "a dict"):
         if not isinstance(result, dict):
-            raise ConfigError(f"plugin {plugin!r}: pyagent_control_methods must return a dict")
+            raise ConfigError(f"{source}: pyagent_control_methods must return a dict, got {result!r:.100}")
         for method_name, method in result.items():
             if not isinstance(method_name, str) or not CONTROL_METHOD_PATTERN.fullmatch(method_name):
                 raise ConfigError(
-                    f"plugin {plugin!r}: control method name {method_name!r} must look like "
-                    f"'{plugin}.<method>' ({CONTROL_METHOD_PATTERN.pattern})"
+                    f"{source}: control method name {method_name!r} must look like "
+                    f"'{source.plugin or '<plugin>'}.<method>' ({CONTROL_METHOD_PATTERN.pattern})"
                 )
             if not callable(method):
-                raise ConfigError(f"plugin {plugin!r}: control method {method_name!r} is not callable")
+                raise ConfigError(f"{source}: control method {method_name!r} is not callable")
             if method_name in owners:
                 raise ConfigError(
                     f"control method {method_name!r} is defined by both {owners[method_name]} and "
-                    f"plugin {plugin!r}; {_disable_hint(plugin)}"
+                    f"{source}; {source.way_out()}"
                 )
-            owners[method_name] = f"plugin {plugin!r}"
+            owners[method_name] = str(source)
             merged[method_name] = method
     return merged
 
 
-def _call_each(hook: pluggy.HookCaller, **kwargs: Any) -> list[tuple[str, object]]:
-    """Call each implementation of ``hook`` on its own, in plugin-name order, keeping who returned what.
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """Who put one value into a merged hook's result: a plugin's implementation, or (``plugin`` None)
+    a wrapper that made the value itself."""
 
-    A plain hook call merges results anonymously; the merging helpers need the owner to name it in errors.
+    plugin: str | None
+    wrappers: tuple[str, ...]
+
+    def __str__(self) -> str:
+        if self.plugin is not None:
+            return f"plugin {self.plugin!r}"
+        return f"a hook wrapper (of plugin {' or '.join(map(repr, self.wrappers))})"
+
+    def way_out(self) -> str:
+        if self.plugin is not None:
+            return _disable_hint(self.plugin)
+        return " or ".join(_disable_hint(name) for name in self.wrappers)
+
+
+class _Recorder:
+    """Our own innermost hook wrapper, registered only for the length of one merged call.
+
+    A hook call merges the implementations' results anonymously, and a plugin's wrappers may change
+    them. Registered last with ``trylast``, this wrapper is the innermost one, so it sees the list the
+    implementations returned, in call order, before any plugin's wrapper does; the merging helpers use
+    it to name the plugin behind a bad or clashing value.
     """
-    impls = sorted(hook.get_hookimpls(), key=lambda impl: impl.plugin_name)
-    return [
-        (impl.plugin_name, impl.function(**{arg: kwargs[arg] for arg in impl.argnames})) for impl in impls
-    ]
+
+    def __init__(self, hook_name: str) -> None:
+        self.hook_name = hook_name
+        self.raw: list[object] | None = None
+
+    def _record(self, hook_name: str) -> Generator[None, list[object], list[object]]:
+        results = yield
+        if hook_name == self.hook_name:
+            self.raw = list(results)
+        return results
+
+    @hookspecs.hookimpl(wrapper=True, trylast=True)
+    def pyagent_add_components(self) -> Generator[None, list[object], list[object]]:
+        return (yield from self._record("pyagent_add_components"))
+
+    @hookspecs.hookimpl(wrapper=True, trylast=True)
+    def pyagent_add_metadata(self) -> Generator[None, list[object], list[object]]:
+        return (yield from self._record("pyagent_add_metadata"))
+
+    @hookspecs.hookimpl(wrapper=True, trylast=True)
+    def pyagent_control_methods(self) -> Generator[None, list[object], list[object]]:
+        return (yield from self._record("pyagent_control_methods"))
+
+
+def _call_merged(
+    pm: pluggy.PluginManager, hook_name: str, returns: str, **kwargs: object
+) -> list[tuple[_Source, object]]:
+    """Call ``hook_name`` through pluggy, as every hook is called, and pair each item of its result with
+    the plugin whose implementation returned it (or the wrappers, for an item a wrapper made)."""
+    caller = getattr(pm.hook, hook_name)
+    in_call_order = list(reversed(caller.get_hookimpls()))
+    producers = [impl.plugin_name for impl in in_call_order if not (impl.wrapper or impl.hookwrapper)]
+    wrappers = tuple(impl.plugin_name for impl in in_call_order if impl.wrapper or impl.hookwrapper)
+    recorder = _Recorder(hook_name)
+    pm.register(recorder)
+    try:
+        results = caller(**kwargs)
+    finally:
+        pm.unregister(recorder)
+    # The recorder always runs (an implementation that raises has ended the call above).
+    assert recorder.raw is not None, f"{hook_name} returned without running its innermost wrapper"
+    if len(recorder.raw) != len(producers):
+        # pluggy leaves None out of a hook's results, so one of the implementations returned nothing.
+        raise ConfigError(
+            f"{hook_name} must return {returns}, but one of plugins {', '.join(map(repr, producers))} "
+            f'returned None; upgrade it, or disable it with disabled = ["NAME"] under [plugins] in '
+            "config.toml"
+        )
+    if not isinstance(results, list):
+        raise ConfigError(
+            f"a {hook_name} wrapper (of {' or '.join(map(repr, wrappers))}) returned {results!r:.100}, "
+            f"not a list of results"
+        )
+    by_identity = {id(item): name for item, name in zip(recorder.raw, producers, strict=True)}
+    return [(_Source(by_identity.get(id(item)), wrappers), item) for item in results]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import inspect
 import re
 import types
+from collections.abc import Generator
 
-from pyagent import hookspecs
+from pyagent import hookspecs, pluginhost
 
 # The phases the hookspecs docstring lists; a new phase is a change to the contract, made here on purpose.
-PHASES = ("add", "control", "startup", "peer", "shutdown")
+PHASES = ("add", "control", "startup", "peer", "notice", "shutdown")
 HOOK_NAME = re.compile(rf"pyagent_({'|'.join(PHASES)})(_[a-z]+)*")
 SPEC_MARK = f"{hookspecs.PROJECT_NAME}_spec"
 
@@ -47,6 +48,7 @@ def test_the_contract_defines_the_hooks_the_daemon_calls() -> None:
         "pyagent_add_components",
         "pyagent_add_metadata",
         "pyagent_control_methods",
+        "pyagent_notice",
         "pyagent_peer_connected",
         "pyagent_peer_disconnected",
         "pyagent_shutdown",
@@ -88,3 +90,48 @@ def test_the_check_catches_an_undocumented_or_misnamed_hook() -> None:
         "pyagent_add_widgets: no docstring",
         f"pyagent_boot_sequence: not named pyagent_<phase>_<what> with a phase of {PHASES}",
     ]
+
+
+def test_the_notice_hook_is_documented_and_reaches_every_plugin_through_pluggy() -> None:
+    doc = inspect.getdoc(hookspecs.pyagent_notice) or ""
+    assert "Ready.notices" in doc and "must not block" in doc.lower() and "simulator" in doc
+    assert not getattr(hookspecs.pyagent_notice, SPEC_MARK)["firstresult"]
+    seen: list[tuple[str, object]] = []
+
+    class Listener:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        @hookspecs.hookimpl
+        def pyagent_notice(self, notice: object) -> None:
+            seen.append((self.name, notice))
+
+    class Timer:
+        """A wrapper around every plugin's handling of each notice (for example, to time it)."""
+
+        @hookspecs.hookimpl(wrapper=True)
+        def pyagent_notice(self, notice: object) -> Generator[None, list[None], list[None]]:
+            seen.append(("before", notice))
+            results = yield
+            seen.append(("after", notice))
+            return results
+
+    class Early:
+        @hookspecs.hookimpl(tryfirst=True)
+        def pyagent_notice(self, notice: object) -> None:
+            seen.append(("early", notice))
+
+    pm = pluginhost.new_plugin_manager()
+    pm.register(Listener("b"), name="b")
+    pm.register(Listener("a"), name="a")
+    pm.register(Timer(), name="timer")
+    pm.register(Early(), name="zzz_early")
+    pluginhost.check_plugins(pm)
+
+    for notice in ("joined", "left"):
+        assert pm.hook.pyagent_notice(node=object(), notice=notice) == []
+
+    # In-process plugins registered later are called first (pluggy's order), tryfirst before them all.
+    expected = [["before", "early", "a", "b", "after"]] * 2
+    assert [[who for who, _ in seen[:5]], [who for who, _ in seen[5:]]] == expected
+    assert [notice for _, notice in seen] == ["joined"] * 5 + ["left"] * 5
