@@ -1,16 +1,18 @@
-"""The hello protocol driven through ``NodeCore``, with an explicit clock and a seeded generator.
+"""The hello protocol driven through ``NodeCore``, with an explicit clock.
 
-Two cores talk through the real frame codec (``encode_frame`` and ``FrameDecoder`` with the component's
-limits), so what one sends is exactly what the other would receive over a stream.
+Nodes are built by ``composition.build_core``, as the daemon and simnet build theirs, and started with
+``Started`` before anything else. Two cores talk through the real frame codec (``encode_frame`` and
+``FrameDecoder`` with the component's limits), so what one sends is exactly what the other would receive
+over a stream.
 """
 
 from __future__ import annotations
 
-import random
 import string
 from pathlib import Path
 from typing import Any
 
+import pluggy
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -25,7 +27,11 @@ from pyagent_hello.component import (
     ListHellos,
 )
 
-from pyagent.errors import RemoteProtocolError
+import pyagent
+from pyagent import pluginhost
+from pyagent.composition import STANDARD, build_core
+from pyagent.errors import ConfigError, RemoteProtocolError
+from pyagent.proto.context import NodeContext
 from pyagent.proto.events import LocalRequest, MessageReceived, PeerConnected, PeerDisconnected
 from pyagent.proto.node import NodeCore
 from pyagent.proto.peers import PeerInfo
@@ -39,8 +45,22 @@ SEED = 20261124
 
 
 def make_core(peer: str, *, plugins: tuple[str, ...] = ("hello",), hellos_max: int = 16) -> NodeCore:
-    hello = HelloProtocol("0.1.0", plugins, Config(hellos_max=hellos_max))
-    return NodeCore.standard(peer, random.Random(SEED), [hello])
+    """A started node with the standard components and a hello component announcing ``plugins``."""
+
+    def hello(ctx: NodeContext) -> HelloProtocol:
+        return HelloProtocol("0.1.0", plugins, Config(hellos_max=hellos_max))
+
+    core = build_core(peer, SEED, core_factories=(*STANDARD, hello))
+    core.start(0)
+    return core
+
+
+def plugin_manager() -> pluggy.PluginManager:
+    """Only the hello plugin, registered as ``load_plugins`` would register it."""
+    pm = pluginhost.new_plugin_manager()
+    pm.register(plugin, name="hello")
+    pluginhost.check_plugins(pm)
+    return pm
 
 
 def hello_of(core: NodeCore) -> HelloProtocol:
@@ -85,6 +105,34 @@ def test_each_side_says_hello_when_a_peer_that_speaks_the_protocol_connects() ->
 
     assert list_hellos(bob, 3_000) == [Hello(ALICE, "0.1.0", ("hello", "lora"), received_us=2_000)]
     assert list_hellos(alice, 3_000) == [Hello(BOB, "0.1.0", ("hello",), received_us=2_100)]
+
+
+def test_the_plugin_adds_the_component_with_this_node_s_plugins_and_its_config_table() -> None:
+    core = build_core(ALICE, SEED, plugins=plugin_manager(), config={"hello": {"hellos_max": 3}})
+    core.start(0)
+
+    hello = hello_of(core)
+    assert hello.software_version == pyagent.__version__ and hello.plugin_names == ("hello",)
+    assert hello.config == Config(hellos_max=3)
+    assert [component.name for component in core.components] == ["peers", "ping", "hello"]
+
+
+def test_without_a_config_table_the_plugin_uses_the_defaults() -> None:
+    assert hello_of(build_core(ALICE, SEED, plugins=plugin_manager())).config == Config()
+
+
+@pytest.mark.parametrize(
+    ("table", "refusal"),
+    [
+        ({"hello_max": 3}, r"\[hello\] unknown key 'hello_max'; valid keys: hellos_max"),
+        ({"hellos_max": 0}, r"\[hello\] 'hellos_max' must be a positive integer, got 0"),
+        ({"hellos_max": True}, r"\[hello\] 'hellos_max' must be a positive integer, got True"),
+        ({"hellos_max": "8"}, r"\[hello\] 'hellos_max' must be a positive integer, got '8'"),
+    ],
+)
+def test_a_bad_config_table_stops_the_build_with_one_line(table: dict[str, object], refusal: str) -> None:
+    with pytest.raises(ConfigError, match=refusal):
+        build_core(ALICE, SEED, plugins=plugin_manager(), config={"hello": table})
 
 
 def test_no_hello_to_a_peer_that_does_not_speak_the_protocol() -> None:
@@ -285,8 +333,8 @@ class CoreNode:
         self.now_us += 1
         (reply,) = self.core.step(LocalRequest(1, command), self.now_us).apply
         assert isinstance(reply, Reply)
-        if reply.error is not None:
-            raise RuntimeError(reply.error)
+        if reply.error is not None:  # a ReplyError(code, message, data)
+            raise RuntimeError(reply.error.message)
         return reply.value
 
     def send(self, peer: str, protocol_id: str, message: dict[str, Any]) -> None:

@@ -10,10 +10,11 @@ Sans-I/O like every component: no clock, no randomness, no I/O, so simnet runs i
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
-from pyagent.errors import RemoteProtocolError
+from pyagent.errors import ConfigError, RemoteProtocolError
 from pyagent.proto.component import Component
 from pyagent.proto.events import LocalRequest, MessageReceived, PeerConnected, PeerDisconnected
 from pyagent.proto.ready import Ready, Reply, Send
@@ -47,8 +48,24 @@ class ListHellos:
 
 @dataclass(slots=True)
 class Config:
+    """The ``[hello]`` table of the node's config.toml; every key is optional."""
+
     # As large as the peer table's bound, so a healthy node keeps a hello for every connected peer.
     hellos_max: int = 1024
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any]) -> Config:
+        """Read the ``[hello]`` table (``NodeContext.config("hello")``); one-line ``ConfigError`` for an
+        unknown key or a bad value, as for the core's own sections."""
+        config = cls()
+        known = [f.name for f in fields(cls)]
+        for key, value in table.items():
+            if key not in known:
+                raise ConfigError(f"[hello] unknown key '{key}'; valid keys: {', '.join(known)}")
+            if type(value) is not int or value < 1:
+                raise ConfigError(f"[hello] '{key}' must be a positive integer, got {value!r}")
+            setattr(config, key, value)
+        return config
 
 
 class HelloProtocol(Component):

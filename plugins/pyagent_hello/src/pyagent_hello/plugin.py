@@ -10,12 +10,13 @@ from pyagent.hookspecs import ControlMethod, NodeHandle, hookimpl
 from pyagent.proto.component import Component
 from pyagent.proto.context import NodeContext
 from pyagent_hello.cli import run_hello
-from pyagent_hello.component import Hello, HelloProtocol, ListHellos
+from pyagent_hello.component import Config, Hello, HelloProtocol, ListHellos
 
 
 @hookimpl
 def pyagent_add_components(ctx: NodeContext) -> list[Component]:
-    return [HelloProtocol(pyagent.__version__, ctx.plugin_names)]
+    config = Config.from_table(ctx.config(HelloProtocol.name))
+    return [HelloProtocol(pyagent.__version__, ctx.plugin_names, config)]
 
 
 @hookimpl
