@@ -137,6 +137,11 @@ def _installed_plugins() -> dict[str, list[_Owner]]:
     return found
 
 
+def installed_plugin_names() -> set[str]:
+    """Every plugin name installed in the entry-point group, loaded or disabled."""
+    return set(_installed_plugins())
+
+
 def plugin_names(pm: pluggy.PluginManager) -> tuple[str, ...]:
     """The sorted names of the registered plugins."""
     return tuple(

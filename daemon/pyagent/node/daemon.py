@@ -21,7 +21,7 @@ from libp2p.crypto.keys import KeyPair
 
 from pyagent import __version__, bootstraplist, identity, pluginhost
 from pyagent.composition import STANDARD, build_core
-from pyagent.config import CONTROL_SOCKET, IDENTITY_FILE, Config, membership_config
+from pyagent.config import CONTROL_SOCKET, IDENTITY_FILE, Config, check_component_tables, membership_config
 from pyagent.errors import ConfigError
 from pyagent.hookspecs import ControlMethod
 from pyagent.node import mesh
@@ -306,13 +306,19 @@ def build_node_core(
 
     # The OS seeds the node once; each component's generator is derived from it and its name.
     seed = int.from_bytes(os.urandom(8), "big")
-    return build_core(
+    core = build_core(
         peer_id,
         seed,
         storage_for=storage.reader,
         core_factories=(*STANDARD, gossip_membership),
         plugins=plugins,
+        config=config.components,
     )
+    # A table no component claims is a typo ([nod], [helo]); disabled plugins' tables are fine.
+    check_component_tables(
+        config, [c.name for c in core.components] + sorted(pluginhost.installed_plugin_names())
+    )
+    return core
 
 
 async def run(home: Path, config: Config) -> None:
