@@ -125,7 +125,9 @@ class Driver:
         on_notice: Callable[[object], None] = lambda notice: None,
     ) -> None:
         self.core = core
-        self.inbox: Inbox[Event | DueTimer] = inbox or Inbox(INBOX_CAPACITY, FEEDBACK_MAX)
+        self.inbox: Inbox[Event | DueTimer] = (
+            inbox if inbox is not None else Inbox(INBOX_CAPACITY, FEEDBACK_MAX)
+        )
         self._sender = sender
         self._storage = storage
         self.transfers = transfers
