@@ -26,6 +26,8 @@ from pyagent.node.transfer import (
     Done,
     Offer,
     TransferConfig,
+    _Partial,
+    _ResumeTable,
     chunk_limits,
     encode,
     parse_receiver_frame,
@@ -441,3 +443,20 @@ async def test_a_new_offer_supersedes_a_stream_the_receiver_still_holds() -> Non
         received = await b.receiver.wait_for(TransferReceived)
         assert received == TransferReceived(a.peer_id, COMPONENT, 4, len(data), digest)
         assert_assembled(b, 4, data)
+
+
+async def test_the_resume_table_is_bounded_in_entries_hash_bytes_and_time(autojump_clock: object) -> None:
+    table = _ResumeTable(entries_max=3, hash_bytes_max=4 * 32, ttl_s=10.0)
+
+    def partial(chunks: int) -> _Partial:
+        return _Partial(chunks, 1, bytes(32), chunks, bytes(32 * chunks))
+
+    for transfer_id in range(4):
+        table.put(("peer", COMPONENT, transfer_id), partial(1))
+    assert len(table) == 3 and table.take(("peer", COMPONENT, 0)) is None  # the oldest went first
+    table.put(("peer", COMPONENT, 9), partial(3))  # 3 hashes: only one older entry still fits beside it
+    assert len(table) == 2 and table.take(("peer", COMPONENT, 3)) is not None
+    table.put(("peer", COMPONENT, 10), partial(5))  # over the byte bound by itself: not kept
+    assert table.take(("peer", COMPONENT, 10)) is None
+    await trio.sleep(11)
+    assert table.take(("peer", COMPONENT, 9)) is None and len(table) == 0

@@ -336,6 +336,7 @@ class TransferConfig:
     progress_interval_bytes: int = 8 << 20
     # Broken incoming transfers remembered for a resume, and for how long.
     resume_entries_max: int = 64
+    resume_hash_bytes_max: int = 8 << 20
     resume_ttl_ms: int = 600_000
     # Bytes asked of the stream per read.
     read_size_bytes: int = 256 << 10
@@ -385,7 +386,6 @@ class _Frames:
         self._decoder = FrameDecoder(limits)
         self._pending: deque[Message] = deque()
         self._read_size_bytes = read_size_bytes
-        self.bytes_read = 0
 
     def relimit(self, limits: Limits) -> None:
         """New limits from the next frame on; only between frames (the peer waits for our answer)."""
@@ -403,7 +403,6 @@ class _Frames:
                 if self._decoder.buffered_bytes:
                     raise RemoteProtocolError("stream ended inside a frame")
                 return None
-            self.bytes_read += len(data)
             self._pending.extend(self._decoder.feed(data))
         return self._pending.popleft()
 
@@ -437,36 +436,49 @@ class _Partial:
     digest: bytes
     received: int
     hashes: bytes
-    expires_at: float
+    expires_at: float = 0.0
 
 
 class _ResumeTable:
-    def __init__(self, entries_max: int, ttl_s: float) -> None:
+    """Verified prefixes by (peer, protocol, transfer id): bounded in entries and in hash bytes, oldest
+    evicted first, each kept ``ttl_s``."""
+
+    def __init__(self, entries_max: int, hash_bytes_max: int, ttl_s: float) -> None:
         self._entries: OrderedDict[tuple[str, str, int], _Partial] = OrderedDict()
         self._entries_max = entries_max
+        self._hash_bytes_max = hash_bytes_max
+        self._hash_bytes = 0
         self._ttl_s = ttl_s
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def put(self, key: tuple[str, str, int], partial: _Partial) -> None:
-        self._expire()
-        self._entries.pop(key, None)
-        while len(self._entries) >= self._entries_max:
-            self._entries.popitem(last=False)
+        self.take(key)
+        if len(partial.hashes) > self._hash_bytes_max:
+            return
+        while self._entries and (
+            len(self._entries) >= self._entries_max
+            or self._hash_bytes + len(partial.hashes) > self._hash_bytes_max
+        ):
+            self._remove(next(iter(self._entries)))
+        partial.expires_at = trio.current_time() + self._ttl_s
         self._entries[key] = partial
+        self._hash_bytes += len(partial.hashes)
 
     def take(self, key: tuple[str, str, int]) -> _Partial | None:
-        self._expire()
-        return self._entries.pop(key, None)
-
-    def _expire(self) -> None:
         now = trio.current_time()
         while self._entries:
-            key, oldest = next(iter(self._entries.items()))
-            if oldest.expires_at > now:
-                return
-            del self._entries[key]
+            oldest = next(iter(self._entries))
+            if self._entries[oldest].expires_at > now:
+                break
+            self._remove(oldest)
+        return self._remove(key) if key in self._entries else None
+
+    def _remove(self, key: tuple[str, str, int]) -> _Partial:
+        partial = self._entries.pop(key)
+        self._hash_bytes -= len(partial.hashes)
+        return partial
 
 
 @dataclass(eq=False, slots=True)
@@ -538,7 +550,11 @@ class TransferService:
         self._waiting: deque[_Outgoing] = deque()
         self._running = 0
         self._incoming: dict[tuple[str, str, int], _Incoming] = {}
-        self._resume = _ResumeTable(self.config.resume_entries_max, self.config.resume_ttl_ms / 1000)
+        self._resume = _ResumeTable(
+            self.config.resume_entries_max,
+            self.config.resume_hash_bytes_max,
+            self.config.resume_ttl_ms / 1000,
+        )
         self._nursery: trio.Nursery | None = None
         host.register_stream_handler(PROTOCOL_ID, self._serve)
 
@@ -941,7 +957,6 @@ class TransferService:
                     offer.digest,
                     incoming.delivered,
                     bytes(incoming.hashes[: chunks * BLAKE3_LEN_BYTES]),
-                    trio.current_time() + self.config.resume_ttl_ms / 1000,
                 ),
             )
         self._counters.add("in_aborted")
