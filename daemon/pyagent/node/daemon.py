@@ -39,6 +39,7 @@ from pyagent.node.driver import (
 from pyagent.node.host import DialError, Host, HostConfig
 from pyagent.node.inbox import Inbox
 from pyagent.node.storage import StorageHandle
+from pyagent.node.transfer import TransferService
 from pyagent.proto import membership
 from pyagent.proto.component import Component
 from pyagent.proto.context import NodeContext
@@ -68,6 +69,7 @@ class Node:
         plugins: pluggy.PluginManager,
         members: membership.Membership,
         storage: StorageHandle,
+        transfers: TransferService,
     ) -> None:
         self.home = home
         self.peer_id = identity.peer_id_of(key_pair)
@@ -78,6 +80,7 @@ class Node:
         self.plugins = plugins
         self.members = members
         self.storage = storage
+        self.transfers = transfers
         # Set by a signal or by `pyagent leave`; the daemon then leaves the mesh and stops.
         self.stop = trio.Event()
         self._left = False
@@ -203,6 +206,7 @@ class Node:
             "core_remote_errors": self.driver.remote_errors,
             "core_replies_dropped": self.core.replies_dropped,
             **self.storage.counters(),
+            **{f"transfer.{k}": v for k, v in sorted(self.transfers.stats().items())},
             "on_demand_dial_failures": self.dialer.dial_failures,
             "on_demand_frames_dropped": self.dialer.frames_dropped,
             **{f"membership.{k}": v for k, v in sorted(self.members.counters.items())},
@@ -343,13 +347,17 @@ async def run(home: Path, config: Config) -> None:
     async with host.running(), trio.open_nursery() as nursery:
         dialer = Dialer(host)
         dialer.attach(nursery)
-        driver = Driver(core, dialer, storage, inbox)
+        transfers = TransferService(
+            host, inbox, inbox.send_feedback, lambda protocol: protocol in core.protocols
+        )
+        driver = Driver(core, dialer, storage, inbox, transfers)
         dialer.on_send_failed = lambda peer, protocol_id, reason: driver.feedback(
             SendFailed(peer, protocol_id, reason)
         )
-        node = Node(home, key_pair, host, dialer, core, driver, plugins, members, storage)
+        node = Node(home, key_pair, host, dialer, core, driver, plugins, members, storage, transfers)
         driver.on_event = node.after_step
         driver.on_notice = node.on_notice
+        nursery.start_soon(transfers.run)
         nursery.start_soon(driver.run)
         await driver.started.wait()
         metadata = mesh.local_metadata(

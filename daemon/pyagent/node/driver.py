@@ -34,6 +34,7 @@ from pyagent.proto.events import (
     RequestCancelled,
     Started,
     TimerFired,
+    TransferChunk,
 )
 from pyagent.proto.interpret import Interpreter
 from pyagent.proto.node import NodeCore
@@ -83,6 +84,9 @@ class Transfers(Protocol):
     def start(self, transfer: Transfer) -> None: ...
 
     def cancel(self, cancel: CancelTransfer) -> None: ...
+
+    def chunk_stepped(self, chunk: TransferChunk) -> None:
+        """The core has taken ``chunk``: its bytes no longer count against the receive budget."""
 
 
 class RequestFailed(Exception):
@@ -215,6 +219,9 @@ class Driver:
             )
             self._sender.reset_inbound(event.peer, event.protocol)
             return
+        finally:
+            if isinstance(event, TransferChunk) and self.transfers is not None:
+                self.transfers.chunk_stepped(event)
         self._interpreter.carry_out(ready)
         self.on_event(event)
 
