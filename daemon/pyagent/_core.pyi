@@ -3,12 +3,15 @@
 Checked against the built module by ``python -m mypy.stubtest pyagent._core``.
 """
 
+from collections.abc import Iterable
 from typing import final
 
 __all__ = [
     "BLAKE3_LEN_BYTES",
     "KEY_LEN_BYTES",
     "NONCE_LEN_BYTES",
+    "StorageError",
+    "Store",
     "XSalsa20",
     "__version__",
     "blake3",
@@ -44,3 +47,31 @@ def blake3(data: bytes) -> bytes: ...
 
 # The 32-byte BLAKE3 hashes of consecutive ``chunk_size_bytes`` pieces of ``data``, concatenated.
 def blake3_chunks(data: bytes, chunk_size_bytes: int) -> bytes: ...
+
+class StorageError(OSError):
+    """The store's disk or engine failed; the store refuses every later call (restart to recover)."""
+
+@final
+class Store:
+    """The durable store behind ``pyagent.node.storage.StorageHandle`` (raft-engine in ``dir``).
+
+    ``write`` takes ``(component, ops)`` pairs and applies them all in ONE engine write (one fsync when
+    ``sync``), all or nothing; it returns the bytes written. An op is a tuple by code:
+    ``(0, key, value)`` Put, ``(1, key)`` Delete, ``(2, start, end)`` DeleteRange,
+    ``(3, log, first_index, entries)`` LogAppend, ``(4, log, from_index)`` LogTruncate,
+    ``(5, log, to_index)`` LogCompact. ValueError: a batch the semantics refuse (a hole); nothing was
+    written. IndexError: ``log_entries`` of entries not all held. StorageError: the disk or the engine.
+    """
+
+    def __new__(cls, path: str) -> Store: ...
+    def close(self) -> None: ...
+    def is_empty(self) -> bool: ...
+    # (engine writes, of which fsync'd, bytes written) since the store was opened.
+    def stats(self) -> tuple[int, int, int]: ...
+    def write(self, batches: Iterable[tuple[str, Iterable[tuple[object, ...]]]], sync: bool) -> int: ...
+    def get(self, component: str, key: bytes) -> bytes | None: ...
+    def scan(
+        self, component: str, start: bytes, end: bytes | None, limit: int
+    ) -> list[tuple[bytes, bytes]]: ...
+    def log_bounds(self, component: str, log: str) -> tuple[int, int] | None: ...
+    def log_entries(self, component: str, log: str, lo: int, hi: int) -> list[bytes]: ...

@@ -3,7 +3,9 @@
 //! Modules:
 //! - [`hashing`]: BLAKE3 digests of transfer chunks and blobs (a hash list).
 //! - [`pnet`]: libp2p private networks (pre-shared key, XSalsa20), spec PSK v1.
+//! - [`storage`]: durable logs and key spaces per component on raft-engine, written in atomic batches.
 
 pub mod hashing;
 pub mod msgpack_shape;
 pub mod pnet;
+pub mod storage;

@@ -1,9 +1,11 @@
 //! `pyagent._core`: the Python face of `pyagent-core`. Conversions and error mapping only; the logic
 //! and its tests live in the pure crate.
-use pyagent_core::{hashing, msgpack_shape, pnet};
-use pyo3::exceptions::PyValueError;
+use std::sync::{Arc, RwLock};
+
+use pyagent_core::{hashing, msgpack_shape, pnet, storage};
+use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyTuple};
 
 /// Above this size the keystream is applied with the GIL released, so other Python threads run
 /// meanwhile; below it, releasing and re-taking the GIL would cost more than the XOR itself.
@@ -102,6 +104,191 @@ fn blake3_chunks<'py>(
     Ok(PyBytes::new(py, &hashes))
 }
 
+pyo3::create_exception!(
+    pyagent._core,
+    StorageError,
+    pyo3::exceptions::PyOSError,
+    "The store's disk or engine failed; the store refuses every later call (restart to recover)."
+);
+
+/// Above this many log entries a read releases the GIL: entries are read from files.
+const DETACH_ENTRIES_MIN: u64 = 16;
+
+fn storage_error(error: storage::StoreError) -> PyErr {
+    match error {
+        storage::StoreError::Invalid(message) => PyValueError::new_err(message),
+        storage::StoreError::OutOfRange(message) => PyIndexError::new_err(message),
+        error @ storage::StoreError::Engine(_) => StorageError::new_err(error.to_string()),
+    }
+}
+
+fn bytes_at(op: &Bound<'_, PyTuple>, index: usize) -> PyResult<Vec<u8>> {
+    Ok(op.get_item(index)?.cast::<PyBytes>()?.as_bytes().to_vec())
+}
+
+/// One op as `pyagent.node.storage` encodes it: `(code, ...)`, the codes in `_core.pyi`.
+fn extract_op(op: &Bound<'_, PyAny>) -> PyResult<storage::Op> {
+    let op = op.cast::<PyTuple>()?;
+    let code: u8 = op.get_item(0)?.extract()?;
+    Ok(match code {
+        0 => storage::Op::Put {
+            key: bytes_at(op, 1)?,
+            value: bytes_at(op, 2)?,
+        },
+        1 => storage::Op::Delete {
+            key: bytes_at(op, 1)?,
+        },
+        2 => storage::Op::DeleteRange {
+            start: bytes_at(op, 1)?,
+            end: bytes_at(op, 2)?,
+        },
+        3 => {
+            let mut entries = Vec::new();
+            for entry in op.get_item(3)?.try_iter()? {
+                entries.push(entry?.cast::<PyBytes>()?.as_bytes().to_vec());
+            }
+            storage::Op::LogAppend {
+                log: op.get_item(1)?.extract()?,
+                first_index: op.get_item(2)?.extract()?,
+                entries,
+            }
+        }
+        4 => storage::Op::LogTruncate {
+            log: op.get_item(1)?.extract()?,
+            from_index: op.get_item(2)?.extract()?,
+        },
+        5 => storage::Op::LogCompact {
+            log: op.get_item(1)?.extract()?,
+            to_index: op.get_item(2)?.extract()?,
+        },
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "unknown storage op code {code}"
+            )))
+        }
+    })
+}
+
+/// The durable store of `pyagent.node.storage.StorageHandle` (raft-engine). Calls may come from
+/// several threads; writes are serialized inside, and run with the GIL released.
+#[pyclass(module = "pyagent._core", frozen)]
+struct Store {
+    // None once closed; a call in flight keeps its own reference, so closing never pulls the
+    // engine from under it (the engine closes when the last call returns).
+    inner: RwLock<Option<Arc<storage::Store>>>,
+}
+
+impl Store {
+    fn store(&self) -> PyResult<Arc<storage::Store>> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner
+            .clone()
+            .ok_or_else(|| StorageError::new_err("the store is closed"))
+    }
+}
+
+#[pymethods]
+impl Store {
+    #[new]
+    fn new(py: Python<'_>, path: &str) -> PyResult<Self> {
+        let store = py
+            .detach(|| storage::Store::open(path))
+            .map_err(storage_error)?;
+        Ok(Self {
+            inner: RwLock::new(Some(Arc::new(store))),
+        })
+    }
+
+    fn close(&self) {
+        self.inner.write().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    fn is_empty(&self) -> PyResult<bool> {
+        Ok(self.store()?.is_empty())
+    }
+
+    /// `(writes, syncs, bytes)` since the store was opened.
+    fn stats(&self) -> PyResult<(u64, u64, u64)> {
+        let stats = self.store()?.stats();
+        Ok((stats.writes, stats.syncs, stats.bytes))
+    }
+
+    fn write(&self, py: Python<'_>, batches: &Bound<'_, PyAny>, sync: bool) -> PyResult<usize> {
+        let store = self.store()?;
+        let mut specs = Vec::new();
+        for batch in batches.try_iter()? {
+            let batch = batch?;
+            let batch = batch.cast::<PyTuple>()?;
+            let mut ops = Vec::new();
+            for op in batch.get_item(1)?.try_iter()? {
+                ops.push(extract_op(&op?)?);
+            }
+            specs.push(storage::BatchSpec {
+                component: batch.get_item(0)?.extract()?,
+                ops,
+            });
+        }
+        py.detach(|| store.write(&specs, sync))
+            .map_err(storage_error)
+    }
+
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        component: &str,
+        key: &[u8],
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let value = self.store()?.get(component, key).map_err(storage_error)?;
+        Ok(value.map(|value| PyBytes::new(py, &value)))
+    }
+
+    #[pyo3(signature = (component, start, end, limit))]
+    fn scan<'py>(
+        &self,
+        py: Python<'py>,
+        component: &str,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> PyResult<Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>> {
+        let pairs = self
+            .store()?
+            .scan(component, start, end, limit)
+            .map_err(storage_error)?;
+        Ok(pairs
+            .into_iter()
+            .map(|(key, value)| (PyBytes::new(py, &key), PyBytes::new(py, &value)))
+            .collect())
+    }
+
+    fn log_bounds(&self, component: &str, log: &str) -> PyResult<Option<(u64, u64)>> {
+        self.store()?
+            .log_bounds(component, log)
+            .map_err(storage_error)
+    }
+
+    fn log_entries<'py>(
+        &self,
+        py: Python<'py>,
+        component: &str,
+        log: &str,
+        lo: u64,
+        hi: u64,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let store = self.store()?;
+        let entries = if hi.saturating_sub(lo) >= DETACH_ENTRIES_MIN {
+            py.detach(|| store.log_entries(component, log, lo, hi))
+        } else {
+            store.log_entries(component, log, lo, hi)
+        }
+        .map_err(storage_error)?;
+        Ok(entries
+            .iter()
+            .map(|entry| PyBytes::new(py, entry))
+            .collect())
+    }
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -112,6 +299,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(format_swarm_key, m)?)?;
     m.add_function(wrap_pyfunction!(key_fingerprint, m)?)?;
     m.add_function(wrap_pyfunction!(check_msgpack_shape, m)?)?;
+    m.add_class::<Store>()?;
+    m.add("StorageError", m.py().get_type::<StorageError>())?;
     m.add("BLAKE3_LEN_BYTES", hashing::DIGEST_LEN_BYTES)?;
     m.add_function(wrap_pyfunction!(blake3, m)?)?;
     m.add_function(wrap_pyfunction!(blake3_chunks, m)?)?;
