@@ -87,21 +87,33 @@ class MemoryStore:
 
 
 def _check_appends(space: _Namespace, batch: WriteBatch) -> None:
-    # Track each log's last index through the batch, so an append that follows another in the same
-    # batch is checked against it.
-    last: dict[str, int] = {}
+    """Refuse a batch that would leave a log with a hole, or append below a log's first entry.
+
+    Each log's span ``(first, last)`` (None while empty) is followed through the whole batch, so an op is
+    checked against what the ops before it in the same batch made of the log.
+    """
+    spans: dict[str, tuple[int, int] | None] = {}
     for op in batch.ops:
-        if isinstance(op, LogAppend):
+        if not isinstance(op, LogAppend | LogTruncate | LogCompact):
+            continue
+        if op.log not in spans:
             log = space.logs.get(op.log)
-            current = last.get(op.log, log.first + len(log.entries) - 1 if log and log.entries else None)
-            if current is not None and op.first_index > current + 1:
+            spans[op.log] = (log.first, log.first + len(log.entries) - 1) if log and log.entries else None
+        span = spans[op.log]
+        if isinstance(op, LogAppend):
+            if span is not None and not span[0] <= op.first_index <= span[1] + 1:
                 raise ValueError(
-                    f"{batch.component}: append at {op.first_index} to {op.log!r} leaves a hole "
-                    f"after {current}"
+                    f"{batch.component}: append at {op.first_index} to {op.log!r}, which holds "
+                    f"{span[0]}..{span[1]}: it must start within it or right after it"
                 )
-            last[op.log] = op.first_index + len(op.entries) - 1
-        elif isinstance(op, LogTruncate) and op.log in last:
-            last[op.log] = min(last[op.log], op.from_index - 1)
+            first = span[0] if span is not None and op.first_index > span[0] else op.first_index
+            spans[op.log] = (first, op.first_index + len(op.entries) - 1)
+        elif span is None:
+            continue
+        elif isinstance(op, LogTruncate):
+            spans[op.log] = None if op.from_index <= span[0] else (span[0], min(span[1], op.from_index - 1))
+        else:
+            spans[op.log] = None if op.to_index > span[1] else (max(span[0], op.to_index), span[1])
 
 
 class MemoryReader:
