@@ -62,12 +62,12 @@ def one(
         "peers": peers,
         "duration_s": duration_s,
         "components": components.split(","),
-        "seeds_per_peer": 2,
         "join_spread_s": join_spread_s,
         "start": start,
         "sample_interval_s": 5.0,
         "network": {"latency": {"kind": "lognormal", "median_ms": 0.4, "sigma": 0.5}},
-        "workload": {"ping_rate_per_s": ping_rate},
+        "membership": {"seeds_per_peer": 2},
+        "ping": {"rate_per_s": ping_rate},
         "checks": {"liveness": False},
     }
     started = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -17,14 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from pyagent.errors import ConfigError
-from pyagent_simnet import report, runner, scenario
+from pyagent_simnet import compiled, kits, report, runner, scenario
 from pyagent_simnet.sim import Sim
 
 Command = Callable[[argparse.Namespace, object], int]
 
 STANDALONE_PROG = "python -m pyagent_simnet"
 DAEMON_PROG = "pyagent simnet"
-# The figures a run prints on its summary line, when the run produced them.
+# The figures a run prints on its summary line, when the run produced them: these, then each kit's
+# ``summary_keys``, then the trace hash.
 SUMMARY_KEYS = (
     "peers_total",
     "simulated_s",
@@ -34,15 +36,11 @@ SUMMARY_KEYS = (
     "messages_per_peer_per_s",
     "bytes_per_peer_per_s",
     "late_bytes_per_peer_per_s",
-    "false_positives",
-    "detection_p50_s",
-    "detection_max_s",
-    "convergence_s",
     "liveness_converged_after_s",
-    "pings_ok",
-    "pings_failed",
-    "trace_hash",
+    "cores",
 )
+# Set in a process that this module re-executed on the compiled cores, so it never loops.
+REEXEC_ENV = "PYAGENT_SIMNET_REEXECUTED"
 
 
 def add_commands(parent: argparse._SubParsersAction[argparse.ArgumentParser], prog: str) -> None:
@@ -84,6 +82,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=None, help="the one seed (default: the scenario's)")
     parser.add_argument(
+        "--interpreted",
+        action="store_true",
+        help="run on the interpreted cores (default: compiled by mypyc when a C compiler is at hand; "
+        "the trace hash is the same either way)",
+    )
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -107,20 +111,50 @@ def _one_line_errors(fn: Command) -> Command:
     return guarded
 
 
+def _use_compiled_cores(args: argparse.Namespace) -> None:
+    """Re-execute this command on the compiled cores, building them first if needed; return (and run
+    interpreted) when asked to, when already on them, or when they cannot be built (with a note)."""
+    if args.interpreted or compiled.active():
+        return
+    if os.environ.get(REEXEC_ENV):
+        print("note: the compiled cores did not load; running interpreted", file=sys.stderr)
+        return
+    try:
+        target = compiled.build(log=True)
+    except ConfigError as exc:
+        print(f"note: running on the interpreted cores: {exc}", file=sys.stderr)
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    env = compiled.environ(target, os.environ)
+    env[REEXEC_ENV] = "1"
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
+def _prepare(args: argparse.Namespace, extra: Sequence[Sequence[str]] = ()) -> None:
+    """Check the scenario (bad input fails at once, in one line), then move onto the compiled cores."""
+    for sets in extra or [()]:
+        scenario.load(args.scenario, [*args.overrides, *sets])
+    _use_compiled_cores(args)
+
+
 @_one_line_errors
 def cmd_run(args: argparse.Namespace, ctx: object = None) -> int:
+    _prepare(args)
     sim = Sim(args.scenario, args.seed, args.overrides)
     outcome = runner.run_scenario(sim)
-    _print_summary(outcome.result)
+    _print_summary(outcome.result, sim)
     if args.out is not None:
-        written = report.write_run(outcome.result, args.out)
+        written = report.write_run(outcome.result, args.out, sim.kits)
         print(f"report: {', '.join(str(p) for p in written)}")
     for problem in outcome.problems:
         print(problem, file=sys.stderr)
     if outcome.exit_code != runner.EXIT_OK:
         print(
             "replay: "
-            + runner.replay_command(args.simnet_prog, args.scenario, sim.seed, sim.scenario.overrides),
+            + runner.replay_command(
+                args.simnet_prog, args.scenario, sim.seed, sim.scenario.overrides, args.interpreted
+            ),
             file=sys.stderr,
         )
     return outcome.exit_code
@@ -128,6 +162,7 @@ def cmd_run(args: argparse.Namespace, ctx: object = None) -> int:
 
 @_one_line_errors
 def cmd_check_determinism(args: argparse.Namespace, ctx: object = None) -> int:
+    _prepare(args)
     hashes = []
     for attempt in (1, 2):
         sim = Sim(args.scenario, args.seed, args.overrides)
@@ -140,7 +175,9 @@ def cmd_check_determinism(args: argparse.Namespace, ctx: object = None) -> int:
     if hashes[0] != hashes[1]:
         print(
             "NOT deterministic: the two runs differ; replay: "
-            + runner.replay_command(args.simnet_prog, args.scenario, sim.seed, sim.scenario.overrides),
+            + runner.replay_command(
+                args.simnet_prog, args.scenario, sim.seed, sim.scenario.overrides, args.interpreted
+            ),
             file=sys.stderr,
         )
         return 1
@@ -148,10 +185,8 @@ def cmd_check_determinism(args: argparse.Namespace, ctx: object = None) -> int:
     return 0
 
 
+# A sweep plots these by default, after each kit's ``sweep_figures``.
 DEFAULT_SWEEP_FIGURES = (
-    "detection_p50_s",
-    "false_positives_per_member_hour",
-    "convergence_s",
     "bytes_per_peer_per_s",
     "late_bytes_per_peer_per_s",
     "messages_per_peer_per_s",
@@ -171,10 +206,9 @@ def cmd_sweep(args: argparse.Namespace, ctx: object = None) -> int:
         values.append(text.split(","))
     points = list(itertools.product(*values))
     # Validate every point before spending minutes on the first ones.
-    for point in points:
-        scenario.load(
-            args.scenario, [*args.overrides, *(f"{k}={v}" for k, v in zip(params, point, strict=True))]
-        )
+    _prepare(args, [[f"{k}={v}" for k, v in zip(params, point, strict=True)] for point in points])
+    first = scenario.load(args.scenario, args.overrides)
+    kit_figures = [f for name in first.top["components"] for f in kits.get(name, first.source).sweep_figures]
     rows: list[dict[str, Any]] = []
     worst = runner.EXIT_OK
     started = time.perf_counter()
@@ -191,12 +225,15 @@ def cmd_sweep(args: argparse.Namespace, ctx: object = None) -> int:
                 "\n"
                 + "; ".join(p.splitlines()[0] for p in outcome.problems)
                 + "\nreplay: "
-                + runner.replay_command(args.simnet_prog, args.scenario, sim.seed, tuple(sets))
+                + runner.replay_command(
+                    args.simnet_prog, args.scenario, sim.seed, tuple(sets), args.interpreted
+                )
                 + "\n"
             )
     _progress(len(points), len(points), started)
     sys.stderr.write("\n")
-    written = report.write_sweep(rows, params, args.figure or list(DEFAULT_SWEEP_FIGURES), args.out)
+    figures = args.figure or [*kit_figures, *DEFAULT_SWEEP_FIGURES]
+    written = report.write_sweep(rows, params, figures, args.out)
     print(f"sweep: {len(points)} runs; report: {', '.join(str(p) for p in written)}")
     return worst
 
@@ -217,8 +254,9 @@ def _progress(done: int, total: int, started: float) -> None:
     sys.stderr.flush()
 
 
-def _print_summary(result: dict[str, Any]) -> None:
-    shown = [f"{key}={result[key]}" for key in SUMMARY_KEYS if result.get(key) is not None]
+def _print_summary(result: dict[str, Any], sim: Sim) -> None:
+    keys = [*SUMMARY_KEYS, *(key for kit in sim.kits for key in kit.summary_keys), "trace_hash"]
+    shown = [f"{key}={result[key]}" for key in keys if result.get(key) is not None]
     print(f"{result['scenario']} seed={result['seed']}: " + " ".join(shown))
 
 

@@ -25,7 +25,11 @@ class FaultDriver:
         self.crashed: set[int] = (
             set()
         )  # crashed by a fault and not restarted: the liveness phase restarts them
-        self._baseline = {key: sim.scenario.network[key] for key in SETTABLE_AT_RUNTIME}
+        network, transfers = sim.scenario.network, sim.scenario.transfers
+        self._baseline = {
+            key: transfers["bandwidth_bps"] if key == "transfer_bandwidth_bps" else network[key]
+            for key in SETTABLE_AT_RUNTIME
+        }
 
     def schedule(self) -> None:
         sim = self.sim
@@ -90,7 +94,7 @@ class FaultDriver:
                 sim.set_gray(node, 0)
             sim.log_fault(action, "")
         elif action == "set":
-            sim.network.set_param(fault["key"], fault["value"])
+            sim.set_param(fault["key"], fault["value"])
             sim.log_fault(action, f"{fault['key']}={fault['value']}")
 
     def _take_down(self, node: SimNode, action: str) -> None:
@@ -160,7 +164,7 @@ class FaultDriver:
         sim.network.heal(sim.now_us)
         sim.release_held()
         for key, value in self._baseline.items():
-            sim.network.set_param(key, value)
+            sim.set_param(key, value)
         for node in sim.nodes:
             sim.set_gray(node, 0)
             sim.resume(node)

@@ -1,8 +1,19 @@
-"""Membership (SWIM + Lifeguard) in the simulator: how nodes join, leave, and how the mesh is judged.
+"""The membership kit (SWIM + Lifeguard): how nodes join and leave, and how the mesh is judged.
 
-The observer keeps every node's view incrementally from the ``MemberChanged`` changes its core queues
-(drained after every step), and the ground truth from the simulator (who is really up). From the two it
-derives, at O(1) per change:
+Scenario table::
+
+    [membership]
+    preset = "lan"          # membership.Config preset: lan | wan
+    seeds_per_peer = 2      # how many earlier peers each new peer is given to join
+    lifeguard = true        # false: plain SWIM
+    probe_interval_ms = 700 # ...and any other membership.Config field
+    [membership.checks]
+    false_positives_per_member_hour_max = 0   # safety: tolerated false "dead" verdicts
+    detection_bound_s = 30                    # safety: crash -> dead at every survivor
+    convergence_bound_s = 0                   # safety: a fresh mesh fully converged by then (0 = unchecked)
+
+The observer keeps every node's view incrementally from the ``MemberChanged`` notices of each Ready, and
+the ground truth from the simulator (who is really up). From the two it derives, at O(1) per change:
 - convergence: the fraction of (observer, member) pairs on which the observer is right;
 - false positives: a member declared dead while it was up, unpaused, not slowed, and untouched by any
   fault, as was its accuser (the safety invariant, with a tolerated rate per member-hour);
@@ -14,19 +25,22 @@ trusted.
 from __future__ import annotations
 
 import dataclasses
-import random
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from pyagent.composition import CoreFactory
 from pyagent.errors import ConfigError
 from pyagent.proto import membership
 from pyagent.proto.component import Component
+from pyagent.proto.context import NodeContext
 from pyagent.proto.membership.commands import Join, Leave
 from pyagent.proto.membership.metadata import Metadata
 from pyagent.proto.membership.records import LIVE_STATES, MemberChanged, MemberRecord, State
 from pyagent.proto.types import PeerId
-from pyagent_simnet.components import Kit
+from pyagent_simnet.kits import Kit
 from pyagent_simnet.observe import Observer
+from pyagent_simnet.schema import Field, at_least, nonneg, one_of
 
 if TYPE_CHECKING:
     from pyagent_simnet.sim import Sim, SimNode
@@ -40,27 +54,35 @@ PRESETS: dict[str, membership.Config] = {"lan": membership.LAN, "wan": membershi
 # Scenario-only switch: `lifeguard = false` measures plain SWIM.
 LIFEGUARD_KEY = "lifeguard"
 _FORMED_VIEW = "membership.formed_view"
+_CONFIG = "membership.config"
 # Transition counter names; an enum's .name is a property lookup, and a join storm notices a million times.
 _STATE_NAMES = {state: state.name.lower() for state in State}
 # A graceful leaver keeps running this many gossip intervals so that its goodbye spreads.
 LEAVE_LINGER_GOSSIP_INTERVALS = 5
 
 
-def config_for(preset: str, overrides: Mapping[str, Any], source: str) -> membership.Config:
+def config_for(table: Mapping[str, Any], source: str) -> membership.Config:
+    """The membership.Config of a checked ``[membership]`` table: its preset, then its free-form keys."""
     known = {f.name for f in dataclasses.fields(membership.Config)}
+    overrides = {k: v for k, v in table.items() if k not in MembershipKit.settings and k != "checks"}
     # simnet counts every frame's bytes itself, so membership need not re-encode messages to count them.
-    settings = {"count_bytes": False, **{k: v for k, v in overrides.items() if k != LIFEGUARD_KEY}}
+    settings = {"count_bytes": False, **overrides}
     for key in settings:
         if key not in known:
             raise ConfigError(f"{source}: membership.{key}: unknown key")
     try:
-        config = dataclasses.replace(PRESETS[preset], **settings)
-    except ValueError as exc:
+        config = dataclasses.replace(PRESETS[table["preset"]], **settings)
+    except (ValueError, TypeError) as exc:
         raise ConfigError(f"{source}: membership: {exc}") from None
-    lifeguard = overrides.get(LIFEGUARD_KEY, True)
-    if not isinstance(lifeguard, bool):
-        raise ConfigError(f"{source}: membership.{LIFEGUARD_KEY}: expected bool")
-    return config if lifeguard else config.without_lifeguard()
+    return config if table[LIFEGUARD_KEY] else config.without_lifeguard()
+
+
+def _config(sim: Sim) -> membership.Config:
+    config: membership.Config | None = sim.kit_state.get(_CONFIG)
+    if config is None:
+        config = config_for(sim.scenario.kit("membership"), sim.scenario.source)
+        sim.kit_state[_CONFIG] = config
+    return config
 
 
 def _addrs(peer: PeerId) -> tuple[str, ...]:
@@ -86,26 +108,53 @@ def _formed_view(sim: Sim) -> tuple[MemberRecord, ...]:
 
 
 class MembershipKit(Kit):
-    name = "membership"
+    name: ClassVar[str] = "membership"
+    settings: ClassVar[dict[str, Field]] = {
+        "preset": Field(str, "lan", one_of(*PRESETS)),
+        "seeds_per_peer": Field(int, 3, at_least(1)),
+        LIFEGUARD_KEY: Field(bool, True),
+    }
+    checks: ClassVar[dict[str, Field]] = {
+        "false_positives_per_member_hour_max": Field(float, 0.0, nonneg),
+        "detection_bound_s": Field(float, 0.0, nonneg),
+        "convergence_bound_s": Field(float, 0.0, nonneg),
+    }
+    summary_keys: ClassVar[tuple[str, ...]] = (
+        "false_positives",
+        "detection_p50_s",
+        "detection_max_s",
+        "convergence_s",
+    )
+    sweep_figures: ClassVar[tuple[str, ...]] = (
+        "detection_p50_s",
+        "false_positives_per_member_hour",
+        "convergence_s",
+    )
 
-    def presets(self) -> tuple[str, ...]:
-        return tuple(PRESETS)
+    def table(self, given: Mapping[str, Any], source: str) -> dict[str, Any]:
+        # Any membership.Config field may be set here; config_for checks the free-form keys.
+        out = self.fill(given, source, free_form=True)
+        config_for(out, source)
+        return out
 
-    def check(self, preset: str, overrides: Mapping[str, Any], source: str) -> None:
-        config_for(preset, overrides, source)
-
-    def build(
-        self, sim: Sim, node: SimNode, rng: random.Random, built: dict[str, Component]
-    ) -> list[Component]:
-        scenario = sim.scenario
-        config = config_for(scenario.top["preset"], scenario.membership, scenario.source)
+    def components(self, sim: Sim, node: SimNode) -> Sequence[CoreFactory]:
+        config = _config(sim)
         known = _formed_view(sim) if _starts_formed(sim, node) else ()
-        return [membership.Membership(node.peer, rng, config, local_addrs=_addrs(node.peer), known=known)]
 
-    def notice_sources(self, built: dict[str, Component]) -> list[Callable[[], list[Any]]]:
-        component = built["membership"]
-        assert isinstance(component, membership.Membership)
-        return [component.drain_changes]
+        def build(ctx: NodeContext) -> Component:
+            # Built as the daemon builds it: its own generator (from the node's seed and its name) and
+            # its own storage, where it keeps its incarnation ceiling and address book across restarts.
+            name = membership.Membership.name
+            return membership.Membership(
+                ctx.local_peer,
+                ctx.rng(name),
+                config,
+                local_addrs=_addrs(ctx.local_peer),
+                known=known,
+                storage=ctx.storage(name),
+            )
+
+        return (build,)
 
     def on_start(self, sim: Sim, node: SimNode) -> None:
         if _starts_formed(sim, node):
@@ -115,17 +164,42 @@ class MembershipKit(Kit):
         if node.index > 0 and node.epoch == 0:
             # A first start joins peers that started before it, as an operator's seed list would name.
             candidates = [other for other in candidates if other.index < node.index] or candidates
-        count = min(sim.scenario.top["seeds_per_peer"], len(candidates))
+        count = min(sim.scenario.kit("membership")["seeds_per_peer"], len(candidates))
         seeds = sim.join_rng.sample(candidates, count) if count else []
         sim.request(node, Join(seeds=tuple((s.peer, _addrs(s.peer)) for s in seeds)))
 
     def on_leave(self, sim: Sim, node: SimNode) -> int:
         sim.request(node, Leave())
-        config = config_for(sim.scenario.top["preset"], sim.scenario.membership, sim.scenario.source)
-        return LEAVE_LINGER_GOSSIP_INTERVALS * config.gossip_interval_ms * US_PER_MS
+        return LEAVE_LINGER_GOSSIP_INTERVALS * _config(sim).gossip_interval_ms * US_PER_MS
 
     def observer(self, sim: Sim) -> Observer:
         return MembershipObserver(sim)
+
+    def plots(self, result: Mapping[str, Any], out_dir: Path) -> list[Path]:
+        from pyagent_simnet import report  # matplotlib only when plots are asked for
+
+        written = []
+        series = result.get("series", {})
+        if series.get("convergence"):
+            written.append(
+                report.line(
+                    out_dir / "convergence.png",
+                    series["convergence"],
+                    "simulated time (s)",
+                    "fraction of correct (observer, member) pairs",
+                    "Membership convergence",
+                )
+            )
+        if result.get("detection_latencies_s"):
+            written.append(
+                report.cdf(
+                    out_dir / "detection_cdf.png",
+                    result["detection_latencies_s"],
+                    "detection latency (s): crash to dead everywhere",
+                    "Detection latency CDF",
+                )
+            )
+        return written
 
 
 class MembershipObserver(Observer):
@@ -134,12 +208,12 @@ class MembershipObserver(Observer):
     def __init__(self, sim: Sim) -> None:
         super().__init__()
         self.sim = sim
-        checks = sim.scenario.checks
+        checks = sim.scenario.kit("membership")["checks"]
         self.fp_max_per_member_hour: float = checks["false_positives_per_member_hour_max"]
         self.detection_bound_s: float = checks["detection_bound_s"]
         self.convergence_bound_s: float = checks["convergence_bound_s"]
         self.sample_us = int(sim.scenario.top["sample_interval_s"] * US_PER_S)
-        config = config_for(sim.scenario.top["preset"], sim.scenario.membership, sim.scenario.source)
+        config = _config(sim)
         members = max(2, sim.scenario.top["peers"])
         self.grace_us = int(
             (
@@ -306,16 +380,16 @@ class MembershipObserver(Observer):
         rate = self.false_positives_per_member_hour()
         if rate > self.fp_max_per_member_hour:
             self.violations.append(
-                f"{self.false_positives} false positives ({rate:.2f}/member-hour > "
-                f"checks.false_positives_per_member_hour_max={self.fp_max_per_member_hour}); first: "
+                f"{self.false_positives} false positives ({rate:.2f}/member-hour > membership.checks."
+                f"false_positives_per_member_hour_max={self.fp_max_per_member_hour}); first: "
                 + "; ".join(self.false_positive_examples)
             )
         if self.detection_bound_s and self.detections_everywhere_s:
             worst = max(self.detections_everywhere_s)
             if worst > self.detection_bound_s:
                 self.violations.append(
-                    f"a crash took {worst:.2f}s to be marked dead everywhere > checks.detection_bound_s="
-                    f"{self.detection_bound_s}"
+                    f"a crash took {worst:.2f}s to be marked dead everywhere > "
+                    f"membership.checks.detection_bound_s={self.detection_bound_s}"
                 )
         if self.detection_bound_s:
             late = [
@@ -325,15 +399,16 @@ class MembershipObserver(Observer):
             ]
             if late:
                 self.violations.append(
-                    f"{len(late)} crashed peers not marked dead everywhere within checks.detection_bound_s="
-                    f"{self.detection_bound_s} (e.g. {self.sim.nodes[late[0]].peer})"
+                    f"{len(late)} crashed peers not marked dead everywhere within "
+                    f"membership.checks.detection_bound_s={self.detection_bound_s} "
+                    f"(e.g. {self.sim.nodes[late[0]].peer})"
                 )
         if self.convergence_bound_s and (
             self.converged_at_s is None or self.converged_at_s > self.convergence_bound_s
         ):
             self.violations.append(
-                f"fresh mesh not converged within checks.convergence_bound_s={self.convergence_bound_s} "
-                f"(converged at {self.converged_at_s})"
+                "fresh mesh not converged within membership.checks.convergence_bound_s="
+                f"{self.convergence_bound_s} (converged at {self.converged_at_s})"
             )
         self._cross_check_views()
 

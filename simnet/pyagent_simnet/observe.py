@@ -28,13 +28,13 @@ class Observer:
         """A node's NodeCore has just been created (first start or restart)."""
 
     def on_node_down(self, node: SimNode) -> None:
-        """A node has crashed or left."""
+        """A node has crashed or left (its disk has already lost what the crash loses)."""
 
     def on_notice(self, node: SimNode, item: object, now_us: int) -> None:
-        """A non-Reply item appeared in a node's ``Ready.apply``."""
+        """One of a node's ``Ready.notices`` (membership's ``MemberChanged``, a kit's own records...)."""
 
     def on_notices(self, node: SimNode, items: list[Any], now_us: int) -> None:
-        """A step's drained notices (a component's queued changes), in order; one call for all of them."""
+        """The notices of one step, in order; one call for all of them (default: ``on_notice`` each)."""
         for item in items:
             self.on_notice(node, item, now_us)
 

@@ -1,52 +1,41 @@
 """``report.json`` and the PNG plots of one run, and the figure-against-parameter plots of a sweep.
 
-matplotlib runs on its Agg backend, so reports render on a headless CI machine.
+simnet draws what every run has (traffic per peer, the fault timeline); each kit draws its own figures
+(``Kit.plots``) with the helpers here (``line``, ``cdf``). matplotlib runs on its Agg backend, so reports
+render on a headless CI machine.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+if TYPE_CHECKING:
+    from pyagent_simnet.kits import Kit
 
-def write_run(result: dict[str, Any], out_dir: Path) -> list[Path]:
+
+def write_run(result: dict[str, Any], out_dir: Path, kits: Sequence[Kit] = ()) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(
         json.dumps(result, indent=1, sort_keys=True) + "\n", encoding="utf-8"
     )
     written = [out_dir / "report.json"]
-    series = result.get("series", {})
-    if series.get("convergence"):
-        written.append(
-            _line(
-                out_dir / "convergence.png",
-                series["convergence"],
-                "simulated time (s)",
-                "fraction of correct (observer, member) pairs",
-                "Membership convergence",
-            )
-        )
-    if result.get("detection_latencies_s"):
-        written.append(
-            _cdf(
-                out_dir / "detection_cdf.png",
-                result["detection_latencies_s"],
-                "detection latency (s): crash to dead everywhere",
-                "Detection latency CDF",
-            )
-        )
+    for kit in kits:
+        written.extend(kit.plots(result, out_dir))
     written.append(_traffic(out_dir / "traffic_per_peer.png", result["per_peer"]))
     written.append(_timeline(out_dir / "faults_timeline.png", result["faults"], result["simulated_s"]))
     return written
 
 
-def _line(path: Path, points: list[list[float]], xlabel: str, ylabel: str, title: str) -> Path:
+def line(path: Path, points: Sequence[Sequence[float]], xlabel: str, ylabel: str, title: str) -> Path:
+    """A line plot of ``(x, y)`` points, written to ``path``."""
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([p[0] for p in points], [p[1] for p in points])
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
@@ -54,7 +43,8 @@ def _line(path: Path, points: list[list[float]], xlabel: str, ylabel: str, title
     return _save(fig, path)
 
 
-def _cdf(path: Path, values: list[float], xlabel: str, title: str) -> Path:
+def cdf(path: Path, values: Sequence[float], xlabel: str, title: str) -> Path:
+    """The empirical CDF of ``values``, written to ``path``."""
     ordered = sorted(values)
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.step(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], where="post")

@@ -14,6 +14,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyagent.errors import ConfigError
 from pyagent_simnet.sim import US_PER_S, Sim
 
 EXIT_OK = 0
@@ -30,8 +31,14 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
 
 
-def replay_command(prog: str, scenario: str, seed: int, overrides: tuple[str, ...]) -> str:
+def replay_command(
+    prog: str, scenario: str, seed: int, overrides: tuple[str, ...], interpreted: bool = False
+) -> str:
+    """The command that replays a run: same scenario, seed and overrides (``--interpreted`` only if the
+    run had it; the trace is the same either way)."""
     parts = [*shlex.split(prog), "run", scenario, "--seed", str(seed)]
+    if interpreted:
+        parts.append("--interpreted")
     for item in overrides:
         parts += ["--set", item]
     return shlex.join(parts)
@@ -62,6 +69,8 @@ def run_scenario(sim: Sim) -> Outcome:
                     f"liveness: not converged within checks.liveness_bound_s={checks['liveness_bound_s']}"
                     f" after every fault was healed ({_unconverged(sim)})"
                 )
+    except ConfigError:
+        raise  # bad input met while building a node (a component refusing its [config] table): exit 2
     except Exception:
         exit_code = EXIT_CRASH
         problems.append("crash: " + traceback.format_exc().rstrip())
@@ -126,6 +135,8 @@ def _unconverged(sim: Sim) -> str:
 
 def collect(sim: Sim, wall_s: float) -> dict[str, Any]:
     """Every figure of the run, JSON-ready."""
+    from pyagent_simnet import compiled  # not at import: `python -m pyagent_simnet.compiled` imports us
+
     sim_s = sim.now_us / US_PER_S
     nodes = sim.nodes
     up_seconds = sum(max(0.0, sim_s - node.started_us / US_PER_S) for node in nodes if node.up) or 1.0
@@ -145,6 +156,7 @@ def collect(sim: Sim, wall_s: float) -> dict[str, Any]:
         "events": sim.counters["events"],
         "events_per_wall_s": round(sim.counters["events"] / wall_s) if wall_s > 0 else None,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "cores": "compiled" if compiled.active() else "interpreted",
         "trace_hash": sim.trace.hexdigest(),
         "trace_records": sim.trace.count,
         "counters": dict(sim.counters),
@@ -163,6 +175,15 @@ def collect(sim: Sim, wall_s: float) -> dict[str, Any]:
             ],
         },
     }
+    if sim.counters["writes"]:
+        disks = [node.disk for node in nodes]
+        result["disk"] = {
+            "batches_written": sum(d.batches_written for d in disks),
+            "batches_durable": sum(d.batches_durable for d in disks),
+            "batches_lost_in_crashes": sum(d.batches_lost for d in disks),
+            "syncs": sum(d.syncs for d in disks),
+        }
+    result.update(sim.transfers.figures())
     for observer in sim.observers:
         result.update(observer.figures())
         for name, points in observer.series.items():

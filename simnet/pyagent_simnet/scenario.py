@@ -1,71 +1,44 @@
 """Scenario files: TOML in, a validated ``Scenario`` out, or one ``ConfigError`` line naming key and file.
 
-The schema below is the single source of truth for keys, their types, defaults and bounds; ``--set``
-overrides are typed by it too, so ``--set network.loss=0.05`` becomes a float and ``--set peers=x`` fails
-the same way a bad file does.
+``SCHEMA`` below holds simnet's own tables (the mesh, network, disk, transfers, churn, generic checks);
+every other table belongs to a kit (``kits.py``): ``[membership]`` and ``[membership.checks]`` are
+checked by the membership kit, ``[ping]`` by the ping kit, and so on. ``--set`` overrides are typed by
+the same schemas, so ``--set network.loss=0.05`` becomes a float and ``--set peers=x`` fails the same way
+a bad file does.
 """
 
 from __future__ import annotations
 
 import copy
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pyagent.errors import ConfigError
-from pyagent_simnet import latency
+from pyagent_simnet import kits, latency
+from pyagent_simnet.schema import Field, at_least, fill, nonneg, one_of, positive, probability, typed
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 
-Check = Callable[[Any], str | None]
-
-
-def _at_least(bound: float) -> Check:
-    return lambda v: None if v >= bound else f"must be at least {bound}, got {v}"
-
-
-def _positive(v: Any) -> str | None:
-    return None if v > 0 else f"must be positive, got {v}"
-
-
-def _probability(v: Any) -> str | None:
-    return None if 0 <= v <= 1 else f"must be a probability in [0, 1], got {v}"
-
-
-def _one_of(*choices: str) -> Check:
-    return lambda v: None if v in choices else f"unknown value {v!r} (one of {', '.join(choices)})"
-
-
-_nonneg = _at_least(0)
-
-
-@dataclass(frozen=True, slots=True)
-class Field:
-    kind: type
-    default: Any
-    check: Check | None = None
-
-
-# Table name -> key -> Field. The empty name is the top level. `latency` and `membership` hold free-form
-# tables checked by their own builders.
+# Table name -> key -> Field. The empty name is the top level.
 SCHEMA: dict[str, dict[str, Field]] = {
     "": {
         "name": Field(str, "unnamed"),
         "description": Field(str, ""),
-        "peers": Field(int, 10, _at_least(1)),
-        "duration_s": Field(float, 30.0, _positive),
-        "seed": Field(int, 0, _nonneg),
+        "peers": Field(int, 10, at_least(1)),
+        "duration_s": Field(float, 30.0, positive),
+        "seed": Field(int, 0, nonneg),
+        # Kits, by the names they are registered under (entry-point group pyagent_simnet.kits).
         "components": Field(list, ["ping"]),
-        "preset": Field(str, "lan"),
-        "connections": Field(str, "on-first-send", _one_of("on-first-send", "none")),
-        "seeds_per_peer": Field(int, 3, _at_least(1)),
-        "join_spread_s": Field(float, 0.0, _nonneg),
-        # "join": every peer joins through seeds (a join storm at 1,000 peers); "formed": the first `peers`
-        # start as one mesh that has already converged, as a long-running one would be.
-        "start": Field(str, "join", _one_of("join", "formed")),
-        "sample_interval_s": Field(float, 1.0, _positive),
+        "connections": Field(str, "on-first-send", one_of("on-first-send", "none")),
+        "join_spread_s": Field(float, 0.0, nonneg),
+        # "join": every peer starts on its own (and joins through seeds, for membership: a join storm at
+        # 1,000 peers); "formed": the first `peers` start as one mesh that has already converged, as a
+        # long-running one would be (each kit decides what that means for its components).
+        "start": Field(str, "join", one_of("join", "formed")),
+        "sample_interval_s": Field(float, 1.0, positive),
         "extra_components": Field(list, []),
         # Load the installed `pyagent` plugins and add their pyagent_add_components to every node.
         "plugins": Field(bool, False),
@@ -73,69 +46,81 @@ SCHEMA: dict[str, dict[str, Field]] = {
     },
     "network": {
         "latency": Field(dict, {"kind": "lognormal", "median_ms": 0.3, "sigma": 0.3}),
-        "loss": Field(float, 0.0, _probability),
-        "duplicate": Field(float, 0.0, _probability),
-        "corrupt": Field(float, 0.0, _probability),
-        "bandwidth_bps": Field(int, 0, _nonneg),
-        "egress_queue_bytes_max": Field(int, 4 << 20, _at_least(1)),
+        "loss": Field(float, 0.0, probability),
+        "duplicate": Field(float, 0.0, probability),
+        "corrupt": Field(float, 0.0, probability),
+        "bandwidth_bps": Field(int, 0, nonneg),
+        "egress_queue_bytes_max": Field(int, 4 << 20, at_least(1)),
         "regions": Field(list, []),
         "region_weights": Field(list, []),
         "region_latency_ms": Field(list, []),
-        "disconnect_detect_ms": Field(float, 50.0, _nonneg),
+        "disconnect_detect_ms": Field(float, 50.0, nonneg),
         # Frames a clog may hold, and frames a paused peer may queue.
-        "held_messages_max": Field(int, 1_000_000, _at_least(1)),
+        "held_messages_max": Field(int, 1_000_000, at_least(1)),
     },
-    "workload": {
-        "ping_rate_per_s": Field(float, 0.0, _nonneg),
+    "disk": {
+        # How long an fsync takes; batches written while one runs are made durable by the next one.
+        "sync_latency": Field(dict, {"kind": "lognormal", "median_ms": 1.0, "sigma": 0.5}),
+        # Unsynced (sync = false) batches reach the disk this long after they were written, as the OS's
+        # writeback would put them there, unless a sync takes them first.
+        "writeback_ms": Field(float, 5_000.0, positive),
+    },
+    "transfers": {
+        # The hash list's chunk size: every chunk is hashed, and the digest is the hash of the hashes.
+        "chunk_bytes": Field(int, 64 * 1024, at_least(1)),
+        # Flow control: chunks a transfer may have unacknowledged on its link.
+        "window_chunks": Field(int, 8, at_least(1)),
+        # Each directed link's bandwidth for transfers; a link's transfers queue behind each other.
+        "bandwidth_bps": Field(int, 1_000_000_000, at_least(1)),
+        # A transfer whose link is cut (partition, clog) this long fails, on both sides.
+        "stall_timeout_ms": Field(float, 10_000.0, positive),
+        # Probability that a chunk arrives damaged (its hash no longer matches): the transfer fails.
+        "corrupt": Field(float, 0.0, probability),
+        "in_flight_max": Field(int, 100_000, at_least(1)),
     },
     "churn": {
-        "join_rate_per_s": Field(float, 0.0, _nonneg),
-        "leave_rate_per_s": Field(float, 0.0, _nonneg),
-        "start_s": Field(float, 0.0, _nonneg),
-        "stop_s": Field(float, 0.0, _nonneg),
-        "leave": Field(str, "crash", _one_of("crash", "crash-wipe", "graceful")),
-        "peers_max": Field(int, 100_000, _at_least(1)),
+        "join_rate_per_s": Field(float, 0.0, nonneg),
+        "leave_rate_per_s": Field(float, 0.0, nonneg),
+        "start_s": Field(float, 0.0, nonneg),
+        "stop_s": Field(float, 0.0, nonneg),
+        "leave": Field(str, "crash", one_of("crash", "crash-wipe", "graceful")),
+        "peers_max": Field(int, 100_000, at_least(1)),
     },
     "checks": {
-        "false_positives_per_member_hour_max": Field(float, 0.0, _nonneg),
-        "detection_bound_s": Field(float, 0.0, _nonneg),
-        "convergence_bound_s": Field(float, 0.0, _nonneg),
         "liveness": Field(bool, True),
-        "liveness_bound_s": Field(float, 30.0, _positive),
-        "ping_success_min": Field(float, 0.0, _probability),
-        "rtt_floor_check": Field(bool, True),
+        "liveness_bound_s": Field(float, 30.0, positive),
     },
-    "membership": {},
 }
-
-# Keys of the top level that are tables (or the fault array), not values.
-TABLES = frozenset(SCHEMA) | {"faults"}
+# Per-component config tables handed to components through ``NodeContext.config(name)``, as the daemon's
+# config file does: [config.<component>] (free-form; the component checks its own table).
+CONFIG = "config"
+FAULTS = "faults"
 
 FAULT_ACTIONS: dict[str, dict[str, Field]] = {
     "partition": {
         "sides": Field(list, []),
-        "split": Field(float, 0.5, _probability),
+        "split": Field(float, 0.5, probability),
         "one_way": Field(bool, False),
     },
     "heal": {},
-    "clog": {"peers": Field(list, []), "count": Field(int, 0, _nonneg), "links": Field(list, [])},
+    "clog": {"peers": Field(list, []), "count": Field(int, 0, nonneg), "links": Field(list, [])},
     "unclog": {},
-    "crash": {"peers": Field(list, []), "count": Field(int, 0, _nonneg)},
-    "crash-wipe": {"peers": Field(list, []), "count": Field(int, 0, _nonneg)},
-    "restart": {"peers": Field(list, []), "count": Field(int, 0, _nonneg)},
-    "leave": {"peers": Field(list, []), "count": Field(int, 0, _nonneg)},
-    "pause": {"peers": Field(list, []), "count": Field(int, 0, _nonneg)},
-    "resume": {"peers": Field(list, []), "count": Field(int, 0, _nonneg)},
+    "crash": {"peers": Field(list, []), "count": Field(int, 0, nonneg)},
+    "crash-wipe": {"peers": Field(list, []), "count": Field(int, 0, nonneg)},
+    "restart": {"peers": Field(list, []), "count": Field(int, 0, nonneg)},
+    "leave": {"peers": Field(list, []), "count": Field(int, 0, nonneg)},
+    "pause": {"peers": Field(list, []), "count": Field(int, 0, nonneg)},
+    "resume": {"peers": Field(list, []), "count": Field(int, 0, nonneg)},
     "gray": {
         "peers": Field(list, []),
-        "count": Field(int, 0, _nonneg),
-        "delay_ms": Field(float, 100.0, _nonneg),
+        "count": Field(int, 0, nonneg),
+        "delay_ms": Field(float, 100.0, nonneg),
     },
     "ungray": {},
-    "set": {"key": Field(str, ""), "value": Field(float, 0.0, _nonneg)},
+    "set": {"key": Field(str, ""), "value": Field(float, 0.0, nonneg)},
 }
-# Network parameters that a `set` fault may change while the simulation runs.
-SETTABLE_AT_RUNTIME = ("loss", "duplicate", "corrupt", "bandwidth_bps")
+# Parameters that a `set` fault may change while the simulation runs.
+SETTABLE_AT_RUNTIME = ("loss", "duplicate", "corrupt", "bandwidth_bps", "transfer_bandwidth_bps")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,16 +130,24 @@ class Scenario:
     source: str
     top: dict[str, Any]
     network: dict[str, Any]
-    workload: dict[str, Any]
+    disk: dict[str, Any]
+    transfers: dict[str, Any]
     churn: dict[str, Any]
     checks: dict[str, Any]
-    membership: dict[str, Any]
+    config: dict[str, dict[str, Any]]
+    # Kit name -> its checked table ([name] with [name.checks] under "checks"), for every kit in
+    # `components` and every other installed kit whose table the file gives.
+    kits: dict[str, dict[str, Any]]
     faults: tuple[dict[str, Any], ...]
     overrides: tuple[str, ...]
 
     @property
     def name(self) -> str:
         return str(self.top["name"])
+
+    def kit(self, name: str) -> dict[str, Any]:
+        """Kit ``name``'s checked table."""
+        return self.kits[name]
 
 
 def resolve(name_or_path: str) -> Path:
@@ -187,64 +180,55 @@ def from_dict(
     data = copy.deepcopy(dict(raw))
     for item in overrides:
         _apply_override(data, item, source)
+    installed = set(kits.names())
+    own = set(SCHEMA) | {CONFIG, FAULTS}
+    kit_tables = {key for key in data if key not in SCHEMA[""] and key not in own and key in installed}
     tables: dict[str, dict[str, Any]] = {}
     for table, fields in SCHEMA.items():
         given = data if table == "" else data.get(table, {})
         if not isinstance(given, dict):
             raise ConfigError(f"{source}: {table}: must be a table")
-        if table == "membership":
-            tables[table] = dict(given)
-            continue
-        tables[table] = _fill(given, fields, table, source, skip=TABLES if table == "" else frozenset())
-    faults = data.get("faults", [])
+        skip = frozenset(own | kit_tables) if table == "" else frozenset()
+        tables[table] = fill(given, fields, table, source, skip=skip)
+    config = data.get(CONFIG, {})
+    if not isinstance(config, dict) or not all(isinstance(v, dict) for v in config.values()):
+        raise ConfigError(f"{source}: {CONFIG}: must hold one table per component ([config.<component>])")
+    faults = data.get(FAULTS, [])
     if not isinstance(faults, list):
         raise ConfigError(f"{source}: faults: must be an array of tables ([[faults]])")
     checked_faults = tuple(_check_fault(f, i, source) for i, f in enumerate(faults))
+    checked_kits = _check_kits(tables[""]["components"], data, kit_tables, source)
     _check_cross(tables, source)
     return Scenario(
         source,
         tables[""],
         tables["network"],
-        tables["workload"],
+        tables["disk"],
+        tables["transfers"],
         tables["churn"],
         tables["checks"],
-        tables["membership"],
+        copy.deepcopy(config),
+        checked_kits,
         checked_faults,
         tuple(overrides),
     )
 
 
-def _fill(
-    given: Mapping[str, Any],
-    fields: Mapping[str, Field],
-    table: str,
-    source: str,
-    skip: frozenset[str] = frozenset(),
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in given:
-        if key not in fields and key not in skip:
-            raise ConfigError(f"{source}: {_dotted(table, key)}: unknown key")
-    for key, field in fields.items():
-        value = given.get(key, copy.deepcopy(field.default))
-        out[key] = _typed(value, field, _dotted(table, key), source)
-    return out
-
-
-def _typed(value: Any, field: Field, key: str, source: str) -> Any:
-    if field.kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, field.kind) or (field.kind is not bool and isinstance(value, bool)):
-        raise ConfigError(f"{source}: {key}: expected {field.kind.__name__}, got {type(value).__name__}")
-    if field.check is not None:
-        problem = field.check(value)
-        if problem:
-            raise ConfigError(f"{source}: {key}: {problem}")
-    return value
-
-
-def _dotted(table: str, key: str) -> str:
-    return f"{table}.{key}" if table else key
+def _check_kits(
+    components: list[Any], data: Mapping[str, Any], kit_tables: set[str], source: str
+) -> dict[str, dict[str, Any]]:
+    if not all(isinstance(name, str) for name in components):
+        raise ConfigError(f"{source}: components: must be a list of kit names")
+    if len(set(components)) != len(components):
+        raise ConfigError(f"{source}: components: a kit is named twice")
+    checked: dict[str, dict[str, Any]] = {}
+    for name in [*components, *sorted(kit_tables - set(components))]:
+        kit = kits.get(name, source)
+        given = data.get(name, {})
+        if not isinstance(given, dict):
+            raise ConfigError(f"{source}: {name}: must be a table")
+        checked[name] = kit.table(given, source)
+    return checked
 
 
 def _check_fault(fault: Any, index: int, source: str) -> dict[str, Any]:
@@ -256,8 +240,8 @@ def _check_fault(fault: Any, index: int, source: str) -> dict[str, Any]:
         raise ConfigError(
             f"{source}: {where}.action: unknown fault action {action!r} (one of {', '.join(FAULT_ACTIONS)})"
         )
-    fields = {"at_s": Field(float, 0.0, _nonneg), "action": Field(str, action), **FAULT_ACTIONS[action]}
-    out = _fill(fault, fields, where, source)
+    fields = {"at_s": Field(float, 0.0, nonneg), "action": Field(str, action), **FAULT_ACTIONS[action]}
+    out = fill(fault, fields, where, source)
     if action == "set" and out["key"] not in SETTABLE_AT_RUNTIME:
         raise ConfigError(
             f"{source}: {where}.key: cannot change {out['key']!r} at runtime "
@@ -267,27 +251,14 @@ def _check_fault(fault: Any, index: int, source: str) -> dict[str, Any]:
 
 
 def _check_cross(tables: dict[str, dict[str, Any]], source: str) -> None:
-    """Constraints that span keys: component names, the region matrix, the latency table."""
-    from pyagent_simnet import components  # imported late: it imports the optional membership package
-
+    """Constraints that span keys: the start mode, the region matrix, the distributions."""
     top, network = tables[""], tables["network"]
-    for name in top["components"]:
-        if name not in components.AVAILABLE:
-            raise ConfigError(
-                f"{source}: components: unknown component {name!r} "
-                f"(available: {', '.join(components.available_names())})"
-            )
-    if top["preset"] not in components.presets():
-        raise ConfigError(
-            f"{source}: preset: unknown preset {top['preset']!r} (one of {', '.join(components.presets())})"
-        )
-    if "membership" in top["components"]:
-        components.check_membership(top["preset"], tables["membership"], source)
     if top["start"] == "formed" and top["join_spread_s"]:
         raise ConfigError(
             f'{source}: join_spread_s: a mesh with start = "formed" starts all at once; set it to 0'
         )
     latency.build(network["latency"], f"{source}: network.latency")
+    latency.build(tables["disk"]["sync_latency"], f"{source}: disk.sync_latency")
     regions = network["regions"]
     if regions:
         matrix, weights = network["region_latency_ms"], network["region_weights"]
@@ -310,22 +281,44 @@ def _apply_override(data: dict[str, Any], item: str, source: str) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"--set {item}: expected key=value")
-    if key == "faults":
+    if key == FAULTS:
         # The fault schedule is an array of tables; it is replaced whole: --set 'faults=[]'.
-        data["faults"] = _parse_value(text, Field(list, []), key, source)
+        data[FAULTS] = _parse_value(text, Field(list, []), key, source)
         return
-    table, _, leaf = key.rpartition(".")
-    if table not in SCHEMA or (table != "membership" and leaf not in SCHEMA[table]):
-        raise ConfigError(f"{source}: --set {key}: unknown key")
-    field = SCHEMA[table].get(leaf)
+    head, _, rest = key.partition(".")
+    field: Field | None
+    if not rest:
+        field = SCHEMA[""].get(key)
+        if field is None:
+            raise ConfigError(f"{source}: --set {key}: unknown key")
+        data[key] = _parse_value(text, field, key, source)
+        return
+    if head in SCHEMA and head:
+        field = SCHEMA[head].get(rest)
+        if field is None:
+            raise ConfigError(f"{source}: --set {key}: unknown key")
+        path = [head, rest]
+    elif head == CONFIG:
+        field, path = None, key.split(".")  # config.<component>.<key>: free-form
+        if len(path) != 3:
+            raise ConfigError(f"{source}: --set {key}: expected config.<component>.<key>")
+    elif head in kits.names():
+        field = kits.get(head, source).field(rest)
+        path = key.split(".")
+    else:
+        raise ConfigError(f"{source}: --set {key}: unknown key (no table or kit {head!r})")
     value = _parse_value(text, field, key, source)
-    target = data if table == "" else data.setdefault(table, {})
-    target[leaf] = value
+    target = data
+    for part in path[:-1]:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{source}: --set {key}: {part} is not a table")
+    target[path[-1]] = value
 
 
 def _parse_value(text: str, field: Field | None, key: str, source: str) -> Any:
     if field is None or field.kind in (list, dict):
-        # Free-form tables and arrays take TOML syntax: --set components='["ping"]'.
+        # Free-form values and tables take TOML syntax: --set components='["ping"]'.
         try:
             return tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
@@ -341,6 +334,7 @@ def _parse_value(text: str, field: Field | None, key: str, source: str) -> Any:
     if field.kind is str:
         return text
     try:
-        return field.kind(text)
+        value = field.kind(text)
     except ValueError:
         raise ConfigError(f"{source}: --set {key}: expected {field.kind.__name__}, got {text!r}") from None
+    return typed(value, field, key, source)

@@ -1,12 +1,16 @@
 """The discrete-event loop that drives real ``NodeCore`` objects on a virtual clock.
 
 The heap holds plain tuples ``(time_us, seq, kind, node, a, b)``; ``seq`` is unique, so ties never
-compare further and the order is fixed by the order events were scheduled. Each node's effects are carried
-out exactly as the daemon would: persist into the node's durable store, encode every ``Send`` with the real
-codec, route the bytes through the network model, and decode them with the real ``FrameDecoder``.
+compare further and the order is fixed by the order events were scheduled. Each node's core is built by
+``pyagent.composition.build_core`` (the daemon's builder: kits' components, then extra components, then
+plugins'), and each Ready is carried out by ``pyagent.proto.interpret.Interpreter``, the one the daemon
+uses, through a ``ProcessSink``: writes go to the node's disk model (``disk.py``), every ``Send`` is
+encoded with the real codec, routed through the network model and decoded with the real
+``FrameDecoder``, transfers go through the transfer model (``transfers.py``).
 
-One seed makes one root generator; the network, faults, workload, churn and every node core get their own
-generator derived from it in a fixed order, so adding a fault does not shift the network's draws.
+One seed makes one root generator; the network, faults, workload, churn, node seeds, placement, joins,
+disks and transfers get their own generator derived from it in a fixed order, so adding a fault does not
+shift the network's draws.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from pyagent import pluginhost
-from pyagent.errors import LocalProtocolError, RemoteProtocolError
+from pyagent.composition import CoreFactory, build_core
+from pyagent.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from pyagent.proto.component import Component
 from pyagent.proto.events import (
     Event,
@@ -28,14 +33,21 @@ from pyagent.proto.events import (
     MessageReceived,
     PeerConnected,
     PeerDisconnected,
+    Persisted,
+    SendFailed,
+    Started,
     TimerFired,
 )
+from pyagent.proto.interpret import Interpreter
 from pyagent.proto.node import NodeCore
-from pyagent.proto.ready import Reply, Send, SetTimer
+from pyagent.proto.ready import CancelTransfer, Reply, Send, Transfer
+from pyagent.proto.storage import WriteBatch
 from pyagent.proto.types import PeerId
 from pyagent.proto.wire import FrameDecoder, Limits, encode_frame
-from pyagent_simnet import components
+from pyagent_simnet import kits as kits_mod
 from pyagent_simnet import scenario as scenario_mod
+from pyagent_simnet.disk import Disk, DiskModel
+from pyagent_simnet.kits import Kit
 from pyagent_simnet.network import (
     DROP_DOWN,
     DROP_HELD_FULL,
@@ -47,12 +59,16 @@ from pyagent_simnet.network import (
 from pyagent_simnet.observe import Observer
 from pyagent_simnet.scenario import Scenario
 from pyagent_simnet.trace import Trace
+from pyagent_simnet.transfers import Transfers
 
 US_PER_MS = 1_000
 US_PER_S = 1_000_000
 
 # Event kinds. An event a gray node has already waited for carries GRAY_WAITED added to its kind.
-DELIVER, TIMER, CONNECT, DISCONNECT, CALL = range(5)
+# CALL runs a function; the others happen to a node (and wait while it is paused or slowed). FEED steps an
+# event into the node's core and NODE_CALL runs a function on its behalf, both only if the process that
+# was running when they were scheduled (its epoch) still is.
+DELIVER, TIMER, CONNECT, DISCONNECT, CALL, FEED, NODE_CALL = range(7)
 GRAY_WAITED = 8
 NO_NODE = -1
 NEVER_US = -(1 << 62)
@@ -61,29 +77,33 @@ ReplyHandler = Callable[["SimNode", Reply], None]
 
 
 class SimNode:
-    """One simulated peer: its current ``NodeCore`` (None while down) and what outlives a crash."""
+    """One simulated peer: its current process (core, interpreter; None while down) and what outlives a
+    crash (its disk, its place in the network)."""
 
     __slots__ = (
         "connected",
         "core",
+        "disk",
         "disturbed_us",
         "epoch",
         "gray_delay_us",
         "hears_connections",
+        "hears_send_failures",
         "index",
+        "interpreter",
         "left",
-        "notice_sources",
         "paused",
         "peer",
         "pending",
+        "persist_queue",
         "protocols",
         "recv_bytes",
         "recv_msgs",
         "region",
         "sent_bytes",
         "sent_msgs",
+        "sink",
         "started_us",
-        "store",
         "timers",
         "up",
     )
@@ -92,8 +112,10 @@ class SimNode:
         self.index = index
         self.peer = peer
         self.region = region
-        self.store: dict[str, bytes] = {}
+        self.disk = Disk()
         self.core: NodeCore | None = None
+        self.interpreter: Interpreter | None = None
+        self.sink: ProcessSink | None = None
         self.up = False
         self.left = False  # gone for good (a churn or scenario leave): never restarted
         self.epoch = 0  # bumps at each crash, so frames and timers addressed to the old process die
@@ -102,18 +124,60 @@ class SimNode:
         self.pending: list[tuple[int, int, Any, Any]] = []
         self.gray_delay_us = 0
         self.connected: set[int] = set()
-        # Whether any component reacts to PeerConnected/PeerDisconnected; when none does, those events are
-        # not scheduled at all (membership ignores them, and a 1,000-peer mesh makes a million of them).
+        # Whether any component reacts to PeerConnected/PeerDisconnected (SendFailed); when none does,
+        # those events are not scheduled at all (membership ignores them, and a 1,000-peer mesh makes a
+        # million of them).
         self.hears_connections = True
+        self.hears_send_failures = False
         self.protocols: dict[str, Limits] = {}
+        # Batches the disk made durable (or, unsynced, reportable) that the core has not been told of.
+        self.persist_queue: list[WriteBatch] = []
         self.sent_msgs = self.sent_bytes = self.recv_msgs = self.recv_bytes = 0
         self.started_us = 0
         self.disturbed_us = (
             NEVER_US  # the last time a node fault (crash, start, pause, gray...) touched this node
         )
-        # Components that queue notices for the shell to drain (membership's changes) rather than put
-        # them in Ready.apply; drained after every step so observers see them at the right virtual time.
-        self.notice_sources: list[Callable[[], list[Any]]] = []
+
+
+class ProcessSink:
+    """How simnet carries out one process's effects (the ``Sink`` of ``proto.interpret``); the
+    ``Interpreter`` decides when. Notices are collected and handed to the observers once per step."""
+
+    __slots__ = ("node", "notices", "sim")
+
+    def __init__(self, sim: Sim, node: SimNode) -> None:
+        self.sim = sim
+        self.node = node
+        self.notices: list[object] = []
+
+    def write(self, batch: WriteBatch) -> None:
+        self.sim._write(self.node, batch)
+
+    def send(self, send: Send) -> None:
+        self.sim._send(self.node, send)
+
+    def reply(self, reply: Reply) -> None:
+        self.sim._reply(self.node, reply)
+
+    def notice(self, notice: object) -> None:
+        self.notices.append(notice)
+
+    def set_timer(self, key: str, at_us: int) -> None:
+        sim = self.sim
+        now_us = sim.now_us
+        seq = next(sim._seq)
+        node = self.node
+        node.timers[key] = seq
+        heapq.heappush(sim._heap, (at_us if at_us > now_us else now_us, seq, TIMER, node.index, key, seq))
+
+    def cancel_timer(self, key: str) -> None:
+        self.node.timers.pop(key, None)
+
+    def transfer(self, transfer: Transfer) -> None:
+        self.sim.transfers.start(self.node, transfer)
+
+    def cancel_transfer(self, cancel: CancelTransfer) -> None:
+        self.sim.transfers.cancel(self.node, cancel)
 
 
 class Sim:
@@ -142,18 +206,21 @@ class Sim:
         self.node_seed_rng = random.Random(root.getrandbits(64))
         self.placement_rng = random.Random(root.getrandbits(64))
         self.join_rng = random.Random(root.getrandbits(64))
+        self.disk_rng = random.Random(root.getrandbits(64))
+        self.transfer_rng = random.Random(root.getrandbits(64))
         self.network = Network(sc.network, self.network_rng, sc.source)
+        self.disk_model = DiskModel(sc.disk, self.disk_rng, sc.source)
         self.trace = Trace(keep=sc.top["trace"])
         self.now_us = 0
         self._heap: list[tuple[int, int, int, int, Any, Any]] = []
         self._seq = itertools.count()
         self.nodes: list[SimNode] = []
         self.index_of: dict[PeerId, int] = {}
-        self.kits = [components.AVAILABLE[name] for name in sc.top["components"]]
-        self._extra = [components.load_extra(spec, sc.source) for spec in sc.top["extra_components"]]
+        self.kits: list[Kit] = [kits_mod.get(name, sc.source) for name in sc.top["components"]]
+        self._extra = [kits_mod.load_factory(spec, sc.source) for spec in sc.top["extra_components"]]
         self._plugins = pluginhost.load_plugins() if sc.top["plugins"] else None
         self._connections = sc.top["connections"] == "on-first-send"
-        self._disconnect_detect_us = int(sc.network["disconnect_detect_ms"] * US_PER_MS)
+        self.disconnect_detect_us = int(sc.network["disconnect_detect_ms"] * US_PER_MS)
         self._replies: dict[int, tuple[SimNode, ReplyHandler]] = {}
         self._request_ids = itertools.count(1)
         self.counters: dict[str, int] = {
@@ -163,6 +230,8 @@ class Sim:
             "truncated_frames": 0,
             "step_rejected": 0,
             "timers_fired": 0,
+            "writes": 0,
+            "syncs": 0,
             "persisted": 0,
             "replies": 0,
             "notices": 0,
@@ -171,10 +240,10 @@ class Sim:
         self.fault_log: list[tuple[float, str, str]] = []
         # Kits are shared by every run; what one needs to keep for this run lives here, under its name.
         self.kit_state: dict[str, Any] = {}
+        self.transfers = Transfers(self, sc.transfers, self.transfer_rng)
         self.observers: list[Observer] = []
-        from pyagent_simnet import faults, workload
+        from pyagent_simnet import faults
 
-        self.observers.append(workload.PingWorkload(self))
         for kit in self.kits:
             observer = kit.observer(self)
             if observer is not None:
@@ -248,63 +317,141 @@ class Sim:
                 self.trace.add(b"%d T %d %s\n" % (time_us, index, a.encode()))
                 self._step(node, TimerFired(a))
         elif b == node.epoch:
-            other = self.nodes[a].peer
-            self._step(
-                node, PeerConnected(other, (f"/sim/{other}",)) if kind == CONNECT else PeerDisconnected(other)
-            )
+            if kind == FEED:
+                self._step(node, a)
+            elif kind == NODE_CALL:
+                fn, arg = a
+                fn(arg)
+            else:
+                other = self.nodes[a].peer
+                change = (
+                    PeerConnected(other, (f"/sim/{other}",)) if kind == CONNECT else PeerDisconnected(other)
+                )
+                self._step(node, change)
 
     def _push(self, at_us: int, kind: int, index: int, a: Any, b: Any) -> int:
         seq = next(self._seq)
         heapq.heappush(self._heap, (at_us, seq, kind, index, a, b))
         return seq
 
+    def feed(self, node: SimNode, at_us: int, event: Event, epoch: int | None = None) -> None:
+        """Step ``event`` into ``node``'s core at ``at_us``, if the process of ``epoch`` (default: the
+        current one) still runs then: how the shell's feedback (a failed send, a transfer's end) arrives."""
+        self._push(max(at_us, self.now_us), FEED, node.index, event, node.epoch if epoch is None else epoch)
+
+    def node_call(self, node: SimNode, at_us: int, fn: Callable[[Any], None], arg: Any, epoch: int) -> None:
+        """Call ``fn(arg)`` at ``at_us`` on ``node``'s behalf: only if the process of ``epoch`` still runs,
+        and later if it is paused or slowed, as any other event of the node."""
+        self._push(max(at_us, self.now_us), NODE_CALL, node.index, (fn, arg), epoch)
+
     # ----- carrying out a NodeCore's effects
 
+    def step_node(self, node: SimNode, event: Event) -> None:
+        """Step ``event`` into a running node now and carry out what it returns."""
+        self._step(node, event)
+
     def _step(self, node: SimNode, event: Event) -> None:
-        core = node.core
-        assert core is not None
+        core, interpreter, sink = node.core, node.interpreter, node.sink
+        assert core is not None and interpreter is not None and sink is not None
         try:
             ready = core.step(event, self.now_us)
         except RemoteProtocolError:
             self.counters["step_rejected"] += 1
             return
-        if ready.persist:
-            store = node.store
-            for record in ready.persist:
-                store[record.key] = record.value
-            self.counters["persisted"] += len(ready.persist)
-        for send in ready.send:
-            self._send(node, send)
-        for item in ready.apply:
-            self._apply(node, item)
-        for drain in node.notice_sources:
-            notices = drain()
-            if notices:
-                self.counters["notices"] += len(notices)
-                for observer in self.observers:
-                    observer.on_notices(node, notices, self.now_us)
-        now_us = self.now_us
-        for timer in ready.timers:
-            if type(timer) is SetTimer:
-                at_us = timer.at_us if timer.at_us > now_us else now_us
-                seq = next(self._seq)
-                node.timers[timer.key] = seq
-                heapq.heappush(self._heap, (at_us, seq, TIMER, node.index, timer.key, seq))
-            else:
-                node.timers.pop(timer.key, None)
+        interpreter.carry_out(ready)
+        if sink.notices:
+            notices, sink.notices = sink.notices, []
+            self.counters["notices"] += len(notices)
+            for observer in self.observers:
+                observer.on_notices(node, notices, self.now_us)
 
-    def _apply(self, node: SimNode, item: object) -> None:
-        if isinstance(item, Reply):
-            self.counters["replies"] += 1
-            waiting = self._replies.pop(item.request_id, None)
-            if waiting is not None:
-                # Deferred to its own event, so that a handler sending a new request never steps a core
-                # while this step's effects are only half carried out.
-                self.schedule(self.now_us, _call_reply, (waiting[1], node, item))
+    def _reply(self, node: SimNode, reply: Reply) -> None:
+        self.counters["replies"] += 1
+        waiting = self._replies.pop(reply.request_id, None)
+        if waiting is not None:
+            # Deferred to its own event, so that a handler sending a new request never steps a core
+            # while this step's effects are only half carried out.
+            self.schedule(self.now_us, _call_reply, (waiting[1], node, reply))
+
+    # ----- the disk (disk.py): writes become durable after an fsync, in order, and are reported
+
+    def _write(self, node: SimNode, batch: WriteBatch) -> None:
+        disk = node.disk
+        try:
+            disk.write(batch)
+        except ValueError as exc:
+            raise LocalProtocolError(f"{node.peer}: {exc}") from None
+        self.counters["writes"] += 1
+        if batch.sync:
+            if disk.syncing:
+                disk.sync_wanted = True  # group commit: the next fsync takes it
+            else:
+                self._start_sync(node)
             return
-        self.counters["notices"] += 1
-        for observer in self.observers:
-            observer.on_notice(node, item, self.now_us)
+        if not disk.report_due:
+            # It asked for no fsync: it is reported as soon as every batch before it is (one node event).
+            disk.report_due = True
+            self.node_call(node, self.now_us, self._report_unsynced, node, node.epoch)
+        if not disk.writeback_due:
+            disk.writeback_due = True
+            at_us = self.now_us + self.disk_model.writeback_us
+            self.schedule(at_us, self._disk_writeback, (node, disk.generation))
+
+    def _start_sync(self, node: SimNode) -> None:
+        disk = node.disk
+        disk.start_sync()
+        self.counters["syncs"] += 1
+        at_us = self.now_us + self.disk_model.sample_sync_us(self.disk_model.rng)
+        self.schedule(at_us, self._disk_synced, (node, disk.generation))
+
+    def _disk_synced(self, arg: tuple[SimNode, int]) -> None:
+        node, generation = arg
+        disk = node.disk
+        if generation != disk.generation:
+            return  # the machine lost power meanwhile: that fsync never completed
+        done = disk.synced()
+        self.trace.add(b"%d S %d %d\n" % (self.now_us, node.index, len(done)))
+        if disk.sync_wanted:
+            self._start_sync(node)
+        self._report(node, done)
+
+    def _report_unsynced(self, node: SimNode) -> None:
+        disk = node.disk
+        disk.report_due = False
+        node.persist_queue.extend(disk.reportable())
+        self._deliver_persisted(node)
+
+    def _disk_writeback(self, arg: tuple[SimNode, int]) -> None:
+        node, generation = arg
+        disk = node.disk
+        if generation != disk.generation:
+            return
+        disk.writeback_due = False
+        if len(disk.pending) > disk.syncing:
+            if disk.syncing:
+                disk.sync_wanted = True
+            else:
+                self._start_sync(node)
+
+    def _report(self, node: SimNode, batches: list[WriteBatch]) -> None:
+        if batches and node.up:
+            # One queue per process, drained in order by whichever of its events comes first: a slowed
+            # node may see its events late, never Persisted out of order.
+            node.persist_queue.extend(batches)
+            self.node_call(node, self.now_us, self._deliver_persisted, node, node.epoch)
+
+    def _deliver_persisted(self, node: SimNode) -> None:
+        batches, node.persist_queue = node.persist_queue, []
+        if not batches:
+            return
+        interpreter = node.interpreter
+        assert interpreter is not None
+        interpreter.persisted(len(batches))
+        self.counters["persisted"] += len(batches)
+        for batch in batches:
+            if not node.up:
+                return
+            self._step(node, Persisted(batch.component, batch.tag))
 
     def _send(self, node: SimNode, send: Send) -> None:
         limits = node.protocols.get(send.protocol)
@@ -317,7 +464,15 @@ class Sim:
         dst = self.index_of.get(send.peer)
         if dst is None:
             self._drop(DROP_UNKNOWN, src, -1)
+            if node.hears_send_failures:
+                self.feed(
+                    node, self.now_us, SendFailed(send.peer, send.protocol, "unreachable: unknown peer")
+                )
             return
+        if node.hears_send_failures and not self.nodes[dst].up:
+            # A dial to a dead peer fails once its address stops answering.
+            failed = SendFailed(send.peer, send.protocol, "unreachable: peer down")
+            self.feed(node, self.now_us + self.disconnect_detect_us, failed)
         net = self.network
         if net.cut and net.blocked(src, dst):
             self._drop(DROP_PARTITION, src, dst)
@@ -404,57 +559,77 @@ class Sim:
     def _start(self, node: SimNode) -> None:
         if node.up or node.left:
             return
-        rng = random.Random(self.node_seed_rng.getrandbits(64))
-        built: dict[str, Any] = {}
-        parts = []
-        for kit in self.kits:
-            made = kit.build(self, node, rng, built)
-            for component in made:
-                built[component.name] = component
-            parts.extend(made)
-        if self._plugins is not None:
-            for component in pluginhost.collect_components(self._plugins, node.peer, rng):
-                built[component.name] = component
-                parts.append(component)
-        for factory in self._extra:
-            component = factory(node.peer, rng, node.store, self.scenario, built)
-            built[component.name] = component
-            parts.append(component)
-        node.core = NodeCore(node.peer, rng, parts)
-        node.hears_connections = any(_hears_connections(component) for component in node.core.components)
-        node.notice_sources = [source for kit in self.kits for source in kit.notice_sources(built)]
-        node.protocols = node.core.protocols
+        # The core is built exactly as the daemon builds one: every component gets its own generator from
+        # (node seed, component name), its config table and its storage namespace through one context.
+        seed = self.node_seed_rng.getrandbits(64)
+        factories: list[CoreFactory] = [f for kit in self.kits for f in kit.components(self, node)]
+        factories.extend(self._extra)
+        disk = node.disk
+        try:
+            core = build_core(
+                node.peer,
+                seed,
+                storage_for=lambda component: disk.visible.reader(component),
+                core_factories=factories,
+                plugins=self._plugins,
+                config=self.scenario.config,
+            )
+        except ConfigError as exc:  # a component refused its [config.<name>] table: the user's input
+            raise ConfigError(f"{self.scenario.source}: {exc}") from None
+        sink = ProcessSink(self, node)
+        node.core = core
+        node.sink = sink
+        node.interpreter = Interpreter(sink)
+        node.hears_connections = any(
+            _hears(c, "on_peer_connected", "on_peer_disconnected") for c in core.components
+        )
+        node.hears_send_failures = any(_hears(c, "on_send_failed") for c in core.components)
+        node.protocols = core.protocols
         node.up = True
         node.started_us = self.now_us
         if node.epoch:
             node.disturbed_us = self.now_us  # a restart: rumours about the old process may still be around
         for observer in self.observers:
             observer.on_node_up(node)
+        self._step(node, Started(recovered=not disk.visible.is_empty()))
         for kit in self.kits:
-            kit.on_start(self, node)
+            if node.up:
+                kit.on_start(self, node)
 
     def inject(self, fault: Mapping[str, Any]) -> None:
         """Apply one fault now, given as a scenario's ``[[faults]]`` table (``at_s`` is ignored)."""
         checked = scenario_mod.from_dict({"faults": [dict(fault)]}, "<inject>").faults[0]
         self.faults.apply(checked)
 
+    def set_param(self, key: str, value: float) -> None:
+        """Change a network or transfer parameter now (``scenario.SETTABLE_AT_RUNTIME``)."""
+        if key == "transfer_bandwidth_bps":
+            self.transfers.set_bandwidth(int(value))
+        else:
+            self.network.set_param(key, value)
+
     def restart(self, node: SimNode) -> None:
-        """Start a down node again: a new NodeCore built from whatever its durable store kept."""
+        """Start a down node again: a new process whose core recovers what its disk kept."""
         self._start(node)
 
     def crash(self, node: SimNode, wipe: bool = False) -> None:
+        """Stop ``node``'s process at once, as a power loss would: its disk keeps only what an fsync made
+        durable (nothing with ``wipe``), and its interpreter and every effect it held are gone."""
         if not node.up:
             return
         node.up = False
         node.disturbed_us = self.now_us
         node.core = None
+        node.interpreter = None
+        node.sink = None
+        node.persist_queue = []
         node.timers = {}
         node.epoch += 1
         node.paused = False
         node.pending = []
         node.gray_delay_us = 0
-        if wipe:
-            node.store = {}
+        node.disk.crash(wipe)
+        self.transfers.node_down(node)
         # Requests the old process will never answer.
         self._replies = {rid: waiting for rid, waiting in self._replies.items() if waiting[0] is not node}
         self._drop_connections(node)
@@ -474,7 +649,7 @@ class Sim:
 
     def _drop_connections(self, node: SimNode) -> None:
         # The peers' kernels answer with a reset, which reaches them a little later.
-        at_us = self.now_us + self._disconnect_detect_us
+        at_us = self.now_us + self.disconnect_detect_us
         for other_index in sorted(node.connected):
             other = self.nodes[other_index]
             other.connected.discard(node.index)
@@ -519,12 +694,10 @@ class Sim:
         self.fault_log.append((self.now_us / US_PER_S, action, detail))
 
 
-def _hears_connections(component: Component) -> bool:
+def _hears(component: Component, *handlers: str) -> bool:
+    """Whether ``component`` overrides any of ``handlers``: if none does, the events are not made."""
     cls = type(component)
-    return (
-        cls.on_peer_connected is not Component.on_peer_connected
-        or cls.on_peer_disconnected is not Component.on_peer_disconnected
-    )
+    return any(getattr(cls, name) is not getattr(Component, name) for name in handlers)
 
 
 def _freeze_gc(_: object) -> None:

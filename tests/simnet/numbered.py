@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import random
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from pyagent.errors import RemoteProtocolError
 from pyagent.proto.component import Component
+from pyagent.proto.context import NodeContext
 from pyagent.proto.events import LocalRequest, MessageReceived
 from pyagent.proto.ready import Ready, Send
 from pyagent.proto.wire import Limits
@@ -44,7 +43,5 @@ class Numbered(Component):
         self.received.append(number)
 
 
-def factory(
-    peer: str, rng: random.Random, store: Mapping[str, bytes], scenario: Any, built: Mapping[str, Component]
-) -> Component:
+def factory(ctx: NodeContext) -> Component:
     return Numbered()

@@ -1,20 +1,22 @@
-"""A planted bug: a plugin component on one peer that gossips a false "dead" claim about a live member.
+"""A planted bug: a plugin component that makes its node's membership gossip a false "dead" claim about
+a live member.
 
-It speaks through the membership protocol of its own node, as a buggy plugin sharing the node could, so
-the receivers' real membership code accepts the claim and marks a healthy, reachable peer dead. The
-membership checker must catch that as a safety violation.
+A component may speak only its own protocol (NodeCore checks), so the bug is planted the way a buggy
+plugin sharing the process could still do it: by patching its sibling's handler. From 15 s on, the
+node's membership, at its next timer, also gossips the lie; the receivers' real membership code accepts
+it and marks a healthy, reachable peer dead. The membership checker must catch that as a safety
+violation. (Runs on the interpreted cores: a compiled class takes no patches.)
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from pyagent.proto.component import Component
-from pyagent.proto.events import PeerConnected
+from pyagent.proto.context import NodeContext
 from pyagent.proto.membership import PROTOCOL_ID, Entry, Membership, State, codec
-from pyagent.proto.ready import Ready, Send, SetTimer
+from pyagent.proto.ready import Ready, Send
+from pyagent.proto.types import Rng
 
 LIE_AT_US = 15_000_000
 LISTENERS = 5
@@ -23,17 +25,21 @@ LISTENERS = 5
 class Slanderer(Component):
     name: ClassVar[str] = "slanderer"
 
-    def __init__(self, rng: random.Random, membership: Membership) -> None:
+    def __init__(self, rng: Rng, membership: Membership) -> None:
         self._rng = rng
-        self._armed = False
+        self._lied = False
         self.membership = membership
+        honest = membership.on_timer
 
-    def on_peer_connected(self, event: PeerConnected, now_us: int, out: Ready) -> None:
-        if not self._armed:
-            self._armed = True
-            out.timers.append(SetTimer(self.timer_key("lie"), LIE_AT_US))
+        def on_timer(suffix: str, now_us: int, out: Ready) -> None:
+            honest(suffix, now_us, out)
+            if not self._lied and now_us >= LIE_AT_US:
+                self._lied = True
+                self._lie(out)
 
-    def on_timer(self, suffix: str, now_us: int, out: Ready) -> None:
+        membership.on_timer = on_timer  # type: ignore[method-assign]
+
+    def _lie(self, out: Ready) -> None:
         live = [
             r
             for r in self.membership.members()
@@ -47,9 +53,7 @@ class Slanderer(Component):
             out.send.append(Send(listener.peer, PROTOCOL_ID, codec.gossip([lie])))
 
 
-def factory(
-    peer: str, rng: random.Random, store: Mapping[str, bytes], scenario: Any, built: Mapping[str, Component]
-) -> Component:
-    membership = built["membership"]
+def factory(ctx: NodeContext) -> Component:
+    membership = ctx.sibling("membership")
     assert isinstance(membership, Membership)
-    return Slanderer(rng, membership)
+    return Slanderer(ctx.rng(Slanderer.name), membership)

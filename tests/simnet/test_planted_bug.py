@@ -27,8 +27,20 @@ def trace_hash(stdout: str) -> str:
 
 
 def test_the_checker_catches_the_planted_bug_and_the_replay_reproduces_it() -> None:
+    # Interpreted, so that the two runs' stderr cannot differ by a line about building compiled cores.
     first = run(
-        [sys.executable, "-m", "pyagent_simnet", "run", str(SCENARIO), "--seed", "7", "--set", "peers=16"]
+        [
+            sys.executable,
+            "-m",
+            "pyagent_simnet",
+            "run",
+            str(SCENARIO),
+            "--seed",
+            "7",
+            "--set",
+            "peers=16",
+            "--interpreted",
+        ]
     )
     assert first.returncode == 1, first.stdout + first.stderr
     assert "safety:" in first.stderr and "false positives" in first.stderr
@@ -36,7 +48,7 @@ def test_the_checker_catches_the_planted_bug_and_the_replay_reproduces_it() -> N
     assert len(replay_lines) == 1
     command = shlex.split(replay_lines[0].removeprefix("replay: "))
     assert command[:3] == ["python", "-m", "pyagent_simnet"]
-    assert "--seed" in command and "peers=16" in command
+    assert "--seed" in command and "peers=16" in command and "--interpreted" in command
 
     second = run([sys.executable, *command[1:]])
     assert second.returncode == first.returncode
@@ -58,6 +70,7 @@ def test_without_the_planted_component_the_same_run_is_clean() -> None:
             "peers=16",
             "--set",
             "extra_components=[]",
+            "--interpreted",
         ]
     )
     assert clean.returncode == 0, clean.stdout + clean.stderr

@@ -19,16 +19,16 @@ def test_simnet_is_an_installed_pyagent_plugin() -> None:
 def test_pyagent_simnet_run_goes_through_the_plugin_and_prints_its_own_replay_prefix(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(
-        'peers = 3\ncomponents = ["ping"]\n[checks]\nping_success_min = 1.0\n[workload]\n'
-        "ping_rate_per_s = 2.0\n[network]\nloss = 0.5\n",
+        'peers = 3\ncomponents = ["ping"]\n[ping]\nrate_per_s = 2.0\n[ping.checks]\nsuccess_min = 1.0\n'
+        "[network]\nloss = 0.5\n",
         encoding="utf-8",
     )
     done = subprocess.run(
-        [str(PYAGENT), "simnet", "run", str(bad), "--seed", "3"],
+        [str(PYAGENT), "simnet", "run", str(bad), "--seed", "3", "--interpreted"],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert done.returncode == 1, done.stdout + done.stderr
-    assert f"replay: pyagent simnet run {bad} --seed 3" in done.stderr
+    assert f"replay: pyagent simnet run {bad} --seed 3 --interpreted" in done.stderr

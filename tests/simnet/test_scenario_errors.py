@@ -18,7 +18,7 @@ components = ["ping"]
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pyagent_simnet", *args],
+        [sys.executable, "-m", "pyagent_simnet", *args, "--interpreted"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -32,8 +32,13 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         ('colour = "blue"\n', "colour", "unknown key"),
         ("[network]\nlosss = 0.1\n", "network.losss", "unknown key"),
         ("[churn]\njoin_rate_per_s = -1.0\n", "churn.join_rate_per_s", "at least 0"),
-        ("[workload]\nping_rate_per_s = -0.5\n", "workload.ping_rate_per_s", "at least 0"),
-        ('preset = "moon"\n', "preset", "unknown preset"),
+        ("[ping]\nrate_per_s = -0.5\n", "ping.rate_per_s", "at least 0"),
+        ("[ping]\nrate = 0.5\n", "ping.rate", "unknown key"),
+        ("[ping.checks]\nsuccess_min = 2.0\n", "ping.checks.success_min", "probability"),
+        ('[membership]\npreset = "moon"\n', "membership.preset", "unknown value"),
+        ("[membership]\nprobe_interval_msec = 5\n", "membership.probe_interval_msec", "unknown key"),
+        ('[disk]\nsync_latency = { kind = "constant" }\n', "disk.sync_latency.ms", "required number"),
+        ("[transfers]\nwindow_chunks = 0\n", "transfers.window_chunks", "at least 1"),
         ('start = "warm"\n', "start", "unknown value"),
         ('start = "formed"\njoin_spread_s = 5.0\n', "join_spread_s", "starts all at once"),
         ('[network]\nloss = "lots"\n', "network.loss", "expected float"),
@@ -60,6 +65,10 @@ def test_bad_scenario_files(tmp_path: Path, extra: str, key: str, problem: str) 
         ("network.loss=-0.1", "network.loss"),
         ("nosuch=1", "nosuch"),
         ("churn.leave_rate_per_s=-2", "churn.leave_rate_per_s"),
+        ("membership.seeds_per_peer=0", "membership.seeds_per_peer"),
+        ("membership.checks.detection_bound_s=x", "membership.checks.detection_bound_s"),
+        ("nokit.key=1", "nokit.key"),
+        ('components=["ping", "teleport"]', "teleport"),
     ],
 )
 def test_bad_overrides(tmp_path: Path, override: str, key: str) -> None:

@@ -1,9 +1,12 @@
 """A tiny deterministic message pump for membership tests: simnet has the real one.
 
-It runs several ``NodeCore``s that each hold one ``Membership``, on one virtual clock. Messages go
-through the real frame codec with the component's limits, and arrive after a random latency drawn from
-the seeded generator, plus an extra delay for nodes made slow. Timers fire in time order. Every
-``MemberChanged`` every node reports is kept with its observer, for the tests to question.
+It runs several ``NodeCore``s that each hold one ``Membership``, on one virtual clock. Each Ready is
+carried out by the one interpreter (``proto.interpret``) through a tiny sink: messages go through the real
+frame codec with the component's limits and arrive after a random latency drawn from the seeded
+generator, plus an extra delay for nodes made slow; timers fire in time order; writes go to the node's
+in-memory store, which is durable at once (a killed node's store survives, so adding the peer again is
+a restart). Every ``MemberChanged`` notice every node reports is kept with its observer, for the tests
+to question.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyagent.proto import wire
-from pyagent.proto.events import Event, LocalRequest, MessageReceived, TimerFired
+from pyagent.proto.events import Event, LocalRequest, MessageReceived, Persisted, Started, TimerFired
+from pyagent.proto.interpret import Interpreter
 from pyagent.proto.membership import Config, Join, MemberChanged, Membership, Metadata, State
+from pyagent.proto.memstore import MemoryStore
 from pyagent.proto.node import NodeCore
-from pyagent.proto.ready import CancelTimer, Reply, SetTimer
+from pyagent.proto.ready import CancelTransfer, Reply, Send, Transfer
+from pyagent.proto.storage import WriteBatch
 
 US_PER_S = 1_000_000
 
@@ -29,8 +35,50 @@ class Node:
     peer: str
     core: NodeCore
     membership: Membership
+    store: MemoryStore
     timers: dict[str, int] = field(default_factory=dict)
     replies: dict[int, Reply] = field(default_factory=dict)
+    interpreter: Interpreter | None = None
+    written: list[WriteBatch] = field(default_factory=list)  # handed over, not yet reported Persisted
+
+
+class _Sink:
+    """How the harness carries out one node's effects; the Interpreter decides when."""
+
+    def __init__(self, cluster: Cluster, node: Node) -> None:
+        self.cluster = cluster
+        self.node = node
+
+    def write(self, batch: WriteBatch) -> None:
+        self.node.store.apply(batch)
+        self.node.written.append(batch)
+
+    def send(self, send: Send) -> None:
+        cluster, node = self.cluster, self.node
+        if cluster.tap is not None:
+            cluster.tap(node.peer, send.peer, send.message)
+        cluster._deliver(node.peer, send.peer, wire.encode_frame(send.message, cluster._decoder_limits))
+
+    def reply(self, reply: Reply) -> None:
+        self.node.replies[reply.request_id] = reply
+
+    def notice(self, notice: object) -> None:
+        if isinstance(notice, MemberChanged):
+            self.cluster.seen.append(Seen(self.node.peer, notice))
+
+    def set_timer(self, key: str, at_us: int) -> None:
+        generation = next(self.cluster._generation)
+        self.node.timers[key] = generation
+        self.cluster._push(at_us, "timer", self.node, (key, generation))
+
+    def cancel_timer(self, key: str) -> None:
+        self.node.timers.pop(key, None)
+
+    def transfer(self, transfer: Transfer) -> None:
+        raise AssertionError("membership starts no transfers")
+
+    def cancel_transfer(self, cancel: CancelTransfer) -> None:
+        raise AssertionError("membership starts no transfers")
 
 
 @dataclass(frozen=True)
@@ -61,14 +109,27 @@ class Cluster:
         self._request_ids = itertools.count(1)
         self._generation = itertools.count(1)
         self._decoder_limits = Membership.limits
+        # What each peer's disk holds; it outlives a kill, so adding the peer again is a restart.
+        self.stores: dict[str, MemoryStore] = {}
 
     # ----- building -----
 
     def add(self, peer: str, config: Config | None = None, metadata: Metadata | None = None) -> Node:
         rng = random.Random(f"{self.seed}/{peer}/{len(self.seen)}")
-        membership = Membership(peer, rng, config or self.config, metadata, (f"/sim/{peer}",))
-        node = Node(peer, NodeCore(peer, rng, [membership]), membership)
+        store = self.stores.setdefault(peer, MemoryStore())
+        recovered = not store.is_empty()
+        membership = Membership(
+            peer,
+            rng,
+            config or self.config,
+            metadata,
+            (f"/sim/{peer}",),
+            storage=store.reader(Membership.name),
+        )
+        node = Node(peer, NodeCore(peer, [membership]), membership, store)
+        node.interpreter = Interpreter(_Sink(self, node))
         self.nodes[peer] = node
+        self._step(node, Started(recovered))
         return node
 
     def start(self, count: int, prefix: str = "n") -> list[str]:
@@ -122,21 +183,14 @@ class Cluster:
     def _step(self, node: Node, event: Event) -> None:
         self.events += 1
         ready = node.core.step(event, self.now_us)
-        for send in ready.send:
-            if self.tap is not None:
-                self.tap(node.peer, send.peer, send.message)
-            self._deliver(node.peer, send.peer, wire.encode_frame(send.message, self._decoder_limits))
-        for reply in ready.apply:
-            node.replies[reply.request_id] = reply
-        for timer in ready.timers:
-            if isinstance(timer, SetTimer):
-                generation = next(self._generation)
-                node.timers[timer.key] = generation
-                self._push(timer.at_us, "timer", node, (timer.key, generation))
-            elif isinstance(timer, CancelTimer):
-                node.timers.pop(timer.key, None)
-        for change in node.membership.drain_changes():
-            self.seen.append(Seen(node.peer, change))
+        assert node.interpreter is not None
+        node.interpreter.carry_out(ready)
+        # The store is durable at once: report every write now, in order, which releases what waited.
+        written, node.written = node.written, []
+        if written:
+            node.interpreter.persisted(len(written))
+            for batch in written:
+                self._step(node, Persisted(batch.component, batch.tag))
 
     def _deliver(self, sender: str, peer: str, frame: bytes) -> None:
         target = self.nodes.get(peer)

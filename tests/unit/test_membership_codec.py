@@ -141,7 +141,8 @@ def mutated(draw: st.DrawFn) -> dict[str, Any]:
 def fresh_node() -> tuple[NodeCore, Membership]:
     rng = random.Random(3)
     membership = Membership("me", rng)
-    core = NodeCore("me", rng, [membership])
+    core = NodeCore("me", [membership])
+    core.start(0)
     core.step(LocalRequest(1, Join(())), 0)
     news = codec.gossip(
         [

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pyagent.proto.events import LocalRequest, MessageReceived, TimerFired
+from pyagent.proto.events import LocalRequest, MessageReceived, Started, TimerFired
 from pyagent.proto.membership import (
     LAN,
     PROTOCOL_ID,
@@ -21,9 +21,9 @@ from pyagent.proto.membership import (
     UpdateLocalMetadata,
     codec,
 )
-from pyagent.proto.membership.records import Entry, MemberRecord
+from pyagent.proto.membership.records import Entry, MemberChanged, MemberRecord
 from pyagent.proto.node import NodeCore
-from pyagent.proto.ready import Ready, SetTimer
+from pyagent.proto.ready import Ready, ReplyError, SetTimer
 
 
 class Driver:
@@ -33,9 +33,10 @@ class Driver:
         self.membership = Membership(
             "me", random.Random(1), config, metadata, ("/ip4/127.0.0.1/tcp/1",), allowed
         )
-        self.core = NodeCore("me", random.Random(1), [self.membership])
+        self.core = NodeCore("me", [self.membership])
         self.now_us = 0
         self.request_ids = 0
+        self.step(Started())
         self.request(Join(()))
 
     def step(self, event: Any, advance_us: int = 1_000) -> Ready:
@@ -182,7 +183,12 @@ def test_a_known_view_is_adopted_at_construction() -> None:
         ("me", State.ALIVE, 0),
     ]
     assert membership.live_count() == 2
-    assert [change.peer for change in membership.drain_changes()] == ["a", "b"]
+    # What was adopted is reported with the first Ready, Started's.
+    ready = NodeCore("me", [membership]).step(Started(), 0)
+    assert [(n.peer, n.new_state) for n in ready.notices if isinstance(n, MemberChanged)] == [
+        ("a", State.ALIVE),
+        ("b", State.DEAD),
+    ]
 
 
 def probe_once(driver: Driver) -> tuple[str, int]:
@@ -249,7 +255,8 @@ def test_metadata_is_validated_and_versioned() -> None:
         Membership("me", random.Random(1), LAN, Metadata(extra={f"k{i}": "v" * 100 for i in range(8)}))
     driver = Driver()
     ready = driver.request(UpdateLocalMetadata(metadata=Metadata(hardware_tags=("x" * 300,))))
-    assert ready.apply[0].error is not None and "hardware_tags" in ready.apply[0].error
+    error = ready.apply[0].error
+    assert error is not None and error.code == "invalid" and "hardware_tags" in error.message
     ready = driver.request(UpdateLocalMetadata(metadata=Metadata(cpu_cores=4)))
     record = ready.apply[0].value
     assert record.meta_version == 2 and record.incarnation == 1 and record.metadata.cpu_cores == 4
@@ -274,28 +281,31 @@ def test_commands_list_join_and_leave() -> None:
     ready = driver.request(ListMembers())
     assert [record.peer for record in ready.apply[0].value] == ["a", "me"]
     ready = driver.request(Join([(b"seed", ["/seed"])]))  # type: ignore[list-item]
-    assert ready.apply[0].error is not None and "peer id" in ready.apply[0].error
+    error = ready.apply[0].error
+    assert error is not None and error.code == "invalid" and "peer id" in error.message
     driver.request(Join([("seed", ["/seed"])]))
     ready = driver.request(Join([("seed", ["/seed"])]))
-    assert ready.apply[0].error == "a join is already in progress"
+    assert ready.apply[0].error == ReplyError("busy", "a join is already in progress")
     ready = driver.request(Leave())
     assert ready.apply[0].value == 1
     assert driver.membership.member("me").state is State.LEFT  # type: ignore[union-attr]
     assert driver.request(Leave()).apply[0].value == 0
-    assert driver.request(UpdateLocalMetadata(metadata=Metadata())).apply[0].error is not None
+    error = driver.request(UpdateLocalMetadata(metadata=Metadata())).apply[0].error
+    assert error is not None and error.code == "left"
     assert driver.fire("probe").send == []
 
 
 def test_changes_are_reported_and_bounded() -> None:
     driver = Driver(Config(changes_max=2))
-    driver.gossip("a", alive("a"), alive("b"), alive("c"))
-    changes = driver.membership.drain_changes()
+    ready = driver.gossip("a", alive("a"), alive("b"), alive("c"))
+    changes = [notice for notice in ready.notices if isinstance(notice, MemberChanged)]
     assert [(change.peer, change.old_state, change.new_state) for change in changes] == [
         ("b", None, State.ALIVE),
         ("c", None, State.ALIVE),
     ]
-    assert driver.membership.counters["changes_dropped"] == 2
-    assert driver.membership.drain_changes() == []
+    # Three changes in one step with room for two: the oldest (a) is the one dropped.
+    assert driver.membership.counters["changes_dropped"] == 1
+    assert driver.request(ListMembers()).notices == []  # each change is reported once
 
 
 def _push_pulls_to(ready: Ready, peer: str) -> list[dict[str, Any]]:

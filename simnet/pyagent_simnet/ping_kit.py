@@ -1,16 +1,28 @@
-"""Application pings between random peers: traffic for ping-only scenarios, and their liveness probe.
+"""The ping kit: the daemon's standard components (peer table, application ping) and a ping workload.
 
-During the run, pings arrive as one Poisson process over the whole mesh (rate = peers x ping_rate_per_s).
-In the liveness phase the observer pings a fixed sample of pairs each round until a whole round succeeds.
+Scenario table::
+
+    [ping]
+    rate_per_s = 0.5        # application pings per peer per second, between random peers
+    [ping.checks]
+    success_min = 0.5       # safety: the fraction of pings answered during the run
+
+During the run, pings arrive as one Poisson process over the whole mesh (rate = peers x rate_per_s). In
+the liveness phase the observer pings a fixed sample of pairs each round until a whole round succeeds.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from pyagent import composition
+from pyagent.composition import CoreFactory
 from pyagent.proto.ping import PingPeer
 from pyagent.proto.ready import Reply
+from pyagent_simnet.kits import Kit
 from pyagent_simnet.observe import Observer
+from pyagent_simnet.schema import Field, nonneg, probability
 
 if TYPE_CHECKING:
     from pyagent_simnet.sim import Sim, SimNode
@@ -21,23 +33,37 @@ LIVENESS_PAIRS = 64
 RTT_SAMPLES_MAX = 100_000
 
 
+class PingKit(Kit):
+    name: ClassVar[str] = "ping"
+    settings: ClassVar[dict[str, Field]] = {"rate_per_s": Field(float, 0.0, nonneg)}
+    checks: ClassVar[dict[str, Field]] = {"success_min": Field(float, 0.0, probability)}
+    summary_keys: ClassVar[tuple[str, ...]] = ("pings_ok", "pings_failed")
+    sweep_figures: ClassVar[tuple[str, ...]] = ("ping_rtt_p50_us",)
+
+    def components(self, sim: Sim, node: SimNode) -> Sequence[CoreFactory]:
+        return composition.STANDARD
+
+    def observer(self, sim: Sim) -> Observer:
+        return PingWorkload(sim)
+
+
 class PingWorkload(Observer):
     name = "ping"
 
     def __init__(self, sim: Sim) -> None:
         super().__init__()
         self.sim = sim
-        self.rate_per_s: float = sim.scenario.workload["ping_rate_per_s"]
-        self.success_min: float = sim.scenario.checks["ping_success_min"]
+        table = sim.scenario.kit("ping")
+        self.rate_per_s: float = table["rate_per_s"]
+        self.success_min: float = table["checks"]["success_min"]
         self.ok = self.failed = 0
         self.rtts_us: list[int] = []
         self._round_pending = 0
         self._round_failed = 0
         self._round_done = False
-        self._live = "ping" in sim.scenario.top["components"]
 
     def start(self) -> None:
-        if self._live and self.rate_per_s > 0:
+        if self.rate_per_s > 0:
             self._schedule_next()
 
     def _schedule_next(self) -> None:
@@ -64,9 +90,8 @@ class PingWorkload(Observer):
             self.failed += 1
 
     def start_liveness(self) -> None:
-        if self._live:
-            self._round_done = False
-            self._probe_round()
+        self._round_done = False
+        self._probe_round()
 
     def _probe_round(self) -> None:
         sim, rng = self.sim, self.sim.workload_rng
@@ -91,13 +116,13 @@ class PingWorkload(Observer):
                 self._probe_round()
 
     def converged(self) -> bool:
-        return not self._live or self._round_done
+        return self._round_done
 
     def check(self) -> None:
         total = self.ok + self.failed
-        if self._live and total and self.ok / total < self.success_min:
+        if total and self.ok / total < self.success_min:
             self.violations.append(
-                f"ping success {self.ok / total:.3f} below checks.ping_success_min={self.success_min}"
+                f"ping success {self.ok / total:.3f} below ping.checks.success_min={self.success_min}"
             )
 
     def figures(self) -> dict[str, Any]:
