@@ -58,8 +58,8 @@ def _pick_hash() -> tuple[str, Callable[[bytes], bytes]]:
             return "blake3", blake3
     except Exception:  # no Rust core here, or a blake3 of another shape: use the fallback
         pass
-    # TODO(lead): BLAKE2b stands in until pyagent._core.blake3(data) -> 32 bytes exists; the daemon's
-    # transfer service must hash chunks the same way for digests to match across shells.
+    # Only for a Rust core built without BLAKE3: digests then differ from the daemon's (report.json says
+    # which hash ran, as transfer_hash), but a run still checks itself consistently.
     return "blake2b-256", lambda data: hashlib.blake2b(data, digest_size=32).digest()
 
 
