@@ -56,6 +56,8 @@ class Interpreter:
         self.held_effects = 0  # sends, replies and transfers waiting for durability
 
     def carry_out(self, ready: Ready) -> None:
+        if ready.is_empty():
+            return
         sink = self._sink
         for batch in ready.writes:
             sink.write(batch)

@@ -51,6 +51,22 @@ _TRANSFER_EVENTS = (
 )
 
 
+_Marks = tuple[int, int, int, int, int, int]
+_FROM_START: _Marks = (0, 0, 0, 0, 0, 0)
+
+
+def _marks(out: Ready) -> _Marks:
+    """How long each checked list of ``out`` is, so a broadcast can check each component's additions."""
+    return (
+        len(out.writes),
+        len(out.send_before_persist),
+        len(out.send),
+        len(out.apply),
+        len(out.timers),
+        len(out.transfers),
+    )
+
+
 class NodeCore:
     def __init__(self, local_peer: PeerId, components: Sequence[Component]) -> None:
         self.local_peer = local_peer
@@ -98,48 +114,61 @@ class NodeCore:
         out = Ready()
         match event:
             case MessageReceived():
-                self._call(self._owner_of_protocol(event.protocol), out, "on_message", event, now_us)
+                component = self._owner_of_protocol(event.protocol)
+                component.on_message(event, now_us, out)
             case TimerFired():
                 name, _, suffix = event.key.partition("/")
-                component = self._by_name.get(name)
-                if component is None:
+                found = self._by_name.get(name)
+                if found is None:
                     raise LocalProtocolError(f"timer {event.key!r} belongs to no component")
-                self._call(component, out, "on_timer", suffix, now_us)
+                component = found
+                component.on_timer(suffix, now_us, out)
             case LocalRequest():
                 handler = self._by_command.get(type(event.command))
                 if handler is None:
                     raise LocalProtocolError(f"no component handles {type(event.command).__name__}")
                 if event.request_id in self._open_requests:
                     raise LocalProtocolError(f"request id {event.request_id} is already open")
-                self._open_requests[event.request_id] = handler
-                self._call(handler, out, "on_request", event, now_us)
+                self._open_requests[event.request_id] = component = handler
+                component.on_request(event, now_us, out)
             case RequestCancelled():
                 owner = self._open_requests.pop(event.request_id, None)
-                if owner is not None:  # else it was answered already
-                    self._call(owner, out, "on_request_cancelled", event, now_us)
+                if owner is None:
+                    return out  # answered already
+                component = owner
+                component.on_request_cancelled(event, now_us, out)
             case Persisted():
-                component = self._by_name.get(event.component)
-                if component is None:
+                writer = self._by_name.get(event.component)
+                if writer is None:
                     raise LocalProtocolError(f"Persisted for {event.component!r}, which is no component")
-                self._call(component, out, "on_persisted", event.tag, now_us)
+                component = writer
+                component.on_persisted(event.tag, now_us, out)
             case SendFailed():
-                self._call(self._owner_of_protocol(event.protocol), out, "on_send_failed", event, now_us)
+                component = self._owner_of_protocol(event.protocol)
+                component.on_send_failed(event, now_us, out)
             case Started():
                 if self._started:
                     raise LocalProtocolError("Started fed twice")
                 self._started = True
-                for component in self.components:
-                    self._call(component, out, "on_started", event, now_us)
+                self._broadcast(out, "on_started", event, now_us)
+                return out
             case PeerConnected():
-                for component in self.components:
-                    self._call(component, out, "on_peer_connected", event, now_us)
+                self._broadcast(out, "on_peer_connected", event, now_us)
+                return out
             case PeerDisconnected():
-                for component in self.components:
-                    self._call(component, out, "on_peer_disconnected", event, now_us)
+                self._broadcast(out, "on_peer_disconnected", event, now_us)
+                return out
             case _ if isinstance(event, _TRANSFER_EVENTS):
-                self._call(self._owner_of_protocol(event.protocol), out, "on_transfer", event, now_us)
+                component = self._owner_of_protocol(event.protocol)
+                component.on_transfer(event, now_us, out)
             case _:
                 raise LocalProtocolError(f"not an event: {event!r}")
+        # One component handled the event, so all of the Ready is its doing.
+        if not (
+            out.writes or out.send_before_persist or out.send or out.apply or out.timers or out.transfers
+        ):
+            return out
+        self._check(component, out, _FROM_START)
         return out
 
     def start(self, now_us: int, recovered: bool = False) -> Ready:
@@ -152,18 +181,17 @@ class NodeCore:
             raise LocalProtocolError(f"no component speaks {protocol}")
         return component
 
-    def _call(self, component: Component, out: Ready, handler: str, arg: object, now_us: int) -> None:
-        """Run one handler, then check what it added to ``out`` against ``component``'s rights."""
-        marks = (
-            len(out.writes),
-            len(out.send_before_persist),
-            len(out.send),
-            len(out.apply),
-            len(out.timers),
-        )
-        transfers = len(out.transfers)
-        getattr(component, handler)(arg, now_us, out)
-        writes, early, sends, replies, timers = marks
+    def _broadcast(self, out: Ready, handler: str, event: Event, now_us: int) -> None:
+        """Every component handles ``event``; each one's additions are checked against its own rights."""
+        for component in self.components:
+            marks = _marks(out)
+            getattr(component, handler)(event, now_us, out)
+            if marks != _marks(out):
+                self._check(component, out, marks)
+
+    def _check(self, component: Component, out: Ready, marks: _Marks) -> None:
+        """Check what ``component`` added to ``out`` after ``marks`` against its rights."""
+        writes, early, sends, replies, timers, transfers = marks
         name = component.name
         for batch in out.writes[writes:]:
             if batch.component != name:

@@ -70,6 +70,11 @@ class AddressBook:
         if self._known.pop(peer, None) is not None:
             self._ops.append(Delete(ADDR_PREFIX + peer.encode()))
 
+    @property
+    def dirty(self) -> bool:
+        """Whether anything waits for ``take``."""
+        return bool(self._ops) or self.ceiling_dirty
+
     def take(self) -> tuple[tuple[Op, ...], bool]:
         """The ops gathered since the last call, and whether they must be synced (a new ceiling)."""
         ops = self._ops

@@ -226,8 +226,8 @@ class Membership(Component):
         if self._changes:
             out.notices.extend(self._changes)
             self._changes.clear()
-        ops, sync = self._book.take()
-        if ops:
+        if self._book.dirty:
+            ops, sync = self._book.take()
             out.writes.append(WriteBatch(self.name, ops, sync=sync))
 
     def _on_message(self, event: MessageReceived, now_us: int, out: Ready) -> None:
