@@ -332,6 +332,9 @@ async def run(home: Path, config: Config) -> None:
     seeds = bootstrap_addrs(home, config)
     plugins = pluginhost.load_plugins(config.plugins.disabled)
     peer_id = identity.peer_id_of(key_pair)
+    # The control socket first: a second daemon on this home must fail on it, before the store (which
+    # it would find locked) and before the network.
+    control_listener = await open_listener(home / CONTROL_SOCKET)
     storage = open_storage(home)
     core = build_node_core(peer_id, config, plugins, storage)
     members = core.component(membership.Membership.name)
@@ -343,7 +346,6 @@ async def run(home: Path, config: Config) -> None:
     for protocol_id, limits in core.protocols.items():
         host.register_protocol(protocol_id, limits)
 
-    control_listener = await open_listener(home / CONTROL_SOCKET)
     async with host.running(), trio.open_nursery() as nursery:
         dialer = Dialer(host)
         dialer.attach(nursery)

@@ -77,7 +77,8 @@ class _Incoming:
     size: int
     received: int = 0
     chunks: int = 0
-    out_of_order: int = 0
+    gaps: int = 0
+    resent_bytes: int = 0
     aborts: int = 0
     digest: str = ""
 
@@ -140,8 +141,13 @@ class Blob(Component):
                 )
             case TransferChunk():
                 incoming = self._incoming.setdefault((event.peer, event.transfer_id), _Incoming(event.size))
-                if event.offset != incoming.received:
-                    incoming.out_of_order += 1
+                if event.offset > incoming.received:
+                    incoming.gaps += 1
+                # A resume starts from what the sender saw acknowledged, which may be behind what
+                # arrived here: those bytes come again.
+                incoming.resent_bytes += max(
+                    0, min(incoming.received, event.offset + len(event.data)) - event.offset
+                )
                 incoming.received = event.offset + len(event.data)
                 incoming.chunks += 1
             case TransferReceived():
