@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from pyagent.node.transfer import TransferConfig, TransferService
 from pyagent.proto.events import Event, TransferChunk, TransferDone, TransferFailed
 from pyagent.proto.ready import BytesSource, Transfer
 from pyagent.proto.wire import Limits, Message
-from transport import CHUNK_BYTES, LENGTH, RAW_SINK, raw_sink_handler
+from transport import CHUNK_BYTES, LENGTH, RAW_SINK, raw_sink_handler, run_beside_server
 
 COMPONENT = "/pyagent/bench-component/1.0.0"
 STATS = "/pyagent/bench-transfer-stats/1.0.0"
@@ -173,14 +172,9 @@ def main() -> None:
     if args.mode == "serve":
         trio.run(serve)
         return
-    server = subprocess.Popen([sys.executable, __file__, "serve"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None
-        server_addr = server.stdout.readline().strip()
-        trio.run(client, server_addr, args.mebibytes, args.rounds)
-    finally:
-        server.terminate()
-        server.wait(10)
+    run_beside_server(
+        __file__, lambda server_addr: trio.run(client, server_addr, args.mebibytes, args.rounds)
+    )
 
 
 if __name__ == "__main__":

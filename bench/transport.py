@@ -229,17 +229,25 @@ def main() -> None:
     if args.mode == "serve":
         trio.run(serve)
         return
-    server = subprocess.Popen([sys.executable, __file__, "serve"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None
-        server_addr = server.stdout.readline().strip()
+
+    def run_client(server_addr: str) -> None:
         started = time.perf_counter()
-        rows = trio.run(client, server_addr, args.requests, args.mebibytes)
-        print_table(rows)
+        print_table(trio.run(client, server_addr, args.requests, args.mebibytes))
         print(
             f"(client run {time.perf_counter() - started:.1f} s; {args.requests} rounds per rtt row, "
             f"{args.mebibytes} MiB per throughput row)"
         )
+
+    run_beside_server(__file__, run_client)
+
+
+def run_beside_server(script: str, run_client: Callable[[str], None]) -> None:
+    """Start ``script serve`` in a second process, read the address it prints, run ``run_client`` on it
+    here, and stop the server however the client ends: the two sides never share a core's GIL."""
+    server = subprocess.Popen([sys.executable, script, "serve"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        run_client(server.stdout.readline().strip())
     finally:
         server.terminate()
         server.wait(10)
