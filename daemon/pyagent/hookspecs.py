@@ -55,8 +55,9 @@ class NodeHandle(Protocol):
     def peers(self) -> list[PeerInfo]:
         """The peers connected now, sorted by peer id."""
 
-    async def request(self, command: object) -> object:
-        """Run a local command through ``NodeCore`` and return its reply value.
+    async def request(self, command: object, timeout_s: float = 30.0) -> object:
+        """Run a local command through ``NodeCore`` and return its reply value, waiting at most
+        ``timeout_s`` (then the component is told with ``RequestCancelled``).
 
         ``command`` must be an instance of a type some component lists in ``command_types``. Raises
         ``pyagent.errors.LocalProtocolError`` when no component handles it. When the component answers

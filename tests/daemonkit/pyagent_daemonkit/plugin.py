@@ -46,7 +46,7 @@ async def send_blob(node: NodeHandle, params: dict[str, Any]) -> Any:
     command = SendBlob(
         params["peer"], tuple(params.get("addrs", ())), int(params["size"]), int(params["seed"])
     )
-    return await node.request(command, timeout_s=float(params.get("timeout_s", 300)))  # type: ignore[call-arg]
+    return await node.request(command, timeout_s=float(params.get("timeout_s", 300)))
 
 
 async def blob_status(node: NodeHandle, params: dict[str, Any]) -> Any:
