@@ -23,6 +23,12 @@ def check_multiaddr(addr: str, where: str) -> tuple[str, str]:
     if not peer or "/" in peer:
         raise ConfigError(f"{where}: '{addr}' must end with /p2p/<peer id>")
     check_peer_id(peer, where)
+    import multiaddr
+
+    try:
+        multiaddr.Multiaddr(addr)
+    except Exception as exc:
+        raise ConfigError(f"{where}: '{addr}' is not a valid multiaddr ({exc})") from None
     return peer, addr
 
 
@@ -30,10 +36,14 @@ def check_peer_id(peer: str, where: str) -> None:
     from libp2p.peer.id import ID
 
     try:
-        ID.from_base58(peer)
+        raw = ID.from_base58(peer).to_bytes()
     except Exception:
         # base58 decoding raises assorted errors; to the operator they all mean a mistyped id.
         raise ConfigError(f"{where}: '{peer}' is not a valid peer id") from None
+    # Any base58 text decodes; a peer id is a multihash: identity (the key itself) or sha2-256, then its
+    # length, then that many bytes.
+    if len(raw) < 3 or raw[0] not in (0x00, 0x12) or raw[1] != len(raw) - 2:
+        raise ConfigError(f"{where}: '{peer}' is not a valid peer id (expected 12D3KooW... or Qm...)")
 
 
 def parse(text: str, source: str) -> list[str]:

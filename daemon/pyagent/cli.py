@@ -2,6 +2,10 @@
 
 Exit codes: 0 success; 1 the operation failed (no daemon running, a dial or ping failed); 2 the user's
 input or configuration is wrong. Errors are one line on stderr, never a traceback.
+
+The CLI starts fast: a built-in command imports no plugin (nor libp2p, numpy or matplotlib); plugins
+are loaded only for ``pyagent plugins``, the top-level help and the plugins' own commands. A plugin that
+fails to load is one warning line and is skipped; every other command still works.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ from pyagent.errors import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
+# The control API's error code for a request whose input is wrong (pyagent.node.control.INVALID; not
+# imported from there, which would import trio).
+INVALID = "invalid"
+
 Runner = Callable[[argparse.Namespace, "CliContext"], int]
 
 
@@ -34,8 +42,10 @@ class OneLineParser(argparse.ArgumentParser):
 class CliContext:
     """What a command (built-in or a plugin's) gets besides its arguments (``hookspecs.CliContext``)."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, no_plugins: bool = False) -> None:
         self.home = home
+        # `--no-plugins`: load no plugin at all (the daemon included).
+        self.no_plugins = no_plugins
         self._client: ControlClient | None = None
 
     def call(self, method: str, **params: Any) -> Any:
@@ -71,6 +81,13 @@ def cmd_init(args: argparse.Namespace, ctx: CliContext) -> int:
     key_path = home / IDENTITY_FILE
     if key_path.exists():
         raise ConfigError(f"{home} is already initialized (identity at {key_path})")
+    # Everything written is checked first, so that a bad value fails here rather than at `pyagent daemon`.
+    for addr in args.listen or []:
+        config.check_listen_addr(addr, "--listen")
+    if args.swarm_key:
+        from pyagent.node import pnet
+
+        pnet.load_swarm_key(home / args.swarm_key)
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     key_pair = identity.create(key_path)
     config_path = home / CONFIG_FILE
@@ -84,13 +101,19 @@ def cmd_init(args: argparse.Namespace, ctx: CliContext) -> int:
 def cmd_daemon(args: argparse.Namespace, ctx: CliContext) -> int:
     import trio
 
-    from pyagent import config, logs
+    from pyagent import bootstraplist, config, logs, pluginhost
     from pyagent.node import daemon
 
     cfg = config.load(ctx.home)
+    for addr in args.listen or []:
+        config.check_listen_addr(addr, "--listen")
+    for addr in args.bootstrap or []:
+        bootstraplist.check_multiaddr(addr, "--bootstrap")
     if args.listen:
         cfg.node.listen = list(args.listen)
     cfg.node.bootstrap += args.bootstrap or []
+    if ctx.no_plugins:
+        cfg.plugins.disabled = sorted(pluginhost.installed_plugin_names())
     if args.bootstrap_file:
         cfg.node.bootstrap_file = str(Path(args.bootstrap_file).resolve())
     logs.configure(args.log_level or cfg.log.level, cfg.log.format)
@@ -185,6 +208,8 @@ def cmd_ping(args: argparse.Namespace, ctx: CliContext) -> int:
         try:
             result = ctx.call("ping", peer=args.peer)
         except ControlError as exc:
+            if exc.code == INVALID:
+                raise  # the input is wrong: one line, exit 2, no point in asking again
             failures += 1
             print(f"ping failed: {exc}", file=sys.stderr)
             continue
@@ -206,13 +231,42 @@ def cmd_plugins(args: argparse.Namespace, ctx: CliContext) -> int:
 
     from pyagent import pluginhost
 
-    infos = [asdict(info) for info in pluginhost.describe_plugins(pluginhost.load_plugins())]
+    infos = [asdict(info) for info in pluginhost.describe_plugins(load_cli_plugins(ctx, warn=False))]
     if args.json:
         _print_json(infos)
         return EXIT_OK
-    rows = [[i["name"], f"{i['distribution']} {i['version']}", ", ".join(i["hooks"])] for i in infos]
-    print(_table(rows, ["PLUGIN", "DISTRIBUTION", "HOOKS"]))
+    rows = [
+        [
+            i["name"],
+            i["status"],
+            f"{i['distribution']} {i['version']}",
+            i["error"] if i["status"] == "failed" else ", ".join(i["hooks"]) or "-",
+        ]
+        for i in infos
+    ]
+    print(_table(rows, ["PLUGIN", "STATUS", "DISTRIBUTION", "HOOKS / ERROR"]))
     return EXIT_OK
+
+
+def load_cli_plugins(ctx: CliContext, *, warn: bool = True) -> Any:
+    """The plugins as the CLI loads them: without the disabled ones (``[plugins] disabled`` of the home's
+    config, ``$PYAGENT_PLUGINS_DISABLED``, or every plugin with ``--no-plugins``), each one that fails
+    to load reported in one warning line (unless not ``warn``) and skipped."""
+    from pyagent import config, pluginhost
+
+    if ctx.no_plugins:
+        disabled = sorted(pluginhost.installed_plugin_names())
+    else:
+        try:
+            disabled = config.load(ctx.home).plugins.disabled
+        except ConfigError:
+            disabled = []  # a broken config is reported by the commands that use it, not here
+        disabled = [*disabled, *pluginhost.disabled_from_env()]
+    plugins = pluginhost.load_plugins(disabled, strict_disabled=False)
+    if warn:
+        for failure in plugins.failures:
+            print(f"pyagent: warning: {failure}", file=sys.stderr)
+    return plugins
 
 
 def cmd_mesh_new_private(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -224,7 +278,12 @@ def cmd_mesh_new_private(args: argparse.Namespace, ctx: CliContext) -> int:
         raise ConfigError(
             f"{out} already exists; pass --force to replace it (peers using it will be cut off)"
         )
-    secretfile.write(out, pnet.generate_swarm_key().encode(), replace=True)
+    if not out.parent.is_dir():
+        raise ConfigError(f"cannot write {out}: directory {out.parent} does not exist; create it first")
+    try:
+        secretfile.write(out, pnet.generate_swarm_key().encode(), replace=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {out}: {exc.strerror or exc}; choose another --out") from None
     print(f"wrote {out}; copy it to every peer of the mesh and set [mesh] swarm_key_file")
     return EXIT_OK
 
@@ -250,13 +309,65 @@ def _command(sub: Any, name: str, help_text: str, run: Runner, *, json_output: b
     return parser
 
 
-def build_parser(plugins: Any = None) -> OneLineParser:
+HOME_HELP = "node directory (default: $PYAGENT_HOME or the per-user data dir)"
+NO_PLUGINS_HELP = "load no plugin (also PYAGENT_PLUGINS_DISABLED=a,b, or [plugins] disabled in config.toml)"
+
+
+def _add_global_flags(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """``--home`` and ``--no-plugins``, accepted before and after the subcommand. Below the top, their
+    default is SUPPRESS, so that a subcommand's parser never overwrites a value given before it."""
+    if "--home" not in parser._option_string_actions:
+        parser.add_argument("--home", help=HOME_HELP, **({} if top else {"default": argparse.SUPPRESS}))
+    if "--no-plugins" not in parser._option_string_actions:
+        parser.add_argument(
+            "--no-plugins",
+            action="store_true",
+            help=NO_PLUGINS_HELP,
+            **({} if top else {"default": argparse.SUPPRESS}),
+        )
+
+
+def _add_global_flags_below(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_global_flags(child, top=False)
+                _add_global_flags_below(child)
+
+
+def _pre_parse(argv: Sequence[str]) -> tuple[argparse.Namespace, str | None]:
+    """The global flags and the command's name, read without building the whole parser (which would
+    import the plugins): a built-in command then needs no plugin at all."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--home")
+    pre.add_argument("--no-plugins", action="store_true")
+    known, rest = pre.parse_known_args(argv)
+    command = next((word for word in rest if not word.startswith("-")), None)
+    return known, command
+
+
+def _plugins_epilog() -> str:
+    """The installed plugins, named from their entry points without importing them (which could be slow,
+    or fail): the top-level help must be instant whatever is installed."""
+    import importlib.metadata
+
+    names = sorted({ep.name for ep in importlib.metadata.entry_points(group="pyagent")})
+    if not names:
+        return ""
+    return (
+        f"installed plugins: {', '.join(names)}. A plugin's commands are named after it; "
+        "`pyagent COMMAND --help` explains each, `pyagent plugins` shows whether each plugin loads."
+    )
+
+
+def build_parser(plugins: Any = None, epilog: str | None = None) -> OneLineParser:
     parser = OneLineParser(
         prog="pyagent",
         description="PyAgent peer daemon and its tools. Start with `pyagent init`, then `pyagent daemon`.",
+        epilog=epilog,
     )
     parser.add_argument("--version", action="version", version=f"pyagent {__version__}")
-    parser.add_argument("--home", help="node directory (default: $PYAGENT_HOME or the per-user data dir)")
+    _add_global_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
 
     p = _command(sub, "init", "create an identity and a config in the home directory", cmd_init)
@@ -307,20 +418,35 @@ def build_parser(plugins: Any = None) -> OneLineParser:
 
     if plugins is not None:
         plugins.hook.pyagent_add_cli_commands(subparsers=sub)
+    _add_global_flags_below(parser)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from pyagent import pluginhost
+def builtin_commands() -> frozenset[str]:
+    """The names of the built-in commands (those that need no plugin to be parsed or run)."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return frozenset(sub.choices)
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        plugins = pluginhost.load_plugins()
-        parser = build_parser(plugins)
+        known, command = _pre_parse(argv)
+        if command is None:
+            # The top-level help: the plugins' names come from their metadata, without importing them.
+            parser = build_parser(epilog=_plugins_epilog())
+        elif command in builtin_commands():
+            parser = build_parser()
+        else:
+            # A plugin's command (or a mistyped one): the plugins are needed to know it.
+            pre_ctx = CliContext(resolve_home(known.home), known.no_plugins)
+            parser = build_parser(load_cli_plugins(pre_ctx))
         args = parser.parse_args(argv)
         if not hasattr(args, "run"):
             parser.print_help()
             return EXIT_USAGE
-        return int(args.run(args, CliContext(resolve_home(args.home))))
+        return int(args.run(args, CliContext(resolve_home(args.home), args.no_plugins)))
     except ConfigError as exc:
         print(f"pyagent: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -328,6 +454,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pyagent: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except ControlError as exc:
+        if exc.code == INVALID:
+            print(f"pyagent: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         print(f"pyagent: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

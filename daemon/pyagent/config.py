@@ -90,7 +90,11 @@ class LogSection:
 
 @dataclass(slots=True)
 class PluginsSection:
+    # Never imported. PYAGENT_PLUGINS_DISABLED=a,b and `pyagent --no-plugins` add to it.
     disabled: list[str] = field(default_factory=list)
+    # The daemon refuses to start unless each of these loads; any other plugin that fails to load is
+    # skipped with a warning (and shown as failed by `pyagent plugins`).
+    required: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -237,10 +241,27 @@ def _validate(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: [node] 'listen' needs at least one multiaddr")
     from pyagent import bootstraplist
 
+    for addr in config.node.listen:
+        check_listen_addr(addr, f"{source}: [node] listen")
+
     for addr in config.node.bootstrap:
         bootstraplist.check_multiaddr(addr, f"{source}: [node] bootstrap")
     for peer in config.mesh.allow_list:
         bootstraplist.check_peer_id(peer, f"{source}: [mesh] allow_list")
+
+
+def check_listen_addr(addr: str, where: str) -> None:
+    """A ``ConfigError`` naming ``where`` unless ``addr`` is a multiaddr the host can listen on."""
+    import multiaddr
+
+    try:
+        parsed = multiaddr.Multiaddr(addr)
+    except Exception as exc:
+        raise ConfigError(
+            f"{where}: '{addr}' is not a multiaddr ({exc}); write it like {DEFAULT_LISTEN}"
+        ) from None
+    if "/p2p/" in addr or "tcp" not in [p.name for p in parsed.protocols()]:
+        raise ConfigError(f"{where}: '{addr}' is not a TCP listen address; write it like {DEFAULT_LISTEN}")
 
 
 def render(listen: list[str], swarm_key_file: str = "") -> str:
@@ -282,7 +303,8 @@ level = "info"     # debug, info, warning, error
 format = "text"    # text or json
 
 [plugins]
-disabled = []      # plugin names, as `pyagent plugins` lists them
+disabled = []      # plugin names, as `pyagent plugins` lists them, never to load
+required = []      # plugins the daemon must not start without (others that fail to load are skipped)
 
 # A component or plugin reads its own table, named after it; see its documentation. For example:
 # [hello]

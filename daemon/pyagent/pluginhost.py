@@ -13,6 +13,7 @@ so a simulation replays anywhere.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 from collections.abc import Collection, Generator, Iterable
 from dataclasses import dataclass
@@ -36,65 +37,143 @@ CONTROL_METHOD_PATTERN = re.compile(r"[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*")
 
 @dataclass(frozen=True, slots=True)
 class PluginInfo:
-    """One loaded plugin, as ``pyagent plugins`` shows it."""
+    """One installed plugin, as ``pyagent plugins`` shows it."""
 
     name: str
     # None for a plugin registered in-process (tests, embedding) rather than through an entry point.
     distribution: str | None
     version: str | None
     hooks: tuple[str, ...]
+    # "loaded", "disabled" (by config, PYAGENT_PLUGINS_DISABLED or --no-plugins) or "failed".
+    status: str = "loaded"
+    # Why a failed plugin was skipped.
+    error: str | None = None
 
 
-def new_plugin_manager() -> pluggy.PluginManager:
+@dataclass(frozen=True, slots=True)
+class PluginFailure:
+    """A plugin that could not be loaded and was skipped: its name, who ships it, and why."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        source = f" (from {self.distribution} {self.version})" if self.distribution else ""
+        return f"plugin {self.name!r}{source} failed to load and is skipped: {self.reason}"
+
+
+class PluginHost(pluggy.PluginManager):
+    """A plugin manager that also remembers which plugins were skipped, and why, and which were disabled."""
+
+    def __init__(self, project_name: str) -> None:
+        super().__init__(project_name)
+        self.failures: list[PluginFailure] = []
+        self.disabled: list[str] = []
+
+
+DISABLED_ENV = "PYAGENT_PLUGINS_DISABLED"
+
+
+def disabled_from_env() -> list[str]:
+    """The plugin names in ``$PYAGENT_PLUGINS_DISABLED`` (comma-separated)."""
+    return [name.strip() for name in os.environ.get(DISABLED_ENV, "").split(",") if name.strip()]
+
+
+def new_plugin_manager() -> PluginHost:
     """A plugin manager that knows the PyAgent contract and holds no plugin yet."""
-    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm = PluginHost(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     return pm
 
 
-def load_plugins(disabled: Iterable[str] = ()) -> pluggy.PluginManager:
-    """Load every installed plugin except the ``disabled`` ones, and check them against the contract.
+def load_plugins(
+    disabled: Iterable[str] = (), required: Iterable[str] = (), *, strict_disabled: bool = True
+) -> PluginHost:
+    """Load every installed plugin except the ``disabled`` ones (never imported), and check them against
+    the contract.
 
-    Raises ``ConfigError`` for a disabled name no installed plugin has, and for an enabled plugin that
-    has a malformed name, whose name two distributions claim, that fails to import or register, or that
-    implements a hook the contract does not define.
+    A plugin that cannot be loaded (a malformed name, a name two distributions claim, a failing import or
+    registration, a hook the contract does not define) is skipped and recorded in ``pm.failures``: one
+    broken plugin must not lock the operator out of every command. Only a ``required`` plugin that fails,
+    is missing or is disabled raises ``ConfigError``; so does, when ``strict_disabled``, a disabled name
+    that no installed plugin has (a typo in the config).
     """
     pm = new_plugin_manager()
     installed = _installed_plugins()
     disabled = set(disabled)
+    required = set(required)
     unknown = sorted(disabled - installed.keys())
-    if unknown:
+    if unknown and strict_disabled:
         raise ConfigError(
             f"cannot disable {', '.join(unknown)}: no such plugin is installed; "
-            f"installed: {', '.join(sorted(installed)) or 'none'}"
+            f"installed: {', '.join(sorted(installed)) or 'none'}; fix [plugins] disabled or "
+            f"${DISABLED_ENV}"
+        )
+    missing = sorted(required - installed.keys())
+    if missing:
+        raise ConfigError(
+            f"[plugins] required names {', '.join(missing)}, which no installed plugin is; install it, or "
+            f"remove it from required; installed: {', '.join(sorted(installed)) or 'none'}"
+        )
+    both = sorted(required & disabled)
+    if both:
+        raise ConfigError(
+            f"plugin {', '.join(map(repr, both))} is both required and disabled (by [plugins] disabled, "
+            f"${DISABLED_ENV} or --no-plugins); drop one of the two"
         )
     for name in disabled:
         pm.set_blocked(name)
+    pm.disabled = sorted(disabled & installed.keys())
     enabled = sorted(installed.keys() - disabled)
+
+    def fail(name: str, reason: str) -> None:
+        owners = installed.get(name)
+        owner = owners[0] if owners else None
+        failure = PluginFailure(name, owner.name if owner else None, owner.version if owner else None, reason)
+        if name in required:
+            raise ConfigError(f"{failure}, but [plugins] required lists it; fix or reinstall it")
+        pm.failures.append(failure)
+
+    loadable = []
     for name in enabled:
         owners = installed[name]
         if not PLUGIN_NAME_PATTERN.fullmatch(name):
-            raise ConfigError(
-                f"plugin name {name!r} (from {owners[0]}) must match {PLUGIN_NAME_PATTERN.pattern}; "
-                f"ask its author to rename the entry point, or {_disable_hint(name)}"
-            )
-        if len(owners) > 1:
-            raise ConfigError(
-                f"plugin name {name!r} is claimed by {' and '.join(map(str, owners))}; uninstall all but one"
-            )
+            fail(name, f"its name must match {PLUGIN_NAME_PATTERN.pattern}; ask its author to rename it")
+        elif len(owners) > 1:
+            fail(name, f"the name is claimed by {' and '.join(map(str, owners))}; uninstall all but one")
+        else:
+            loadable.append(name)
     # pluggy calls the implementation registered last first: registering in reverse name order makes
     # every hook call run the plugins in name order.
-    for name in reversed(enabled):
+    for name in reversed(loadable):
         owner = installed[name][0]
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
         except Exception as exc:
-            raise ConfigError(
-                f"plugin {name!r} (from {owner}) failed to load: {exc!r}; "
-                f"reinstall or upgrade {owner.name}, or {_disable_hint(name)}"
-            ) from exc
-    check_plugins(pm)
+            plugin = pm.get_plugin(name)
+            if plugin is not None:
+                pm.unregister(plugin)
+            pm.set_blocked(name)
+            fail(name, f"{exc!r}; reinstall or upgrade {owner.name}, or {_disable_hint(name)}")
+    while (misfit := _first_misfit(pm)) is not None:
+        name, exc = misfit
+        pm.unregister(name=name)
+        pm.set_blocked(name)
+        fail(name, f"it does not fit this pyagent: {exc}; upgrade it, or {_disable_hint(name)}")
+    pm.failures.sort(key=lambda failure: failure.name)
     return pm
+
+
+def _first_misfit(pm: pluggy.PluginManager) -> tuple[str, pluggy.PluginValidationError] | None:
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        name = pm.get_name(exc.plugin)
+        assert name is not None, "check_pending only reports registered plugins"
+        return name, exc
+    return None
 
 
 def _disable_hint(name: str) -> str:
@@ -104,11 +183,9 @@ def _disable_hint(name: str) -> str:
 
 def check_plugins(pm: pluggy.PluginManager) -> None:
     """Refuse plugins that implement hooks the contract does not define (a typo, or a newer contract)."""
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        name = pm.get_name(exc.plugin)
-        assert name is not None, "check_pending only reports registered plugins"
+    misfit = _first_misfit(pm)
+    if misfit is not None:
+        name, exc = misfit
         raise ConfigError(
             f"plugin {name!r} does not fit this pyagent: {exc}; upgrade it, or {_disable_hint(name)}"
         ) from exc
@@ -169,7 +246,14 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[PluginInfo]:
                 hooks=tuple(sorted(caller.name for caller in callers)),
             )
         )
-    return infos
+    if isinstance(pm, PluginHost):
+        installed = _installed_plugins()
+        for name in pm.disabled:
+            owner = installed[name][0] if installed.get(name) else None
+            dist, version = (owner.name, owner.version) if owner else (None, None)
+            infos.append(PluginInfo(name, dist, version, (), "disabled"))
+        infos += [PluginInfo(f.name, f.distribution, f.version, (), "failed", f.reason) for f in pm.failures]
+    return sorted(infos, key=lambda info: info.name)
 
 
 def collect_components(pm: pluggy.PluginManager, ctx: NodeContext) -> list[Component]:

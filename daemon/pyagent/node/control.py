@@ -28,8 +28,17 @@ CONNECTIONS_MAX = 32
 SOCKET_PATH_BYTES_MAX = 107
 
 
+# The error code of an answer that refuses the caller's input (a ValueError, a ConfigError, an
+# InvalidParams): the CLI prints its message as one line and exits 2.
+INVALID = "invalid"
+
+
 class MethodError(PyAgentError):
-    """A control method refused a request; the message goes back to the caller verbatim."""
+    """A control method could not do what was asked; the message goes back to the caller verbatim."""
+
+
+class InvalidParams(MethodError):
+    """A control method refused the request's parameters; answered with ``"code": "invalid"``."""
 
 
 async def _socket_in_use(path: Path) -> bool:
@@ -119,7 +128,10 @@ class ControlServer:
             # The core's structured error: its code and data let a client act (follow a leader hint).
             error = exc.error
             return {"id": request_id, "error": error.message, "code": error.code, "data": error.data}
-        except (MethodError, ValueError, ConfigError) as exc:
+        except (InvalidParams, ValueError, ConfigError) as exc:
+            # The caller's input is wrong: a plugin's method raises ValueError (docs/plugins.md).
+            return {"id": request_id, "error": str(exc), "code": INVALID}
+        except MethodError as exc:
             return {"id": request_id, "error": str(exc)}
         except Exception:
             # A bug in a method must not take the daemon down; it is logged with its traceback.

@@ -25,7 +25,7 @@ from pyagent.config import CONTROL_SOCKET, IDENTITY_FILE, Config, check_componen
 from pyagent.errors import ConfigError
 from pyagent.hookspecs import ControlMethod
 from pyagent.node import mesh
-from pyagent.node.control import ControlServer, Method, MethodError, open_listener
+from pyagent.node.control import ControlServer, InvalidParams, Method, MethodError, open_listener
 from pyagent.node.dialer import Dialer
 from pyagent.node.driver import (
     FEEDBACK_MAX,
@@ -163,6 +163,10 @@ class Node:
     async def api_connect(self, params: dict[str, Any]) -> dict[str, Any]:
         addr = _string_param(params, "addr")
         try:
+            bootstraplist.check_multiaddr(addr, "connect")
+        except ConfigError as exc:
+            raise InvalidParams(str(exc)) from None
+        try:
             peer = await self.host.connect(addr)
         except DialError as exc:
             raise MethodError(str(exc)) from None
@@ -173,7 +177,14 @@ class Node:
         peer = target
         if target.startswith("/"):
             peer = (await self.api_connect({"addr": target}))["peer_id"]
-        elif peer not in self.host.connected_peers():
+        else:
+            try:
+                bootstraplist.check_peer_id(peer, "ping")
+            except ConfigError as exc:
+                raise InvalidParams(
+                    f"{exc}; give a peer id (12D3...) or a multiaddr ending in /p2p/<peer id>"
+                ) from None
+        if not target.startswith("/") and peer not in self.host.connected_peers():
             await self._connect_member(peer)
         try:
             rtt_us = await self.request(PingPeer(peer))
@@ -238,7 +249,7 @@ def _bind(method: ControlMethod, node: Node) -> Method:
 def _string_param(params: dict[str, Any], name: str) -> str:
     value = params.get(name)
     if not isinstance(value, str) or not value:
-        raise MethodError(f"parameter {name!r} must be a non-empty string")
+        raise InvalidParams(f"parameter {name!r} must be a non-empty string")
     return value
 
 
@@ -263,7 +274,10 @@ def load_psk(home: Path, config: Config) -> bytes | None:
 
 
 def bootstrap_addrs(home: Path, config: Config) -> list[str]:
+    """Every bootstrap address, each checked (``ConfigError``) before the daemon says it is ready."""
     addrs = list(config.node.bootstrap)
+    for addr in addrs:
+        bootstraplist.check_multiaddr(addr, "bootstrap")
     if config.node.bootstrap_file:
         addrs += bootstraplist.load(home / config.node.bootstrap_file)
     return addrs
@@ -325,12 +339,22 @@ def build_node_core(
     return core
 
 
+def load_plugins(config: Config) -> pluggy.PluginManager:
+    """The daemon's plugins: ``[plugins] disabled`` and ``$PYAGENT_PLUGINS_DISABLED`` are never imported;
+    a plugin that fails to load is logged once and skipped, unless ``[plugins] required`` names it."""
+    disabled = [*config.plugins.disabled, *pluginhost.disabled_from_env()]
+    plugins = pluginhost.load_plugins(disabled, config.plugins.required)
+    for failure in plugins.failures:
+        log.warning(str(failure))
+    return plugins
+
+
 async def run(home: Path, config: Config) -> None:
     """Run until SIGINT, SIGTERM or ``pyagent leave``; ``ConfigError`` for what the operator must fix."""
     key_pair = identity.load(home / IDENTITY_FILE)
     psk = load_psk(home, config)
     seeds = bootstrap_addrs(home, config)
-    plugins = pluginhost.load_plugins(config.plugins.disabled)
+    plugins = load_plugins(config)
     peer_id = identity.peer_id_of(key_pair)
     # The control socket first: a second daemon on this home must fail on it, before the store (which
     # it would find locked) and before the network.

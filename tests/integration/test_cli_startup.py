@@ -1,0 +1,44 @@
+"""The CLI starts without importing anything heavy (issue 16): `--help` and the commands that talk to the
+daemon must stay instant, so matplotlib, numpy and libp2p are imported only where they are used."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HEAVY = ("matplotlib", "numpy", "libp2p")
+
+
+def imported_modules(*args: str) -> set[str]:
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "pyagent.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    # Each -X importtime line is "import time: self | cumulative | <indent>module".
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:") and line.count("|") == 2
+    }
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["id"],
+        ["stats", "--json"],
+        ["ping", "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"],
+    ],
+)
+def test_a_cli_start_imports_nothing_heavy(tmp_path: Path, args: list[str]) -> None:
+    modules = imported_modules("--home", str(tmp_path / "no-daemon"), *args)
+    assert "pyagent.controlclient" in modules, "importtime output not recognised"
+    heavy = sorted(m for m in modules if m.split(".")[0] in HEAVY)
+    assert not heavy, f"`pyagent {' '.join(args)}` imported {', '.join(heavy[:5])}"
