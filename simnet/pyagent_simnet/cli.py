@@ -145,8 +145,11 @@ def cmd_run(args: argparse.Namespace, ctx: object = None) -> int:
     outcome = runner.run_scenario(sim)
     _print_summary(outcome.result, sim)
     if args.out is not None:
-        written = report.write_run(outcome.result, args.out, sim.kits)
-        print(f"report: {', '.join(str(p) for p in written)}")
+        skipped: list[str] = []
+        written = report.write_run(outcome.result, args.out, sim.kits, skipped)
+        print(f"report: {', '.join(str(p.resolve()) for p in written)}")
+        if skipped:
+            print(f"not drawn, no data: {'; '.join(skipped)}")
     for problem in outcome.problems:
         print(problem, file=sys.stderr)
     if outcome.exit_code != runner.EXIT_OK:
@@ -233,8 +236,11 @@ def cmd_sweep(args: argparse.Namespace, ctx: object = None) -> int:
     _progress(len(points), len(points), started)
     sys.stderr.write("\n")
     figures = args.figure or [*kit_figures, *DEFAULT_SWEEP_FIGURES]
-    written = report.write_sweep(rows, params, figures, args.out)
-    print(f"sweep: {len(points)} runs; report: {', '.join(str(p) for p in written)}")
+    skipped: list[str] = []
+    written = report.write_sweep(rows, params, figures, args.out, skipped)
+    print(f"sweep: {len(points)} runs; report: {', '.join(str(p.resolve()) for p in written)}")
+    if skipped:
+        print(f"not plotted, no data: {'; '.join(skipped)}")
     return worst
 
 

@@ -21,7 +21,11 @@ if TYPE_CHECKING:
     from pyagent_simnet.kits import Kit
 
 
-def write_run(result: dict[str, Any], out_dir: Path, kits: Sequence[Kit] = ()) -> list[Path]:
+def write_run(
+    result: dict[str, Any], out_dir: Path, kits: Sequence[Kit] = (), skipped: list[str] | None = None
+) -> list[Path]:
+    """Write ``report.json`` and the plots; a plot with no data (no faults, say) is not drawn, and its
+    name and why go to ``skipped`` when given."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(
         json.dumps(result, indent=1, sort_keys=True) + "\n", encoding="utf-8"
@@ -30,7 +34,11 @@ def write_run(result: dict[str, Any], out_dir: Path, kits: Sequence[Kit] = ()) -
     for kit in kits:
         written.extend(kit.plots(result, out_dir))
     written.append(_traffic(out_dir / "traffic_per_peer.png", result["per_peer"]))
-    written.append(_timeline(out_dir / "faults_timeline.png", result["faults"], result["simulated_s"]))
+    # The liveness phase's own heal-all is logged in every run; alone it is no timeline.
+    if any(fault["action"] != "heal-all" for fault in result["faults"]):
+        written.append(_timeline(out_dir / "faults_timeline.png", result["faults"], result["simulated_s"]))
+    elif skipped is not None:
+        skipped.append("faults_timeline.png (no fault fired)")
     return written
 
 
@@ -56,9 +64,10 @@ def cdf(path: Path, values: Sequence[float], xlabel: str, title: str) -> Path:
 def _traffic(path: Path, per_peer: dict[str, list[float]]) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.hist(per_peer["messages_sent_per_s"], bins=40)
-    left.set(xlabel="messages sent / s", ylabel="peers", title="Messages per peer per second")
+    # Each peer's sends over its total up-time: a restarted peer's counters span all its processes.
+    left.set(xlabel="messages sent / s of up-time", ylabel="peers", title="Messages per peer per second")
     right.hist(per_peer["bytes_sent_per_s"], bins=40)
-    right.set(xlabel="bytes sent / s", ylabel="peers", title="Bytes per peer per second")
+    right.set(xlabel="bytes sent / s of up-time", ylabel="peers", title="Bytes per peer per second")
     return _save(fig, path)
 
 
@@ -78,9 +87,15 @@ def _timeline(path: Path, faults: list[dict[str, Any]], end_s: float) -> Path:
 
 
 def write_sweep(
-    rows: list[dict[str, Any]], params: list[str], figures: list[str], out_dir: Path
+    rows: list[dict[str, Any]],
+    params: list[str],
+    figures: list[str],
+    out_dir: Path,
+    skipped: list[str] | None = None,
 ) -> list[Path]:
-    """One plot per figure: the figure against the first parameter, one line per value of the others."""
+    """One plot per figure: the figure against the first parameter, one line per value of the others.
+    A figure that no run produced (detection latency in a sweep without crashes, say) is not plotted;
+    its name goes to ``skipped`` when given."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "sweep.json").write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     written = [out_dir / "sweep.json"]
@@ -93,13 +108,17 @@ def write_sweep(
             value = row["result"].get(figure)
             if isinstance(value, int | float):
                 groups.setdefault(label, []).append((row["params"][x_param], value))
+        if not groups:
+            plt.close(fig)
+            if skipped is not None:
+                skipped.append(f"{figure} (no run produced it)")
+            continue
         for label, points in sorted(groups.items()):
             points.sort()
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
         ax.set(xlabel=x_param, ylabel=figure, title=f"{figure} vs {x_param}")
         ax.grid(alpha=0.3)
-        if groups:
-            ax.legend(fontsize=7)
+        ax.legend(fontsize=7)
         written.append(_save(fig, out_dir / f"{figure}_vs_{x_param.replace('.', '_')}.png"))
     return written
 

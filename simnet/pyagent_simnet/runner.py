@@ -12,6 +12,7 @@ import shlex
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pyagent.errors import ConfigError
@@ -36,12 +37,19 @@ def replay_command(
 ) -> str:
     """The command that replays a run: same scenario, seed and overrides (``--interpreted`` only if the
     run had it; the trace is the same either way)."""
-    parts = [*shlex.split(prog), "run", scenario, "--seed", str(seed)]
+    parts = [*shlex.split(prog), "run", _absolute(scenario), "--seed", str(seed)]
     if interpreted:
         parts.append("--interpreted")
     for item in overrides:
         parts += ["--set", item]
     return shlex.join(parts)
+
+
+def _absolute(scenario: str) -> str:
+    """A scenario file as an absolute path, so the replay line works from any directory; a shipped
+    scenario's name (no such file here) stays a name."""
+    path = Path(scenario)
+    return str(path.resolve()) if path.exists() else scenario
 
 
 def run_scenario(sim: Sim) -> Outcome:
@@ -139,7 +147,10 @@ def collect(sim: Sim, wall_s: float) -> dict[str, Any]:
 
     sim_s = sim.now_us / US_PER_S
     nodes = sim.nodes
-    up_seconds = sum(max(0.0, sim_s - node.started_us / US_PER_S) for node in nodes if node.up) or 1.0
+    # Each node's counters run on across restarts, so its rates divide by the up-time of all its
+    # processes (not by the time since its last start).
+    node_up_s = [node.up_us(sim.now_us) / US_PER_S for node in nodes]
+    up_seconds = sum(node_up_s) or 1.0
     sent_msgs = sum(node.sent_msgs for node in nodes)
     sent_bytes = sum(node.sent_bytes for node in nodes)
     result: dict[str, Any] = {
@@ -168,11 +179,14 @@ def collect(sim: Sim, wall_s: float) -> dict[str, Any]:
         "faults": [{"t_s": t, "action": a, "detail": d} for t, a, d in sim.fault_log],
         "per_peer": {
             "bytes_sent_per_s": [
-                round(n.sent_bytes / max(1e-9, sim_s - n.started_us / US_PER_S), 1) for n in nodes
+                round(n.sent_bytes / up_s, 1) if up_s > 0 else 0.0
+                for n, up_s in zip(nodes, node_up_s, strict=True)
             ],
             "messages_sent_per_s": [
-                round(n.sent_msgs / max(1e-9, sim_s - n.started_us / US_PER_S), 3) for n in nodes
+                round(n.sent_msgs / up_s, 3) if up_s > 0 else 0.0
+                for n, up_s in zip(nodes, node_up_s, strict=True)
             ],
+            "up_s": [round(up_s, 6) for up_s in node_up_s],
         },
     }
     if sim.counters["writes"]:

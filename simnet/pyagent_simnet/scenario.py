@@ -287,6 +287,9 @@ def _apply_override(data: dict[str, Any], item: str, source: str) -> None:
         return
     head, _, rest = key.partition(".")
     field: Field | None
+    if head == FAULTS:
+        _apply_fault_override(data, key, rest, text, source)
+        return
     if not rest:
         field = SCHEMA[""].get(key)
         if field is None:
@@ -314,6 +317,39 @@ def _apply_override(data: dict[str, Any], item: str, source: str) -> None:
         if not isinstance(target, dict):
             raise ConfigError(f"{source}: --set {key}: {part} is not a table")
     target[path[-1]] = value
+
+
+def _apply_fault_override(data: dict[str, Any], key: str, rest: str, text: str, source: str) -> None:
+    """``faults.<index>.<key>=value``: one setting of one ``[[faults]]`` table (counted from 0, in file
+    order), typed by that fault's action, so a sweep can vary it: ``--grid faults.0.split=0.5,0.7``."""
+    index_text, _, name = rest.partition(".")
+    if not name or "." in name:
+        raise ConfigError(f"{source}: --set {key}: expected faults.<index>.<key>, e.g. faults.0.at_s")
+    faults = data.get(FAULTS, [])
+    if not isinstance(faults, list):
+        raise ConfigError(f"{source}: faults: must be an array of tables ([[faults]])")
+    count = f"the scenario has {len(faults)} fault{'s' * (len(faults) != 1)}" + (
+        f": 0..{len(faults) - 1}" if faults else ""
+    )
+    if not index_text.isdigit():
+        raise ConfigError(f"{source}: --set {key}: the fault index must be a number ({count})")
+    index = int(index_text)
+    if index >= len(faults):
+        raise ConfigError(f"{source}: --set {key}: no fault {index} ({count})")
+    fault = faults[index]
+    if not isinstance(fault, dict):
+        raise ConfigError(f"{source}: faults[{index}]: must be a table")
+    action = name if name == "action" else fault.get("action")
+    if name == "action":
+        field: Field | None = Field(str, "")
+    else:
+        fields = {"at_s": Field(float, 0.0, nonneg), **FAULT_ACTIONS.get(str(action), {})}
+        field = fields.get(name)
+        if field is None:
+            raise ConfigError(
+                f"{source}: --set {key}: unknown key for a {action!r} fault (one of {', '.join(fields)})"
+            )
+    fault[name] = _parse_value(text, field, key, source)
 
 
 def _parse_value(text: str, field: Field | None, key: str, source: str) -> Any:

@@ -106,6 +106,7 @@ class SimNode:
         "started_us",
         "timers",
         "up",
+        "up_us_before",
     )
 
     def __init__(self, index: int, peer: PeerId, region: int) -> None:
@@ -134,9 +135,16 @@ class SimNode:
         self.persist_queue: list[WriteBatch] = []
         self.sent_msgs = self.sent_bytes = self.recv_msgs = self.recv_bytes = 0
         self.started_us = 0
+        # Up-time of this node's earlier processes (each ended by a crash or a leave); see up_us().
+        self.up_us_before = 0
         self.disturbed_us = (
             NEVER_US  # the last time a node fault (crash, start, pause, gray...) touched this node
         )
+
+    def up_us(self, now_us: int) -> int:
+        """How long this node's processes have been up in all, until ``now_us``: its sends divide by
+        this, since its counters run on across restarts."""
+        return self.up_us_before + (now_us - self.started_us if self.up else 0)
 
 
 class ProcessSink:
@@ -618,6 +626,7 @@ class Sim:
         if not node.up:
             return
         node.up = False
+        node.up_us_before += self.now_us - node.started_us
         node.disturbed_us = self.now_us
         node.core = None
         node.interpreter = None
