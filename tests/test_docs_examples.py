@@ -11,9 +11,6 @@ Every fenced block opened by ```` ```python ```` in ``docs/*.md`` is one of thre
 - **Not standalone** (an interface sketch, a fragment that needs the page's context): mark it with the
   comment ``<!-- docs-test: not standalone (why) -->`` on the line right before the fence. It is only
   compiled, so at least its syntax stays right.
-
-``NOT_STANDALONE_UNMARKED`` below names fragments, by page and first line, in pages this change could not
-edit; add the marker to the page and drop the entry.
 """
 
 from __future__ import annotations
@@ -31,9 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 MARKER = re.compile(r"<!--\s*docs-test:\s*not standalone\b.*-->")
 FILE_PATH = re.compile(r"^`([\w./-]+\.py)`")
-NOT_STANDALONE_UNMARKED = {
-    ("plugins.md", 'log = logging.getLogger("pyagent_audit")'): "a hook wrapper, without its imports",
-}
 
 
 @dataclass(frozen=True)
@@ -66,9 +60,8 @@ def blocks(page: Path) -> list[Block]:
         paragraph: list[str] = []
         while before and before[-1].strip():
             paragraph.insert(0, before.pop())
-        first_code = next((line for line in code.splitlines() if line.strip()), "")
         marked = bool(paragraph) and MARKER.search(paragraph[-1]) is not None
-        if marked or (page.name, first_code) in NOT_STANDALONE_UNMARKED:
+        if marked:
             found.append(Block(page.name, start + 1, code, "fragment"))
         elif paragraph and (match := FILE_PATH.match(paragraph[0])):
             found.append(Block(page.name, start + 1, code, "file", match.group(1)))
