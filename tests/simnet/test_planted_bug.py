@@ -11,6 +11,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCENARIO = HERE / "planted.toml"
+PLANTED_RUN = [
+    sys.executable,
+    "-m",
+    "pyagent_simnet",
+    "run",
+    str(SCENARIO),
+    "--seed",
+    "7",
+    "--set",
+    "peers=16",
+]
 
 
 def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -28,20 +39,7 @@ def trace_hash(stdout: str) -> str:
 
 def test_the_checker_catches_the_planted_bug_and_the_replay_reproduces_it() -> None:
     # Interpreted, so that the two runs' stderr cannot differ by a line about building compiled cores.
-    first = run(
-        [
-            sys.executable,
-            "-m",
-            "pyagent_simnet",
-            "run",
-            str(SCENARIO),
-            "--seed",
-            "7",
-            "--set",
-            "peers=16",
-            "--interpreted",
-        ]
-    )
+    first = run([*PLANTED_RUN, "--interpreted"])
     assert first.returncode == 1, first.stdout + first.stderr
     assert "safety:" in first.stderr and "false positives" in first.stderr
     replay_lines = [line for line in first.stderr.splitlines() if line.startswith("replay: ")]
@@ -57,20 +55,5 @@ def test_the_checker_catches_the_planted_bug_and_the_replay_reproduces_it() -> N
 
 
 def test_without_the_planted_component_the_same_run_is_clean() -> None:
-    clean = run(
-        [
-            sys.executable,
-            "-m",
-            "pyagent_simnet",
-            "run",
-            str(SCENARIO),
-            "--seed",
-            "7",
-            "--set",
-            "peers=16",
-            "--set",
-            "extra_components=[]",
-            "--interpreted",
-        ]
-    )
+    clean = run([*PLANTED_RUN, "--set", "extra_components=[]", "--interpreted"])
     assert clean.returncode == 0, clean.stdout + clean.stderr
