@@ -24,6 +24,8 @@ log = logging.getLogger("pyagent.control")
 Method = Callable[[dict[str, Any]], Awaitable[Any]]
 
 CONNECTIONS_MAX = 32
+# Requests one connection may have in flight; more wait until an answer goes out.
+REQUESTS_IN_FLIGHT_MAX = 1024
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 SOCKET_PATH_BYTES_MAX = 107
 
@@ -87,27 +89,43 @@ class ControlServer:
             self.path.unlink(missing_ok=True)
 
     async def _serve_connection(self, stream: trio.abc.Stream) -> None:
-        async with stream, self._limiter:
+        """Read request lines and answer each as soon as it is done, in any order (a client matches
+        answers by id), so one connection can carry many requests at once, as the KV client's do."""
+        send_lock = trio.Lock()
+        in_flight = trio.Semaphore(REQUESTS_IN_FLIGHT_MAX)
+
+        async def answer(line: bytes) -> None:
+            try:
+                reply = encode_line(await self._answer(line))
+                async with send_lock:
+                    await stream.send_all(reply)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                in_flight.release()
+
+        async with stream, self._limiter, trio.open_nursery() as nursery:
             buffer = bytearray()
             while True:
                 while b"\n" not in buffer:
                     if len(buffer) > LINE_BYTES_MAX:
-                        await stream.send_all(encode_line({"id": None, "error": "request too large"}))
+                        async with send_lock:
+                            await stream.send_all(encode_line({"id": None, "error": "request too large"}))
                         return
                     try:
                         chunk = await stream.receive_some(65536)
-                    except trio.BrokenResourceError:
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
                         return
                     if not chunk:
+                        # The client closed its side: answer what it asked, then hang up.
                         return
                     buffer += chunk
                 end = buffer.index(b"\n")
                 line = bytes(buffer[:end])
                 del buffer[: end + 1]
-                try:
-                    await stream.send_all(encode_line(await self._answer(line)))
-                except trio.BrokenResourceError:
-                    return
+                # A client that sends faster than the daemon answers waits here (bounded work per client).
+                await in_flight.acquire()
+                nursery.start_soon(answer, line)
 
     async def _answer(self, line: bytes) -> dict[str, Any]:
         try:
