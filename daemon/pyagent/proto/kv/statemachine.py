@@ -1,0 +1,232 @@
+"""One shard's replicated state: its keys, its client sessions and its applied index.
+
+Every replica applies the same committed entries in the same order, so every replica computes the same
+state; nothing here may depend on time, randomness or which replica runs it. Each apply returns the
+storage ops that make its effect durable; the Raft component writes them in the same batch as the Raft
+state of that Ready, so the applied index never runs ahead of, or behind, the data it describes.
+
+Storage layout in the ``kv`` namespace (``shard`` as 4 big-endian bytes, ``client`` as 8):
+``d<shard><key>`` -> value, ``s<shard><client>`` -> that client's unacknowledged results,
+``a<shard>`` -> applied index (8 bytes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from pyagent.errors import RemoteProtocolError
+from pyagent.proto.kv.ops import Cas, Delete, Put, Session, Write, decode_entry
+from pyagent.proto.storage import Delete as DeleteKey
+from pyagent.proto.storage import DeleteRange, Op, StorageReader
+from pyagent.proto.storage import Put as PutKey
+from pyagent.proto.wire import Limits, decode_body, pack
+
+# Bounds on what exactly-once costs: results kept per client (one per write in flight) and clients kept
+# per shard, the least recently seen evicted first. A client that keeps more writes in flight, or comes
+# back after more than this many other clients, may see a retried write applied twice.
+RESULTS_PER_CLIENT_MAX = 1024
+CLIENTS_PER_SHARD_MAX = 4096
+SNAPSHOT_BYTES_MAX = 256 << 20
+SNAPSHOT_LIMITS = Limits(frame_size_bytes_max=SNAPSHOT_BYTES_MAX, depth_max=6, count_max=8 << 20)
+
+Result = None | bool | list[Any]
+"""What a write returns: None (put), existed (delete), ``[swapped, value before]`` (cas)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BadEntry:
+    """A committed entry that could not be decoded: applied as a no-op on every replica alike."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What applying one entry did: the writer's session (to find who waits for it), the result the
+    writer gets, and the storage ops that persist the change."""
+
+    session: Session | None
+    result: Result | BadEntry
+    ops: list[Op]
+
+
+def shard_prefix(tag: bytes, shard: int) -> bytes:
+    return tag + shard.to_bytes(4, "big")
+
+
+@dataclass(slots=True)
+class _Client:
+    results: dict[int, Result] = field(default_factory=dict)
+    last_index: int = 0
+
+
+class ShardState:
+    def __init__(self, shard: int) -> None:
+        self.shard = shard
+        self.applied = 0
+        self.data: dict[bytes, bytes] = {}
+        self._clients: dict[int, _Client] = {}
+        self._data_prefix = shard_prefix(b"d", shard)
+        self._session_prefix = shard_prefix(b"s", shard)
+        self._applied_key = shard_prefix(b"a", shard)
+
+    # --- applying ---------------------------------------------------------------------------------
+
+    def apply(self, index: int, entry: bytes) -> Applied:
+        """Apply the committed entry at ``index``. The applied index itself is persisted once per batch,
+        by ``applied_op``."""
+        self.applied = index
+        if not entry:  # a new leader's empty entry
+            return Applied(None, None, [])
+        try:
+            write = decode_entry(entry)
+        except RemoteProtocolError as exc:
+            return Applied(None, BadEntry(str(exc)), [])
+        session = write.session
+        if session is None:
+            result, ops = self._execute(write)
+            return Applied(None, result, ops)
+        client = self._clients.get(session.client)
+        if client is not None and session.seq in client.results:
+            return Applied(session, client.results[session.seq], [])
+        if session.seq < session.ack:
+            return Applied(session, BadEntry(f"write {session.seq} is below its own ack {session.ack}"), [])
+        result, ops = self._execute(write)
+        ops.extend(self._remember(session.client, session.seq, session.ack, result, index))
+        return Applied(session, result, ops)
+
+    def applied_op(self) -> Op:
+        return PutKey(self._applied_key, self.applied.to_bytes(8, "big"))
+
+    def _execute(self, write: Write) -> tuple[Result, list[Op]]:
+        key = write.key
+        match write:
+            case Put(value=value):
+                return None, self._set(key, value)
+            case Delete():
+                existed = key in self.data
+                return existed, self._set(key, None) if existed else []
+            case Cas(expected=expected, new=new):
+                before = self.data.get(key)
+                if before != expected:
+                    return [False, before], []
+                return [True, before], self._set(key, new)
+        raise AssertionError(write)
+
+    def _set(self, key: bytes, value: bytes | None) -> list[Op]:
+        if value is None:
+            self.data.pop(key, None)
+            return [DeleteKey(self._data_prefix + key)]
+        self.data[key] = value
+        return [PutKey(self._data_prefix + key, value)]
+
+    def _remember(self, client_id: int, seq: int, ack: int, result: Result, index: int) -> list[Op]:
+        ops: list[Op] = []
+        client = self._clients.pop(client_id, None) or _Client()
+        self._clients[client_id] = client  # most recently seen last, for eviction
+        client.last_index = index
+        for old in [s for s in client.results if s < ack]:
+            del client.results[old]
+        client.results[seq] = result
+        while len(client.results) > RESULTS_PER_CLIENT_MAX:
+            del client.results[min(client.results)]
+        ops.append(PutKey(self._session_key(client_id), pack(_encode_results(client.results))))
+        while len(self._clients) > CLIENTS_PER_SHARD_MAX:
+            evicted = next(iter(self._clients))
+            del self._clients[evicted]
+            ops.append(DeleteKey(self._session_key(evicted)))
+        return ops
+
+    def _session_key(self, client_id: int) -> bytes:
+        return self._session_prefix + client_id.to_bytes(8, "big")
+
+    # --- reads --------------------------------------------------------------------------------------
+
+    def scan(self, prefix: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+        keys = sorted(key for key in self.data if key.startswith(prefix))
+        return [(key, self.data[key]) for key in keys[:limit]]
+
+    # --- snapshots and recovery -------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The whole state at ``applied``, for a new replica."""
+        sessions = [[cid, c.last_index, _encode_results(c.results)] for cid, c in self._clients.items()]
+        return pack({"v": 1, "t": "snap", "i": self.applied, "d": list(self.data.items()), "s": sessions})
+
+    def restore(self, blob: bytes, index: int) -> list[Op]:
+        """Replace the state with snapshot ``blob`` taken at ``index``; return the ops that persist it.
+        ``RemoteProtocolError`` (and no change) when the blob is malformed or from another index."""
+        data, clients = _decode_snapshot(blob, index)
+        ops: list[Op] = [
+            DeleteRange(self._data_prefix, _prefix_end(self._data_prefix)),
+            DeleteRange(self._session_prefix, _prefix_end(self._session_prefix)),
+        ]
+        ops += [PutKey(self._data_prefix + key, value) for key, value in data.items()]
+        ops += [
+            PutKey(self._session_key(cid), pack(_encode_results(c.results))) for cid, c in clients.items()
+        ]
+        self.data, self._clients, self.applied = data, clients, index
+        ops.append(self.applied_op())
+        return ops
+
+    def load(self, reader: StorageReader) -> None:
+        """Read back what survived a restart."""
+        raw = reader.get(self._applied_key)
+        self.applied = int.from_bytes(raw, "big") if raw else 0
+        skip = len(self._data_prefix)
+        for key, value in _scan_all(reader, self._data_prefix):
+            self.data[key[skip:]] = value
+        for key, value in _scan_all(reader, self._session_prefix):
+            results = _decode_results(_unpack(value))
+            self._clients[int.from_bytes(key[-8:], "big")] = _Client(results, 0)
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    return (int.from_bytes(prefix, "big") + 1).to_bytes(len(prefix), "big")
+
+
+def _scan_all(reader: StorageReader, prefix: bytes) -> list[tuple[bytes, bytes]]:
+    return reader.scan(prefix, _prefix_end(prefix), 1 << 62)
+
+
+def _encode_results(results: dict[int, Result]) -> list[list[Any]]:
+    return [[seq, result] for seq, result in results.items()]
+
+
+def _unpack(value: bytes) -> Any:
+    """Decode what this node itself wrote to its own storage (a peer's bytes go through decode_body)."""
+    return msgpack.unpackb(value, raw=False, strict_map_key=False)
+
+
+def _decode_results(raw: Any) -> dict[int, Result]:
+    if not isinstance(raw, list):
+        raise RemoteProtocolError("session results must be a list")
+    results: dict[int, Result] = {}
+    for item in raw:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int)):
+            raise RemoteProtocolError("a session result must be [seq, result]")
+        results[item[0]] = item[1]
+    return results
+
+
+def _decode_snapshot(blob: bytes, index: int) -> tuple[dict[bytes, bytes], dict[int, _Client]]:
+    body = decode_body(blob, SNAPSHOT_LIMITS)
+    if body.get("t") != "snap" or body.get("i") != index:
+        raise RemoteProtocolError(f"snapshot blob is not a shard snapshot at index {index}")
+    pairs, sessions = body.get("d"), body.get("s")
+    if not isinstance(pairs, list) or not isinstance(sessions, list):
+        raise RemoteProtocolError("snapshot blob lacks its data or sessions")
+    data: dict[bytes, bytes] = {}
+    for pair in pairs:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, bytes) for x in pair)):
+            raise RemoteProtocolError("a snapshot pair must be [key, value] bytes")
+        data[pair[0]] = pair[1]
+    clients: dict[int, _Client] = {}
+    for session in sessions:
+        if not (isinstance(session, list) and len(session) == 3 and isinstance(session[0], int)):
+            raise RemoteProtocolError("a snapshot session must be [client, last index, results]")
+        clients[session[0]] = _Client(_decode_results(session[2]), int(session[1]))
+    return data, clients
