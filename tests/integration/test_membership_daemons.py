@@ -109,3 +109,26 @@ def test_first_node_restarted_without_bootstrap_rejoins_from_its_address_book(
     assert members_json(first)[first.peer_id]["incarnation"] > incarnation_before
     for other in others:
         assert members_json(other)[first.peer_id]["incarnation"] > incarnation_before
+
+
+def test_peers_show_probe_rtt_and_our_agent_without_any_ping(mesh: Callable[..., list[LocalPeer]]) -> None:
+    peers = mesh(3)
+    wait_until(lambda: converged(peers), CONVERGE_TIMEOUT_S, "convergence of 3 daemons")
+    others = {p.peer_id for p in peers[1:]}
+
+    def timed_by_probes() -> bool:
+        shown = run_cli(peers[0].home, "peers", "--json")
+        assert shown.returncode == 0, shown.stderr
+        rows = {p["peer"]: p for p in json.loads(shown.stdout) if p["peer"] in others}
+        return set(rows) == others and all(row["rtt_us"] for row in rows.values())
+
+    # No `pyagent ping` is run in this test: the RTT comes from membership's probe acks.
+    wait_until(timed_by_probes, 20, "an RTT for every connected member")
+    shown = json.loads(run_cli(peers[0].home, "peers", "--json").stdout)
+    for row in shown:
+        assert row["agent_version"].startswith("pyagent/"), row
+        assert 0 < row["rtt_us"] < 1_000_000, row
+    members = members_json(peers[0])
+    assert all(members[peer]["rtt_us"] for peer in others)
+    table = run_cli(peers[0].home, "peers").stdout
+    assert " ms " in table and "pyagent/" in table and "py-libp2p" not in table, table

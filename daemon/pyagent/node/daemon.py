@@ -147,7 +147,16 @@ class Node:
     async def api_peers(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         peers = await self.request(ListPeers())
         assert isinstance(peers, list)
-        return [asdict(info) for info in peers]
+        views = []
+        for info in peers:
+            view = asdict(info)
+            # Membership's probes time every member again and again, so their smoothed RTT is fresher
+            # than the last `pyagent ping`, which is kept for peers that are not members.
+            record = self.members.member(info.peer)
+            if record is not None and record.rtt_us is not None:
+                view["rtt_us"] = record.rtt_us
+            views.append(view)
+        return views
 
     async def api_members(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         records = await self.request(membership.ListMembers())

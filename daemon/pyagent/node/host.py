@@ -37,7 +37,7 @@ from pyagent.node.counters import Counters
 from pyagent.node.dial_errors import DialError, classify
 from pyagent.node.host_config import HostConfig, is_allowed
 from pyagent.node.identify_client import PROTOCOL_ID as IDENTIFY_PROTOCOL_ID
-from pyagent.node.identify_client import read_identify
+from pyagent.node.identify_client import install_agent_version, read_identify
 from pyagent.node.inbound import InboundStreams, message_handler
 from pyagent.node.inbox import EventSender
 from pyagent.node.libp2p_factory import StreamHandler, build_libp2p_host
@@ -84,6 +84,7 @@ class Host:
     def __init__(self, key_pair: KeyPair, config: HostConfig, events: EventSender[Event]) -> None:
         restore_libp2p_logging()
         multistream_limit.install()
+        install_agent_version()
         self._config = config
         self._events = events
         self._counters = Counters(COUNTER_NAMES)

@@ -9,11 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from libp2p.abc import INetStream
+from libp2p.identity.identify import identify as libp2p_identify
 from libp2p.identity.identify.identify import ID as IDENTIFY_PROTOCOL_ID
 from libp2p.identity.identify.pb.identify_pb2 import Identify
 from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 from multiaddr import Multiaddr
 
+from pyagent import __version__
 from pyagent.errors import RemoteProtocolError
 
 # go-libp2p accepts 8 KiB (a signed peer record included); leave room for many listen addresses.
@@ -24,6 +26,16 @@ IDENTIFY_PROTOCOLS_MAX = 256
 AGENT_VERSION_CHARS_MAX = 256
 
 PROTOCOL_ID = str(IDENTIFY_PROTOCOL_ID)
+
+AGENT_VERSION = f"pyagent/{__version__}"
+
+
+def install_agent_version() -> None:
+    """Make our identify answers (and identify pushes) name this program, as ``pyagent id`` does, rather
+    than ``py-libp2p/<version>``. py-libp2p builds every Identify message from its module-level
+    ``AGENT_VERSION`` and takes no option for it; rebinding that one attribute is the narrowest seam
+    (as in ``multistream_limit``). Idempotent; every host in the process is a pyagent host."""
+    libp2p_identify.AGENT_VERSION = AGENT_VERSION
 
 
 @dataclass(frozen=True, slots=True)

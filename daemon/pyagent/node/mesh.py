@@ -238,6 +238,7 @@ def member_view(record: membership.MemberRecord, now_us: int) -> dict[str, Any]:
         "incarnation": record.incarnation,
         "state_age_s": round(max(0, now_us - record.state_changed_us) / 1e6, 1),
         "meta_version": record.meta_version,
+        "rtt_us": record.rtt_us,
         "hardware_tags": list(metadata.hardware_tags),
         "load": metadata.load,
         "cpu_cores": metadata.cpu_cores,

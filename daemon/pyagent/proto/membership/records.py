@@ -48,6 +48,9 @@ class MemberRecord:
     state_changed_us: int
     meta_version: int
     metadata: Metadata
+    # Smoothed round-trip time of our direct probes and their acks (None until the first ack). Measured
+    # by the probes that run anyway, so it stays fresh without any extra traffic.
+    rtt_us: int | None = None
 
 
 class MemberChanged(NamedTuple):

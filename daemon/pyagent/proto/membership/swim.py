@@ -78,12 +78,16 @@ _RELAY = "r/"
 # window leaves the rest for the two network hops.
 _NACK_WAIT_SHARE = 0.8
 _SUSPECT_CODE = int(State.SUSPECT)
+# Weight of a new round-trip sample in the smoothed value: TCP's SRTT gain (RFC 6298), so one slow ack
+# moves it by an eighth and a lasting change shows within a few probes.
+_RTT_GAIN = 1 / 8
 
 
 @dataclass(slots=True)
 class _Probe:
     seq: int
     target: PeerId
+    sent_us: int
     acked: bool = False
     indirect: bool = False
     helpers: tuple[PeerId, ...] = ()
@@ -329,7 +333,7 @@ class Membership(Component):
         target = self._table.next_probe_target(self._rng, left_before_us, dead_before_us)
         if target is None:
             return
-        self._probe = _Probe(self._next_seq(), target.peer)
+        self._probe = _Probe(self._next_seq(), target.peer, now_us)
         self.counters["probes"] += 1
         self._send(out, target.peer, codec.ping(self._probe.seq, self._piggyback(about=target.peer)))
         timeout_us = self._awareness.scale(self.config.probe_timeout_ms) * US_PER_MS
@@ -364,6 +368,9 @@ class Membership(Component):
             if not probe.acked:
                 probe.acked = True
                 self._awareness.apply(-1)
+                if sender == probe.target:
+                    # Only the target's own ack times our ping; one relayed by a helper took two more hops.
+                    self._record_rtt(probe.target, now_us - probe.sent_us)
                 if not probe.indirect:
                     # Nothing is left for the timeout to do: cancelling it spares a wake-up per probe.
                     out.timers.append(CancelTimer(self.timer_key(_PROBE_TIMEOUT)))
@@ -406,6 +413,15 @@ class Membership(Component):
         out.timers.append(
             SetTimer(self.timer_key(_RECONNECT), now_us + self.config.reconnect_interval_ms * US_PER_MS)
         )
+
+    def _record_rtt(self, peer: PeerId, sample_us: int) -> None:
+        member = self._table.get(peer)
+        if member is None or sample_us < 0:
+            return
+        previous = member.rtt_us
+        smoothed = sample_us if previous is None else previous + _RTT_GAIN * (sample_us - previous)
+        member.rtt_us = round(smoothed)
+        self.counters["rtt_samples"] += 1
 
     def _on_nack(self, sender: PeerId, seq: int) -> None:
         probe = self._probe

@@ -34,6 +34,7 @@ class Member:
         "metadata",
         "peer",
         "probing",
+        "rtt_us",
         "state",
         "state_changed_us",
         "suspicion",
@@ -54,6 +55,7 @@ class Member:
         self.corrected_us = -(1 << 62)
         self.state_changed_us = now_us
         self.probing = False
+        self.rtt_us: int | None = None
         self.suspicion: Suspicion | None = None
         # The member's entry as we encode it, cached against the fields it is made of (``wire_addrs``
         # is the addrs tuple it was made from; None until it is first made).
@@ -74,6 +76,7 @@ class Member:
             state_changed_us=self.state_changed_us,
             meta_version=self.meta_version,
             metadata=self.metadata,
+            rtt_us=self.rtt_us,
         )
 
 
