@@ -1,0 +1,138 @@
+"""PyAgent for ``bench/raft.py``: 3 ``pyagent daemon`` processes on 127.0.0.1 with default config.
+
+The daemons are started as the demo and the tests start them (``pyagent.localmesh``: ``init`` with a
+loopback address, then ``daemon``, the second and third with ``--bootstrap`` at the first), so the mesh has
+its default shard layout (64 shards, 3 replicas, leaders spread over the 3 peers). The driver opens one
+``pyagent.client.KvClient`` per daemon (each talks to its daemon's control socket, requests multiplexed)
+and spreads the closed-loop clients over them round-robin (client i uses daemon i mod 3); a daemon
+forwards each request to its shard's leader. Gets are linearizable (``stale=False``, ReadIndex).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+MEMBERS = 3
+READY_TIMEOUT_S = 60.0
+CALL_TIMEOUT_S = 30.0
+
+try:
+    from pyagent.localmesh import LocalPeer, start_mesh, stop_all
+except ImportError as error:  # pragma: no cover - reported as the reason PyAgent is skipped
+    LOCALMESH_ERROR = f"pyagent is not importable ({error}); run ./dev setup"
+else:
+    LOCALMESH_ERROR = ""
+
+
+def _client_class() -> Any:
+    from pyagent.client import KvClient
+
+    return KvClient
+
+
+class PyAgent:
+    name = "pyagent"
+    backend = "trio"
+    how = (
+        "PyAgent 3 daemons on 127.0.0.1, default config (64 shards x 3 replicas); one KvClient per "
+        "daemon (control socket, multiplexed), client i on daemon i mod 3, which forwards to the shard's "
+        "leader; gets linearizable (ReadIndex)"
+    )
+
+    def __init__(self) -> None:
+        self.peers: list[LocalPeer] = []
+        self._notes: list[str] = []
+
+    def unavailable(self) -> str | None:
+        if LOCALMESH_ERROR:
+            return LOCALMESH_ERROR
+        try:
+            _client_class()
+        except ImportError as error:
+            return (
+                f"pyagent.client.KvClient is not there yet ({error}): issue 13's trio client has not "
+                "landed, so the PyAgent side cannot run"
+            )
+        return None
+
+    def start(self, workdir: Path) -> None:
+        self.peers = start_mesh(workdir, MEMBERS)
+        took = trio.run(self._wait_writable)
+        self._notes = [f"first put accepted {took:.1f} s after the 3 daemons answered their control API"]
+        self._notes += self._shard_layout()
+
+    async def _wait_writable(self) -> float:
+        """With default config the mesh takes writes with no manual step; wait until a put through every
+        daemon succeeds."""
+        started = time.monotonic()
+        deadline = started + READY_TIMEOUT_S
+        client_class = _client_class()
+        for peer in self.peers:
+            while True:
+                try:
+                    with trio.fail_after(CALL_TIMEOUT_S):
+                        async with client_class.open(peer.home) as kv:
+                            await kv.put(b"bench/ready", peer.name.encode())
+                    break
+                except Exception as error:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"{peer.name} took no put within {READY_TIMEOUT_S:.0f} s: {error}; "
+                            f"see {peer.log_path}"
+                        ) from error
+                    await trio.sleep(0.2)
+        return time.monotonic() - started
+
+    def _shard_layout(self) -> list[str]:
+        """Leaders per peer from the control API's shard listing (what ``pyagent shards`` prints), if the
+        daemon has one in a shape this understands."""
+        try:
+            shards = self.peers[0].call("shards")
+        except Exception as error:
+            return [f"shard layout not read ({type(error).__name__}: {error})"]
+        if isinstance(shards, dict):
+            shards = shards.get("shards", shards.get("groups", []))
+        if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
+            return [f"shard layout not understood: {str(shards)[:200]}"]
+        names = {p.peer_id: p.name for p in self.peers}
+        leaders = Counter(names.get(str(s.get("leader")), str(s.get("leader"))) for s in shards)
+        spread = ", ".join(f"{peer}: {count}" for peer, count in sorted(leaders.items()))
+        return [f"{len(shards)} shards; leaders per peer: {spread}"]
+
+    def stop(self) -> None:
+        if self.peers:
+            stop_all(self.peers)
+        self.peers = []
+
+    def server_pids(self) -> list[int]:
+        return [p.process.pid for p in self.peers if p.process is not None]
+
+    def notes(self) -> list[str]:
+        return self._notes
+
+    @asynccontextmanager
+    async def driver(self) -> AsyncIterator[PyAgentDriver]:
+        client_class = _client_class()
+        async with AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(client_class.open(p.home)) for p in self.peers]
+            yield PyAgentDriver(clients)
+
+
+class PyAgentDriver:
+    def __init__(self, clients: Sequence[Any]) -> None:
+        self._clients = list(clients)
+        self._count = len(clients)
+
+    async def put(self, client: int, key: bytes, value: bytes) -> None:
+        await self._clients[client % self._count].put(key, value)
+
+    async def get(self, client: int, key: bytes) -> bytes | None:
+        value: bytes | None = await self._clients[client % self._count].get(key)
+        return value
