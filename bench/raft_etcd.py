@@ -129,7 +129,7 @@ class Etcd:
 
     def unavailable(self) -> str | None:
         if grpc is None:
-            return f"grpcio/protobuf not importable ({IMPORT_ERROR}); pip install grpcio protobuf"
+            return f"grpcio/protobuf not importable ({IMPORT_ERROR}); pip install -e '.[bench]' installs them"
         if shutil.which(ETCD) is None:
             return "no etcd binary on PATH (apt-get install -y etcd-server)"
         return None

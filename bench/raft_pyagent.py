@@ -31,6 +31,13 @@ else:
     LOCALMESH_ERROR = ""
 
 
+def describe(error: BaseException) -> str:
+    """An error for one line: an exception group by its leaves."""
+    if isinstance(error, BaseExceptionGroup):
+        return "; ".join(describe(leaf) for leaf in error.exceptions)
+    return f"{type(error).__name__}: {error}"
+
+
 def _client_class() -> Any:
     from pyagent.client import KvClient
 
@@ -82,9 +89,13 @@ class PyAgent:
                             await kv.put(b"bench/ready", peer.name.encode())
                     break
                 except Exception as error:
+                    if peer.process is not None and peer.process.poll() is not None:
+                        raise RuntimeError(
+                            f"{peer.name} exited with code {peer.process.returncode}; see {peer.log_path}"
+                        ) from error
                     if time.monotonic() > deadline:
                         raise RuntimeError(
-                            f"{peer.name} took no put within {READY_TIMEOUT_S:.0f} s: {error}; "
+                            f"{peer.name} took no put within {READY_TIMEOUT_S:.0f} s: {describe(error)}; "
                             f"see {peer.log_path}"
                         ) from error
                     await trio.sleep(0.2)
@@ -94,7 +105,7 @@ class PyAgent:
         """Leaders per peer from the control API's shard listing (what ``pyagent shards`` prints), if the
         daemon has one in a shape this understands."""
         try:
-            shards = self.peers[0].call("shards")
+            shards = self.peers[0].call("kv.shards")
         except Exception as error:
             return [f"shard layout not read ({type(error).__name__}: {error})"]
         if isinstance(shards, dict):
@@ -102,9 +113,10 @@ class PyAgent:
         if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
             return [f"shard layout not understood: {str(shards)[:200]}"]
         names = {p.peer_id: p.name for p in self.peers}
-        leaders = Counter(names.get(str(s.get("leader")), str(s.get("leader"))) for s in shards)
+        leader_of = {s.get("shard"): s.get("leader") for s in shards}
+        leaders = Counter(names.get(str(leader), str(leader)) for leader in leader_of.values())
         spread = ", ".join(f"{peer}: {count}" for peer, count in sorted(leaders.items()))
-        return [f"{len(shards)} shards; leaders per peer: {spread}"]
+        return [f"{len(leader_of)} shards; leaders per peer (node-1's view): {spread}"]
 
     def stop(self) -> None:
         if self.peers:

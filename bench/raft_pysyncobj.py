@@ -147,14 +147,16 @@ class PySyncObj:
         self.rpc_ports: list[int] = []
         self.raft_addrs: list[str] = []
         self.leader_rpc_port = 0
+        self.workdir: Path | None = None
         self._notes: list[str] = []
 
     def unavailable(self) -> str | None:
         if pysyncobj is None:
-            return "pysyncobj is not importable (pip install pysyncobj, or pip install -e '.[bench]')"
+            return "pysyncobj is not importable (.venv/bin/pip install -e '.[bench]' installs it)"
         return None
 
     def start(self, workdir: Path) -> None:
+        self.workdir = workdir
         ports = _free_ports(2 * MEMBERS)
         self.raft_addrs = [f"127.0.0.1:{port}" for port in ports[:MEMBERS]]
         self.rpc_ports = ports[MEMBERS:]
@@ -214,6 +216,15 @@ class PySyncObj:
             with suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=10)
         self.processes = []
+        if self.workdir is not None:
+            # PySyncObj's own warning that a follower dropped entries it had already applied.
+            logs = [log.read_text(errors="replace") for log in self.workdir.glob("n*.log")]
+            diverged = sum(text.count("may have diverged") for text in logs)
+            if diverged:
+                self._notes.append(
+                    f"PySyncObj logged {diverged} 'truncating already-applied log entries ... state machine "
+                    "may have diverged' warnings on its followers during the run"
+                )
 
     def server_pids(self) -> list[int]:
         return [p.pid for p in self.processes]
@@ -305,6 +316,9 @@ class PySyncObjDriver:
 
 
 def main() -> None:
+    if len(sys.argv) == 1:
+        print("bench/raft_pysyncobj.py is a helper of bench/raft.py (which starts its nodes): run that")
+        return
     parser = argparse.ArgumentParser(description="One PySyncObj node of bench/raft.py (started by it).")
     sub = parser.add_subparsers(dest="command", required=True)
     node = sub.add_parser("node")
