@@ -13,7 +13,7 @@ import trio
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from linearizability import HistoryRecorder, Operation, Value, check
+from pyagent_simnet.linearizability import HistoryRecorder, Operation, Value, check
 
 A, B, C = b"a", b"b", b"c"
 NEVER_WRITTEN = b"never written"

@@ -1,6 +1,8 @@
 """A linearizability checker for histories of the replicated KV store (WGL with memoization).
 
-``from linearizability import HistoryRecorder, check`` (with ``tests/`` on ``sys.path``).
+simnet's KV kit checks its runs with it, and the tests on real daemons check theirs:
+``from pyagent_simnet.linearizability import HistoryRecorder, check``. Its own tests are in
+``tests/linearizability``.
 """
 
 from .checker import MAX_STEPS_PER_KEY_DEFAULT, Result, Status, check
