@@ -2,6 +2,8 @@
 //! and its tests live in the pure crate.
 use std::sync::{Arc, RwLock};
 
+mod multiraft;
+
 use pyagent_core::{hashing, msgpack_shape, pnet, storage};
 use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::prelude::*;
@@ -304,5 +306,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("BLAKE3_LEN_BYTES", hashing::DIGEST_LEN_BYTES)?;
     m.add_function(wrap_pyfunction!(blake3, m)?)?;
     m.add_function(wrap_pyfunction!(blake3_chunks, m)?)?;
+    multiraft::register(m)?;
     Ok(())
 }
