@@ -282,6 +282,15 @@ impl Cluster {
         self.net.extend(held.into_iter().map(|(to, f)| (id, to, f)));
     }
 
+    /// Drop a group's log below `to_index` on one node, as a caller's log GC would.
+    pub fn compact(&mut self, id: u64, group_id: u64, to_index: u64) {
+        let writes = self.node(id).driver.compact(group_id, to_index).unwrap();
+        self.node(id).volatile.extend(writes);
+        if self.sync_writes {
+            self.sync(id);
+        }
+    }
+
     /// Lose everything not durable and restart the node from its store.
     pub fn crash(&mut self, id: u64) {
         let node = self.node(id);
