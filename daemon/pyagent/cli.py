@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pyagent import __version__
-from pyagent.config import CONFIG_FILE, IDENTITY_FILE, resolve_home
+from pyagent.config import CONFIG_FILE, DEFAULT_METRICS_LISTEN, IDENTITY_FILE, resolve_home
 from pyagent.controlclient import ControlClient, ControlError, DaemonNotRunning
 from pyagent.errors import ConfigError
 
@@ -109,6 +109,9 @@ def cmd_daemon(args: argparse.Namespace, ctx: CliContext) -> int:
         config.check_listen_addr(addr, "--listen")
     for addr in args.bootstrap or []:
         bootstraplist.check_multiaddr(addr, "--bootstrap")
+    if args.metrics is not None:
+        config.parse_metrics_listen(args.metrics, "--metrics")
+        cfg.metrics.listen = args.metrics
     if args.listen:
         cfg.node.listen = list(args.listen)
     cfg.node.bootstrap += args.bootstrap or []
@@ -142,6 +145,8 @@ def cmd_id(args: argparse.Namespace, ctx: CliContext) -> int:
     print(f"agent:   {info['agent_version']}")
     for addr in info["addrs"]:
         print(f"addr:    {addr}")
+    if info.get("metrics_url"):
+        print(f"metrics: {info['metrics_url']}")
     return EXIT_OK
 
 
@@ -222,8 +227,18 @@ def cmd_stats(args: argparse.Namespace, ctx: CliContext) -> int:
     if args.json:
         _print_json(stats)
         return EXIT_OK
-    print(_table([[name, str(value)] for name, value in sorted(stats.items())], ["COUNTER", "VALUE"]))
+    shown = sorted(stats.items()) if args.all else [(k, v) for k, v in sorted(stats.items()) if v]
+    print(_table([[name, format_stat(value)] for name, value in shown], ["METRIC", "VALUE"]))
+    hidden = len(stats) - len(shown)
+    if hidden:
+        print(f"({hidden} zero values not shown; --all shows them)")
     return EXIT_OK
+
+
+def format_stat(value: float) -> str:
+    if isinstance(value, int) or abs(value) >= 1e4:
+        return f"{value:.0f}"
+    return f"{value:.6g}"
 
 
 def cmd_plugins(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -381,6 +396,14 @@ def build_parser(plugins: Any = None, epilog: str | None = None) -> OneLineParse
     )
     p.add_argument("--bootstrap-file", metavar="FILE", help="bootstrap list file (see bootstrap/example.txt)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--metrics",
+        nargs="?",
+        const=DEFAULT_METRICS_LISTEN,
+        metavar="HOST:PORT",
+        help=f"serve Prometheus metrics at http://HOST:PORT/metrics (default {DEFAULT_METRICS_LISTEN}; "
+        "overrides [metrics] listen)",
+    )
 
     _command(sub, "id", "show this node's peer id and addresses", cmd_id, json_output=True)
     _command(sub, "peers", "list connected peers with their round-trip times", cmd_peers, json_output=True)
@@ -402,7 +425,14 @@ def build_parser(plugins: Any = None, epilog: str | None = None) -> OneLineParse
     p.add_argument("-c", "--count", type=int, default=3, help="number of pings (default 3)")
     p.add_argument("-i", "--interval", type=float, default=0.5, help="seconds between pings (default 0.5)")
 
-    _command(sub, "stats", "frame, byte, drop and error counters of the daemon", cmd_stats, json_output=True)
+    p = _command(
+        sub,
+        "stats",
+        "the daemon's metrics, as /metrics serves them: frames, bytes, errors, members, latency",
+        cmd_stats,
+        json_output=True,
+    )
+    p.add_argument("--all", action="store_true", help="show zero values too")
     _command(sub, "plugins", "list installed plugins and their hooks", cmd_plugins, json_output=True)
 
     mesh = sub.add_parser("mesh", help="manage meshes").add_subparsers(

@@ -30,6 +30,9 @@ IDENTITY_FILE = "identity.key"
 CONTROL_SOCKET = "control.sock"
 
 DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4001"
+# Where `pyagent daemon --metrics` serves /metrics: loopback, the port Prometheus lists for OpenTelemetry
+# exporters (no other pyagent port uses it).
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
 
 # A component's config table is named after it (as are its timers and storage namespace), so component
 # names are plain bare TOML keys. Plugin names follow the same pattern (``pluginhost.PLUGIN_NAME_PATTERN``).
@@ -89,6 +92,12 @@ class LogSection:
 
 
 @dataclass(slots=True)
+class MetricsSection:
+    # HOST:PORT serving Prometheus metrics at /metrics; empty: off. `pyagent daemon --metrics` turns it on.
+    listen: str = ""
+
+
+@dataclass(slots=True)
 class PluginsSection:
     # Never imported. PYAGENT_PLUGINS_DISABLED=a,b and `pyagent --no-plugins` add to it.
     disabled: list[str] = field(default_factory=list)
@@ -105,6 +114,7 @@ class Config:
     membership: MembershipSection = field(default_factory=MembershipSection)
     log: LogSection = field(default_factory=LogSection)
     plugins: PluginsSection = field(default_factory=PluginsSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
     # Every other top-level table, by name, as TOML parsed it: a component's or a plugin's own settings,
     # handed to it by ``NodeContext.config(name)`` (``composition.build_core(config=...)``).
     components: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -113,7 +123,7 @@ class Config:
 
 
 # The core's own sections, each a typed dataclass field of ``Config``.
-CORE_SECTIONS = ("node", "mesh", "host", "membership", "log", "plugins")
+CORE_SECTIONS = ("node", "mesh", "host", "membership", "log", "plugins", "metrics")
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -248,6 +258,35 @@ def _validate(config: Config, source: str) -> None:
         bootstraplist.check_multiaddr(addr, f"{source}: [node] bootstrap")
     for peer in config.mesh.allow_list:
         bootstraplist.check_peer_id(peer, f"{source}: [mesh] allow_list")
+    if config.metrics.listen:
+        parse_metrics_listen(config.metrics.listen, f"{source}: [metrics] listen")
+
+
+_HOST_PORT = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>[0-9]{1,5})")
+
+
+def parse_metrics_listen(value: str, where: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9464`` for IPv6) as (host, port); a one-line ``ConfigError`` naming ``where``
+    otherwise."""
+    match = _HOST_PORT.fullmatch(value)
+    if match is None or int(match["port"]) > 65535 or not _valid_host(match["ipv6"] or match["host"]):
+        raise ConfigError(
+            f"{where}: {value!r} is not HOST:PORT; write it like {DEFAULT_METRICS_LISTEN} "
+            "(or [::1]:9464; port 0 picks a free one)"
+        )
+    return match["ipv6"] or match["host"], int(match["port"])
+
+
+def _valid_host(host: str) -> bool:
+    """An IP address, or a host name; something made of digits and dots must be an IPv4 address."""
+    if ":" in host or re.fullmatch(r"[0-9.]+", host):
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return False
+    return True
 
 
 def check_listen_addr(addr: str, where: str) -> None:
@@ -301,6 +340,12 @@ connections_max = 256
 [log]
 level = "info"     # debug, info, warning, error
 format = "text"    # text or json
+
+[metrics]
+# Prometheus metrics at http://HOST:PORT/metrics (docs/running-a-peer.md); empty: off.
+# `pyagent daemon --metrics` serves them at {DEFAULT_METRICS_LISTEN} for one run.
+# listen = "{DEFAULT_METRICS_LISTEN}"
+listen = ""
 
 [plugins]
 disabled = []      # plugin names, as `pyagent plugins` lists them, never to load

@@ -31,6 +31,7 @@ import pluggy
 if TYPE_CHECKING:
     import trio
 
+    from pyagent.node.metrics import Metrics
     from pyagent.proto.component import Component
     from pyagent.proto.context import NodeContext
     from pyagent.proto.peers import PeerInfo
@@ -128,6 +129,30 @@ def pyagent_add_metadata() -> dict[str, str | int | float | bool]:
 
     Not firstresult: every plugin's keys are merged (``pyagent.pluginhost.collect_metadata``); two plugins
     returning the same key is an error. Synchronous.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def pyagent_add_metrics(metrics: Metrics, node: NodeHandle) -> None:
+    """Add this plugin's Prometheus metrics to the daemon's registry.
+
+    Runs once per daemon start, after the host listens and before the control API and ``/metrics``
+    serve, so what is added here shows in the first scrape and in ``pyagent stats`` (as zeros until
+    counted). ``metrics`` (``pyagent.node.metrics.Metrics``) is the daemon's one registry:
+    ``metrics.counter(name, documentation, labels=())``, ``metrics.gauge(...)`` and
+    ``metrics.histogram(..., buckets=...)`` return ``prometheus_client`` instruments, created on first
+    use and the same object when asked again; ``metrics.register(collector)`` adds a custom collector
+    whose ``collect()`` reads values at scrape time; ``metrics.registry`` is the ``CollectorRegistry``.
+    Names get the ``pyagent_`` prefix; name yours ``<plugin>_<what>[_<unit>]``. A name already taken
+    with another kind or labels raises ``pyagent.errors.ConfigError``, which stops the daemon.
+
+    Keep the instruments (on your plugin object) and update them from your other hooks and tasks
+    (``pyagent_notice``, a task started in ``pyagent_startup``), always in the daemon's trio thread.
+    A component's own ``counters`` mapping, if it has one, is exported without this hook
+    (``pyagent_<component>_<key>_total``). Never called by the simulator.
+
+    Returns nothing. Not firstresult: every plugin adds its metrics. Synchronous.
     """
     raise NotImplementedError
 

@@ -1,5 +1,6 @@
 """The CLI starts without importing anything heavy (issue 16): `--help` and the commands that talk to the
-daemon must stay instant, so matplotlib, numpy and libp2p are imported only where they are used."""
+daemon must stay instant, so matplotlib, numpy, libp2p and prometheus_client are imported only where they
+are used."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-HEAVY = ("matplotlib", "numpy", "libp2p")
+HEAVY = ("matplotlib", "numpy", "libp2p", "prometheus_client")
 
 
 def imported_modules(*args: str) -> set[str]:

@@ -47,6 +47,7 @@ def test_the_contract_defines_the_hooks_the_daemon_calls() -> None:
         "pyagent_add_cli_commands",
         "pyagent_add_components",
         "pyagent_add_metadata",
+        "pyagent_add_metrics",
         "pyagent_control_methods",
         "pyagent_notice",
         "pyagent_peer_connected",

@@ -38,6 +38,7 @@ from pyagent.node.driver import (
 )
 from pyagent.node.host import DialError, Host, HostConfig
 from pyagent.node.inbox import Inbox
+from pyagent.node.metrics import DaemonMetrics, Metrics, NodeCollector, stats_view
 from pyagent.node.storage import StorageHandle
 from pyagent.node.transfer import TransferService
 from pyagent.proto import membership
@@ -84,6 +85,11 @@ class Node:
         # Set by a signal or by `pyagent leave`; the daemon then leaves the mesh and stops.
         self.stop = trio.Event()
         self._left = False
+        # The one metrics registry (node/metrics.py): /metrics, `pyagent stats` and plugins share it.
+        self.metrics = Metrics()
+        self.daemon_metrics = DaemonMetrics(self.metrics, membership.PROTOCOL_ID, members.config.members_max)
+        self.metrics.register(NodeCollector(self, self.metrics))
+        self.metrics_url: str | None = None
 
     def peers(self) -> list[PeerInfo]:
         table = self.core.component("peers")
@@ -119,6 +125,7 @@ class Node:
         """Runs after the core has taken each event: bookkeeping and plugin notifications."""
         if isinstance(event, MessageReceived):
             self.dialer.touch(event.peer)
+            self.daemon_metrics.heard(event.peer, event.protocol, now_us())
         elif isinstance(event, PeerConnected):
             info = next((p for p in self.peers() if p.peer == event.peer), None)
             if info is not None:
@@ -130,6 +137,7 @@ class Node:
         """Every notice of a Ready: logged when it is a membership change, then shown to plugins."""
         if isinstance(notice, membership.MemberChanged):
             mesh.log_change(notice)
+            self.daemon_metrics.member_changed(notice, now_us())
             if notice.new_state in (membership.State.DEAD, membership.State.LEFT):
                 self.dialer.drop(notice.peer)
         self.plugins.hook.pyagent_notice(node=self, notice=notice)
@@ -142,6 +150,7 @@ class Node:
             "addrs": self.host.listen_addrs(),
             "agent_version": f"pyagent/{__version__}",
             "protocols": sorted(self.core.protocols),
+            "metrics_url": self.metrics_url,
         }
 
     async def api_peers(self, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -221,16 +230,8 @@ class Node:
         return [asdict(info) for info in pluginhost.describe_plugins(self.plugins)]
 
     async def api_stats(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {
-            **self.host.stats(),
-            "core_remote_errors": self.driver.remote_errors,
-            "core_replies_dropped": self.core.replies_dropped,
-            **self.storage.counters(),
-            **{f"transfer.{k}": v for k, v in sorted(self.transfers.stats().items())},
-            "on_demand_dial_failures": self.dialer.dial_failures,
-            "on_demand_frames_dropped": self.dialer.frames_dropped,
-            **{f"membership.{k}": v for k, v in sorted(self.members.counters.items())},
-        }
+        # The metrics registry, as /metrics serves it: the two can never disagree.
+        return stats_view(self.metrics.registry)
 
     def control_methods(self) -> dict[str, Method]:
         own: dict[str, Method] = {
@@ -246,6 +247,19 @@ class Node:
         for name, method in pluginhost.control_methods(self.plugins, own).items():
             own[name] = _bind(method, self)
         return own
+
+
+async def serve_metrics(
+    listen: str, metrics: Metrics, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve /metrics on ``listen``; reports its URL once bound (a ``ConfigError`` if it cannot bind)."""
+    from pyagent.node import metrics_http
+
+    listeners = await metrics_http.open_listeners(listen)
+    url = metrics_http.url_of(listeners[0].socket.getsockname())
+    log.info("serving metrics", extra={"url": url})
+    task_status.started(url)
+    await metrics_http.serve(listeners, metrics.registry)
 
 
 def _bind(method: ControlMethod, node: Node) -> Method:
@@ -404,7 +418,11 @@ async def run(home: Path, config: Config) -> None:
             pluginhost.collect_metadata(plugins),
         )
         await node.request(membership.UpdateLocalMetadata(metadata, tuple(host.listen_addrs())))
-        control = ControlServer(home / CONTROL_SOCKET, control_listener, node.control_methods())
+        plugins.hook.pyagent_add_metrics(metrics=node.metrics, node=node)
+        if config.metrics.listen:
+            node.metrics_url = await nursery.start(serve_metrics, config.metrics.listen, node.metrics)
+        methods = node.daemon_metrics.timed(node.control_methods())
+        control = ControlServer(home / CONTROL_SOCKET, control_listener, methods)
         nursery.start_soon(control.serve)
         plugins.hook.pyagent_startup(node=node, nursery=nursery)
         log.info(

@@ -70,6 +70,8 @@ COUNTER_NAMES = (
     "request_handler_timeouts",
     "dials",
     "dial_errors",
+    # Each finished dial once, labelled with its outcome: "ok" or the DialError reason (metrics).
+    "dial_outcomes",
     "connections_refused",
     "streams_refused",
 )
@@ -272,6 +274,18 @@ class Host:
             raise RequestError("protocol", peer, _PING_PROTOCOL, "echo differs from the payload")
         return rtt_s
 
+    @property
+    def counters(self) -> Counters:
+        """Every named counter of the host; ``node/metrics.py`` exports each one, whatever its name."""
+        return self._counters
+
+    def open_streams(self) -> int:
+        """Streams open now over every connection, for the metrics."""
+        return sum(len(conn.get_streams()) for conns in self._swarm.connections.values() for conn in conns)
+
+    def open_connections(self) -> int:
+        return sum(len(conns) for conns in self._swarm.connections.values())
+
     def stats(self) -> dict[str, int]:
         snapshot = self._counters.snapshot()
         snapshot["connected_peers"] = len(self.connected_peers())
@@ -284,11 +298,15 @@ class Host:
                 await self._swarm.dial_addr(address, peer_id)
         except trio.TooSlowError:
             self._counters.add("dial_errors")
+            self._counters.add("dial_outcomes", label="timeout")
             detail = f"no connection within {self._config.dial_timeout_ms} ms"
             raise DialError("timeout", maddr, detail) from None
         except Exception as exc:
+            reason = classify(exc)
             self._counters.add("dial_errors")
-            raise DialError(classify(exc), maddr, _root_cause(exc)) from exc
+            self._counters.add("dial_outcomes", label=reason)
+            raise DialError(reason, maddr, _root_cause(exc)) from exc
+        self._counters.add("dial_outcomes", label="ok")
 
     async def _open_stream(self, peer: str, protocol: str) -> NetStream:
         peer_id = ID.from_base58(peer)
@@ -384,7 +402,7 @@ def _contained(protocol_id: str, handler: StreamHandler, counters: Counters) -> 
         try:
             await handler(stream)
         except RemoteProtocolError as exc:
-            counters.add("protocol_errors")
+            counters.add("protocol_errors", label=protocol_id)
             logger.warning("protocol error from %s on %s: %s; resetting the stream", peer, protocol_id, exc)
         except (IOException, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             logger.debug("%s stream from %s ended: %r", protocol_id, peer, exc)

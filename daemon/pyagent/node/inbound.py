@@ -62,14 +62,16 @@ def message_handler(
 ) -> StreamHandler:
     async def handle(stream: INetStream) -> None:
         peer = str(stream.muxed_conn.peer_id)
-        reader = FrameReader(stream, limits, read_chunk_size_bytes, partial(counters.add, "bytes_in"))
+        reader = FrameReader(
+            stream, limits, read_chunk_size_bytes, partial(counters.add, "bytes_in", label=protocol)
+        )
         try:
             with registry.track(peer, protocol, stream):
                 async for message in reader.messages():
-                    counters.add("frames_in")
+                    counters.add("frames_in", label=protocol)
                     await events.send(MessageReceived(peer, protocol, message))
         except RemoteProtocolError as exc:
-            counters.add("protocol_errors")
+            counters.add("protocol_errors", label=protocol)
             logger.warning("protocol error from %s on %s: %s; resetting the stream", peer, protocol, exc)
             await finish_stream(stream, reset=True)
             return

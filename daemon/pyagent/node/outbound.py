@@ -92,8 +92,8 @@ class OutboundQueues:
                         break
                 data = b"".join(batch)
                 await stream.write(data)
-                self._counters.add("frames_out", len(batch))
-                self._counters.add("bytes_out", len(data))
+                self._counters.add("frames_out", len(batch), label=protocol)
+                self._counters.add("bytes_out", len(data), label=protocol)
             failed = False
         except Exception as exc:
             logger.debug("send stream %s to %s failed: %r", protocol, peer, exc)

@@ -49,23 +49,25 @@ async def request(
     read_chunk_size_bytes: int,
 ) -> Message:
     frame = encode_frame(message, limits)
-    counters.add("requests_out")
+    counters.add("requests_out", label=protocol)
     stream: NetStream | None = None
     failed = True
     try:
         with trio.fail_after(timeout_s):
             stream = await open_stream(peer, protocol)
             await stream.write(frame)
-            counters.add("bytes_out", len(frame))
+            counters.add("bytes_out", len(frame), label=protocol)
             await stream.close_write()
-            reader = FrameReader(stream, limits, read_chunk_size_bytes, partial(counters.add, "bytes_in"))
+            reader = FrameReader(
+                stream, limits, read_chunk_size_bytes, partial(counters.add, "bytes_in", label=protocol)
+            )
             reply = await reader.one_message()
         failed = False
         return reply
     except trio.TooSlowError:
         raise RequestError("timeout", peer, protocol, f"no response within {timeout_s:.3f} s") from None
     except RemoteProtocolError as exc:
-        counters.add("protocol_errors")
+        counters.add("protocol_errors", label=protocol)
         raise RequestError("protocol", peer, protocol, str(exc)) from None
     except IOException as exc:
         raise RequestError("stream", peer, protocol, repr(exc)) from None
@@ -86,8 +88,10 @@ def request_handler(
 ) -> StreamHandler:
     async def handle(stream: INetStream) -> None:
         peer = str(stream.muxed_conn.peer_id)
-        counters.add("requests_in")
-        reader = FrameReader(stream, limits, read_chunk_size_bytes, partial(counters.add, "bytes_in"))
+        counters.add("requests_in", label=protocol)
+        reader = FrameReader(
+            stream, limits, read_chunk_size_bytes, partial(counters.add, "bytes_in", label=protocol)
+        )
         failed = True
         try:
             with trio.fail_after(timeout_s):
@@ -95,10 +99,10 @@ def request_handler(
                 reply = await handler(peer, request_message)
                 frame = encode_frame(reply, limits)
                 await stream.write(frame)
-            counters.add("bytes_out", len(frame))
+            counters.add("bytes_out", len(frame), label=protocol)
             failed = False
         except RemoteProtocolError as exc:
-            counters.add("protocol_errors")
+            counters.add("protocol_errors", label=protocol)
             logger.warning("protocol error from %s on %s: %s; resetting the stream", peer, protocol, exc)
         except trio.TooSlowError:
             counters.add("request_handler_timeouts")
