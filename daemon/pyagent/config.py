@@ -82,6 +82,14 @@ class HostSection:
     upgrade_timeout_ms: int = 5_000
     open_stream_timeout_ms: int = 5_000
     connections_max: int = 256
+    # Flood limits (docs/running-a-peer.md); the defaults are pyagent.node.host_config.FloodLimits'.
+    pending_handshakes_max: int = 64
+    pending_handshakes_per_ip_max: int = 8
+    connections_per_ip_max: int = 32
+    connections_per_ip_per_s: int = 10
+    connections_per_ip_burst: int = 40
+    stream_opens_per_peer_per_s: int = 100
+    stream_opens_per_peer_burst: int = 200
 
 
 @dataclass(slots=True)
@@ -239,10 +247,21 @@ def membership_config(section: MembershipSection) -> Any:
     return replace(base, **section.overrides)
 
 
+def flood_limits(section: HostSection, limits_type: Any) -> Any:
+    """The host's ``FloodLimits`` from ``[host]`` (raises ``ValueError`` naming an inconsistent setting)."""
+    return limits_type(**{f.name: getattr(section, f.name) for f in fields(limits_type)})
+
+
 def _validate(config: Config, source: str) -> None:
     for f in fields(config.host):
         if getattr(config.host, f.name) <= 0:
             raise ConfigError(f"{source}: [host] '{f.name}' must be positive")
+    from pyagent.node.host_config import FloodLimits
+
+    try:
+        flood_limits(config.host, FloodLimits)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: [host] {exc}") from None
     if config.log.level not in LOG_LEVELS:
         raise ConfigError(f"{source}: [log] 'level' must be one of {', '.join(LOG_LEVELS)}")
     if config.log.format not in LOG_FORMATS:
@@ -336,6 +355,15 @@ dial_timeout_ms = 5000
 upgrade_timeout_ms = 5000
 open_stream_timeout_ms = 5000
 connections_max = 256
+# Flood limits: what one source IP or one peer may cost (docs/running-a-peer.md). A connection over a
+# limit is closed before its handshake; a stream over the rate is reset. Each refusal is counted.
+pending_handshakes_max = 64         # inbound connections still in their handshakes, in all
+pending_handshakes_per_ip_max = 8   # ... from one IP
+connections_per_ip_max = 32         # inbound connections from one IP, pending or established
+connections_per_ip_per_s = 10       # new inbound connections one IP may open a second ...
+connections_per_ip_burst = 40       # ... after a burst of this many
+stream_opens_per_peer_per_s = 100   # streams one peer may open to us a second ...
+stream_opens_per_peer_burst = 200   # ... after a burst of this many
 
 [log]
 level = "info"     # debug, info, warning, error

@@ -76,7 +76,7 @@ async def test_connect_identify_and_framed_messages() -> None:
         connected = await a.next_event(PeerConnected)
         assert isinstance(connected, PeerConnected)
         assert connected.peer == b.host.peer_id
-        assert connected.agent_version.startswith("py-libp2p/")
+        assert connected.agent_version.startswith("pyagent/")  # ours, not py-libp2p's default
         assert GOSSIP in connected.protocols and ECHO in connected.protocols
         assert b.addr.split("/p2p/")[0] in connected.addrs
 

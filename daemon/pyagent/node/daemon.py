@@ -21,7 +21,14 @@ from libp2p.crypto.keys import KeyPair
 
 from pyagent import __version__, bootstraplist, identity, pluginhost
 from pyagent.composition import STANDARD, build_core
-from pyagent.config import CONTROL_SOCKET, IDENTITY_FILE, Config, check_component_tables, membership_config
+from pyagent.config import (
+    CONTROL_SOCKET,
+    IDENTITY_FILE,
+    Config,
+    check_component_tables,
+    flood_limits,
+    membership_config,
+)
 from pyagent.errors import ConfigError
 from pyagent.hookspecs import ControlMethod
 from pyagent.node import mesh
@@ -37,6 +44,7 @@ from pyagent.node.driver import (
     now_us,
 )
 from pyagent.node.host import DialError, Host, HostConfig
+from pyagent.node.host_config import FloodLimits
 from pyagent.node.inbox import Inbox
 from pyagent.node.metrics import DaemonMetrics, Metrics, NodeCollector, stats_view
 from pyagent.node.storage import StorageHandle
@@ -283,6 +291,7 @@ def host_config(config: Config, psk: bytes | None) -> HostConfig:
         upgrade_timeout_ms=config.host.upgrade_timeout_ms,
         open_stream_timeout_ms=config.host.open_stream_timeout_ms,
         connections_max=config.host.connections_max,
+        flood_limits=flood_limits(config.host, FloodLimits),
         psk=psk,
         allow_list=frozenset(config.mesh.allow_list) if config.mesh.allow_list else None,
     )

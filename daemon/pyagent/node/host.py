@@ -42,6 +42,8 @@ from pyagent.node.inbound import InboundStreams, message_handler
 from pyagent.node.inbox import EventSender
 from pyagent.node.libp2p_factory import StreamHandler, build_libp2p_host
 from pyagent.node.libp2p_logging import restore_libp2p_logging
+from pyagent.node.limits import COUNTER_NAMES as FLOOD_COUNTER_NAMES
+from pyagent.node.limits import FloodGuards
 from pyagent.node.outbound import OutboundQueues
 from pyagent.node.presence import PeerPresence
 from pyagent.node.request_response import RequestError, RequestHandler, request, request_handler
@@ -74,6 +76,7 @@ COUNTER_NAMES = (
     "dial_outcomes",
     "connections_refused",
     "streams_refused",
+    *FLOOD_COUNTER_NAMES,
 )
 
 # A shutdown that cannot finish in this time has a bug; it must still not hang the daemon forever.
@@ -90,11 +93,13 @@ class Host:
         self._config = config
         self._events = events
         self._counters = Counters(COUNTER_NAMES)
+        self._guards = FloodGuards(config.flood_limits, self._counters.add)
         self._libp2p = build_libp2p_host(
             key_pair,
             config,
             lambda: self._counters.add("handler_errors"),
             lambda: self._counters.add("streams_refused"),
+            self._guards,
         )
         swarm = self._libp2p.get_network()
         assert isinstance(swarm, Swarm)
@@ -351,6 +356,7 @@ class Host:
         return PeerConnected(peer, addrs, protocols)
 
     def _peer_connected(self, conn: INetConn) -> None:
+        self._guards.connected(conn)
         peer = str(conn.muxed_conn.peer_id)
         if not is_allowed(self._config, peer):
             # Refused at connect: it never becomes a PeerConnected, so it never reaches membership.
@@ -362,6 +368,7 @@ class Host:
         self._presence.connected(peer)
 
     def _peer_disconnected(self, conn: INetConn) -> None:
+        self._guards.disconnected(conn)
         peer_id = conn.muxed_conn.peer_id
         if self._is_connected(peer_id) or not is_allowed(self._config, str(peer_id)):
             return

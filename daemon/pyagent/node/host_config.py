@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 def is_allowed(config: HostConfig, peer: str) -> bool:
@@ -10,6 +10,36 @@ def is_allowed(config: HostConfig, peer: str) -> bool:
 
 
 DEFAULT_LISTEN_ADDRS = ("/ip4/127.0.0.1/tcp/0",)
+
+
+@dataclass(frozen=True, slots=True)
+class FloodLimits:
+    """The settings, as ``[host]`` names them (docs/running-a-peer.md)."""
+
+    pending_handshakes_max: int = 64
+    pending_handshakes_per_ip_max: int = 8
+    connections_per_ip_max: int = 32
+    connections_per_ip_per_s: int = 10
+    connections_per_ip_burst: int = 40
+    stream_opens_per_peer_per_s: int = 100
+    stream_opens_per_peer_burst: int = 200
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            name = f.name
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.pending_handshakes_per_ip_max > self.pending_handshakes_max:
+            raise ValueError(
+                f"pending_handshakes_per_ip_max ({self.pending_handshakes_per_ip_max}) must not exceed "
+                f"pending_handshakes_max ({self.pending_handshakes_max})"
+            )
+        if self.pending_handshakes_per_ip_max > self.connections_per_ip_max:
+            raise ValueError(
+                f"pending_handshakes_per_ip_max ({self.pending_handshakes_per_ip_max}) must not exceed "
+                f"connections_per_ip_max ({self.connections_per_ip_max})"
+            )
 
 
 @dataclass
@@ -32,6 +62,8 @@ class HostConfig:
     request_handler_timeout_ms: int = 5_000
     # Bytes asked of a stream per read; bounds each read's buffer, not the frame size.
     read_chunk_size_bytes: int = 64 * 1024
+    # What one source address or peer may cost us (node/limits.py).
+    flood_limits: FloodLimits = field(default_factory=lambda: FloodLimits())
 
     def __post_init__(self) -> None:
         for name in (

@@ -8,6 +8,8 @@
 - Upgrade and negotiation deadlines from our config (the defaults are 10 s, and the outbound
   security handshake has none at all; `Host.connect` adds its own deadline around the dial).
 - Every stream handler runs inside a guard: an exception escaping one tears down the whole host.
+- Flood limits (``limits.FloodGuards``): inbound connections are admitted per source IP before any byte
+  is read, and each peer's stream opens are rate-limited before protocol negotiation.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.transport.tcp.tcp import TCP
 
 from pyagent.node.host_config import HostConfig, is_allowed
+from pyagent.node.limits import FloodGuards
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ def build_libp2p_host(
     config: HostConfig,
     on_handler_error: Callable[[], None],
     on_stream_refused: Callable[[], None],
+    guards: FloodGuards,
 ) -> BasicHost:
     upgrade_timeout_s = config.upgrade_timeout_ms / 1000
     open_stream_timeout_s = config.open_stream_timeout_ms / 1000
@@ -69,7 +73,7 @@ def build_libp2p_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: noise},
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-        transports=[_transport(config.psk, config.upgrade_timeout_ms)],
+        transports=[guards.transport(_transport(config.psk, config.upgrade_timeout_ms))],
         connection_config=connection_config,
         negotiate_timeout=max(1, round(open_stream_timeout_s)),
     )
@@ -79,7 +83,7 @@ def build_libp2p_host(
     swarm.retry_config = RetryConfig(max_retries=0)
     swarm.auto_connector = _IdleAutoConnector(swarm, connection_config.auto_connect_interval)
     handler = _admitted_only(swarm.common_stream_handler, config, on_stream_refused)
-    swarm.set_stream_handler(_guarded(handler, on_handler_error))
+    swarm.set_stream_handler(_guarded(guards.stream_handler(handler), on_handler_error))
     return host
 
 
