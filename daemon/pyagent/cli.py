@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from pyagent import __version__
+from pyagent import __version__, cli_kv
 from pyagent.config import CONFIG_FILE, DEFAULT_METRICS_LISTEN, IDENTITY_FILE, resolve_home
 from pyagent.controlclient import ControlClient, ControlError, DaemonNotRunning
 from pyagent.errors import ConfigError
@@ -434,6 +434,7 @@ def build_parser(plugins: Any = None, epilog: str | None = None) -> OneLineParse
     )
     p.add_argument("--all", action="store_true", help="show zero values too")
     _command(sub, "plugins", "list installed plugins and their hooks", cmd_plugins, json_output=True)
+    cli_kv.register(sub, _command, OneLineParser)
 
     mesh = sub.add_parser("mesh", help="manage meshes").add_subparsers(
         dest="mesh_command", metavar="COMMAND", parser_class=OneLineParser, required=True

@@ -65,6 +65,7 @@ def build_core(
         config_for=lambda name: tables.get(name, _NO_CONFIG),
         rng_for=lambda name: random.Random(component_seed(seed, name)),
         storage_for=storage_for or MemoryStore().reader,
+        hooks=plugins.hook if plugins is not None else None,
     )
     for factory in core_factories:
         _add(ctx, factory(ctx))

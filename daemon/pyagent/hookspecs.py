@@ -5,15 +5,15 @@ return and whether it is ``firstresult``.
 
 Hooks are named ``pyagent_<phase>_<what>``, or ``pyagent_<phase>`` when the phase says it all. The
 phases, in the order a daemon meets them: ``add`` (the node and the CLI are being built), ``control``
-(the control API is being built), ``startup``, ``peer`` (connections come and go), ``notice`` (the core
-reports a state change) and ``shutdown``.
+(the control API is being built), ``startup``, ``peer`` (connections come and go), ``kv`` (the sharded
+KV store proposes and applies writes), ``notice`` (the core reports a state change) and ``shutdown``.
 
 Hooks are plain synchronous functions, and the daemon and simnet call every one of them through pluggy
 (``pm.hook.<name>(...)``), so ``wrapper=True`` (and old-style ``hookwrapper=True``) implementations and
 ``tryfirst``/``trylast`` work on every hook. Without ``tryfirst``/``trylast``, plugins are called in the
-order of their names. The hooks that shape protocol behaviour (``pyagent_add_components``) must be
-deterministic and do no I/O, because the simulator calls them too. A plugin that needs I/O starts its
-own tasks from ``pyagent_startup``, in the nursery it is given.
+order of their names. The hooks that shape protocol behaviour (``pyagent_add_components``,
+``pyagent_kv_*``) must be deterministic and do no I/O, because the simulator calls them too. A plugin
+that needs I/O starts its own tasks from ``pyagent_startup``, in the nursery it is given.
 
 A plugin is a module (or object) whose hook functions carry ``@hookimpl``, registered under the
 entry-point group ``pyagent``; ``docs/plugins.md`` walks through one.
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from pyagent.node.metrics import Metrics
     from pyagent.proto.component import Component
     from pyagent.proto.context import NodeContext
+    from pyagent.proto.kv.ops import Write as KvWrite
     from pyagent.proto.peers import PeerInfo
 
 PROJECT_NAME = "pyagent"
@@ -114,6 +115,36 @@ def pyagent_add_components(ctx: NodeContext) -> list[Component]:
 
     Not firstresult: every plugin's list is collected (``pyagent.pluginhost.collect_components``), in
     the order pluggy calls the plugins. Synchronous.
+    """
+    raise NotImplementedError
+
+
+@hookspec(firstresult=True)
+def pyagent_kv_propose(shard: int, write: KvWrite) -> KvWrite | None:
+    """Veto or transform a write before the leader of its shard proposes it (tenancy, quotas, schemas).
+
+    Runs in the core, on the leader of ``shard``, once per write (``Put``, ``Delete`` or ``Cas`` from
+    ``pyagent.proto.kv.ops``; keep its ``session`` when you build a replacement, or retries stop being
+    exactly-once). Return a replacement write, or None to leave it as it is; raise ``ValueError`` to refuse
+    it: the client gets your message with the error code ``refused``. The simulator calls it too, so it
+    must be deterministic and do no I/O.
+
+    Returns a write or None. firstresult: the first plugin that returns a write decides. Synchronous.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def pyagent_kv_committed(shard: int, index: int, writes: list[KvWrite]) -> None:
+    """Observe the writes a shard just applied (a semantic cache invalidates its entries here).
+
+    Runs in the core, on every node that holds a replica of ``shard``, after the shard applied committed
+    entries up to log ``index``, with the writes among them in log order (a ``Cas`` whose comparison
+    failed is listed too: check the value). Every replica sees the same writes in the same order. The
+    simulator calls it too, so it must be deterministic, do no I/O and not block; hand slow work to a task
+    started in ``pyagent_startup``.
+
+    Returns nothing. Not firstresult: every plugin is told. Synchronous.
     """
     raise NotImplementedError
 

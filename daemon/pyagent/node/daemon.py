@@ -31,7 +31,7 @@ from pyagent.config import (
 )
 from pyagent.errors import ConfigError
 from pyagent.hookspecs import ControlMethod
-from pyagent.node import mesh
+from pyagent.node import kvapi, mesh
 from pyagent.node.control import ControlServer, InvalidParams, Method, MethodError, open_listener
 from pyagent.node.dialer import Dialer
 from pyagent.node.driver import (
@@ -49,7 +49,7 @@ from pyagent.node.inbox import Inbox
 from pyagent.node.metrics import DaemonMetrics, Metrics, NodeCollector, stats_view
 from pyagent.node.storage import StorageHandle
 from pyagent.node.transfer import TransferService
-from pyagent.proto import membership
+from pyagent.proto import kv, membership
 from pyagent.proto.component import Component
 from pyagent.proto.context import NodeContext
 from pyagent.proto.events import Event, MessageReceived, PeerConnected, PeerDisconnected, SendFailed
@@ -251,6 +251,7 @@ class Node:
             "ping": self.api_ping,
             "plugins": self.api_plugins,
             "stats": self.api_stats,
+            **kvapi.kv_methods(self.request),
         }
         for name, method in pluginhost.control_methods(self.plugins, own).items():
             own[name] = _bind(method, self)
@@ -354,13 +355,23 @@ def build_node_core(
             storage=ctx.storage(name),
         )
 
+    def sharded_kv(ctx: NodeContext) -> Component:
+        members = ctx.sibling(membership.Membership.name)
+        assert isinstance(members, membership.Membership)
+        try:
+            kv_config = kv.Config.from_table(dict(ctx.config(kv.NAME)))
+        except ValueError as exc:
+            raise ConfigError(f"{config.source}: {exc}") from None
+        storage = ctx.storage(kv.NAME)
+        return kv.RaftKv(ctx.local_peer, ctx.rng(kv.NAME), kv_config, storage, members, hooks=ctx.hooks)
+
     # The OS seeds the node once; each component's generator is derived from it and its name.
     seed = int.from_bytes(os.urandom(8), "big")
     core = build_core(
         peer_id,
         seed,
         storage_for=storage.reader,
-        core_factories=(*STANDARD, gossip_membership),
+        core_factories=(*STANDARD, gossip_membership, sharded_kv),
         plugins=plugins,
         config=config.components,
     )
@@ -438,7 +449,7 @@ async def run(home: Path, config: Config) -> None:
             "daemon ready",
             extra={"peer_id": peer_id, "addrs": ",".join(host.listen_addrs()), "private": psk is not None},
         )
-        nursery.start_soon(mesh.join_mesh, node, seeds, rng)
+        nursery.start_soon(mesh.join_mesh, node, seeds, rng, lambda: node.request(kv.FoundShards()))
         nursery.start_soon(mesh.refresh_load, node.request, node.local_metadata, members.live_count)
         nursery.start_soon(_handle_signals, node.stop)
         await node.stop.wait()

@@ -124,9 +124,15 @@ async def _reach_seed(node: MeshNode, peer: str, addrs: list[str]) -> str | None
     return "; ".join(reasons)
 
 
-async def join_mesh(node: MeshNode, bootstrap: Sequence[str], rng: random.Random) -> membership.Joined:
+async def join_mesh(
+    node: MeshNode,
+    bootstrap: Sequence[str],
+    rng: random.Random,
+    on_new_mesh: Callable[[], Awaitable[object]] | None = None,
+) -> membership.Joined:
     """Join through the configured bootstrap peers; with none, rejoin the mesh this node was in (its
-    address book, as kubo reconnects from its peerstore); with neither, start a new mesh."""
+    address book, as kubo reconnects from its peerstore); with neither, start a new mesh, and then call
+    ``on_new_mesh`` (the daemon founds the mesh's shards there)."""
     if bootstrap:
         joined = await join(node, bootstrap, rng)
         assert joined is not None
@@ -148,6 +154,8 @@ async def join_mesh(node: MeshNode, bootstrap: Sequence[str], rng: random.Random
     assert isinstance(joined, membership.Joined)
     if not book:
         log.info("started a new mesh (no bootstrap peers configured)")
+        if on_new_mesh is not None:
+            await on_new_mesh()
     return joined
 
 

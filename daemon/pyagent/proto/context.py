@@ -36,6 +36,9 @@ class NodeContext:
     storage_for: Callable[[str], StorageReader]
     # Components built so far on this node, by name (the core's first, then plugins' in name order).
     built: dict[str, Component] = field(default_factory=dict)
+    # The plugins' hooks that cores call (``pyagent_kv_propose``...): pluggy's hook relay, or None on a
+    # node built without plugins. Only hooks documented as called by the core may be called through it.
+    hooks: Any = None
 
     def config(self, component: str) -> Mapping[str, Any]:
         """Component ``component``'s table in the node's config (``[<component>]``); empty if none."""

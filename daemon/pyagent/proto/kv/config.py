@@ -25,6 +25,9 @@ class Config:
     compact_after_entries: int = 10_000
     # How long a request waits for a leader to be elected or found before it fails as unavailable.
     request_timeout_ms: int = 5_000
+    # A request forwarded toward a shard's leader that gets no answer in this time is routed again
+    # (the peer may have died or lost leadership meanwhile).
+    forward_timeout_ms: int = 1_000
     # A ReadIndex that got no answer (raft-rs drops them silently without a leader) is asked again.
     read_index_retry_ms: int = 500
     # Requests parked per node while a shard has no known leader, and reads waiting per shard.

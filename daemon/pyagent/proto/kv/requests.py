@@ -43,6 +43,8 @@ class Waiting:
     deadline_us: int
     # Peers tried for this request, in order, so a forward that is refused moves on to the next.
     tried: list[PeerId] = field(default_factory=list)
+    # While forwarded: when to give up on the peer it was sent to and route it again.
+    hop_deadline_us: int = 0
 
 
 @dataclass(slots=True)
@@ -129,19 +131,48 @@ class Requests:
             dropped.extend(batch.reads)
         return dropped
 
-    def forward(self, waiting: Waiting) -> int:
+    def forward(self, waiting: Waiting, hop_deadline_us: int) -> int:
+        waiting.hop_deadline_us = min(hop_deadline_us, waiting.deadline_us)
         forward_id = self._next_forward_id
         self._next_forward_id += 1
         self.forwards[forward_id] = waiting
         return forward_id
 
+    def read_in_flight(self, shard: int) -> bool:
+        """Whether a ReadIndex of ``shard`` is still unanswered: new reads then wait for the next one,
+        which is how concurrent reads come to share one round (etcd's read loop does the same)."""
+        return any(batch.index is None for batch in self.read_batches.get(shard, ()))
+
+    def stalled_forwards(self, now_us: int, peer: PeerId | None = None) -> list[Waiting]:
+        """Forwards that got no answer by their hop deadline, or (given ``peer``) every forward sent to
+        ``peer``, removed: the caller routes them again (the peer may have died or lost leadership)."""
+        stalled = [
+            fid
+            for fid, w in self.forwards.items()
+            if (w.tried[-1] == peer if peer is not None else w.hop_deadline_us <= now_us)
+        ]
+        return [self.forwards.pop(fid) for fid in stalled]
+
     def expired(self, now_us: int) -> list[Waiting]:
-        """Forwards and parked requests past their deadline (removed)."""
-        gone = [fid for fid, w in self.forwards.items() if w.deadline_us <= now_us]
-        expired = [self.forwards.pop(fid) for fid in gone]
-        keep = deque(w for w in self.parked if w.deadline_us > now_us)
+        """Every request past its deadline, wherever it waits (removed). A write among them may still
+        be applied later; its client's retry, in the same session, is then answered from the session."""
+        expired: list[Waiting] = []
+        for fid in [fid for fid, w in self.forwards.items() if w.deadline_us <= now_us]:
+            expired.append(self.forwards.pop(fid))
         expired.extend(w for w in self.parked if w.deadline_us <= now_us)
-        self.parked = keep
+        self.parked = deque(w for w in self.parked if w.deadline_us > now_us)
+        for key, (_shard, waiters) in list(self.proposals.items()):
+            expired.extend(w for w in waiters if w.deadline_us <= now_us)
+            waiters[:] = [w for w in waiters if w.deadline_us > now_us]
+            if not waiters:
+                del self.proposals[key]
+        for queued in self.queued_reads.values():
+            expired.extend(w for w in queued if w.deadline_us <= now_us)
+            queued[:] = [w for w in queued if w.deadline_us > now_us]
+        for batches in self.read_batches.values():
+            for batch in batches:
+                expired.extend(w for w in batch.reads if w.deadline_us <= now_us)
+                batch.reads[:] = [w for w in batch.reads if w.deadline_us > now_us]
         return expired
 
 

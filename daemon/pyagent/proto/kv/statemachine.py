@@ -51,6 +51,8 @@ class Applied:
     session: Session | None
     result: Result | BadEntry
     ops: list[Op]
+    # The write the entry held (None for an empty or undecodable entry).
+    write: Write | None = None
 
 
 def shard_prefix(tag: bytes, shard: int) -> bytes:
@@ -88,15 +90,15 @@ class ShardState:
         session = write.session
         if session is None:
             result, ops = self._execute(write)
-            return Applied(None, result, ops)
+            return Applied(None, result, ops, write)
         client = self._clients.get(session.client)
         if client is not None and session.seq in client.results:
-            return Applied(session, client.results[session.seq], [])
+            return Applied(session, client.results[session.seq], [])  # a retry: applied before
         if session.seq < session.ack:
             return Applied(session, BadEntry(f"write {session.seq} is below its own ack {session.ack}"), [])
         result, ops = self._execute(write)
         ops.extend(self._remember(session.client, session.seq, session.ack, result, index))
-        return Applied(session, result, ops)
+        return Applied(session, result, ops, write)
 
     def applied_op(self) -> Op:
         return PutKey(self._applied_key, self.applied.to_bytes(8, "big"))
