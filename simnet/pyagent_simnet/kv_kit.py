@@ -9,6 +9,8 @@ Scenario table (use it with the membership kit: ``components = ["membership", "k
     keys_per_shard = 2          # the keys the clients use, chosen so that every shard has this many
     think_ms = 10               # mean pause between a client's answer and its next call (exponential)
     op_timeout_ms = 3000        # a client gives up on a call after this long: its outcome is unknown
+    attempt_timeout_ms = 0      # > 0: a try unanswered this long is sent again, same session, to another
+                                # node (the first may still take effect); 0: only errors are retried
     start_s = 1.0               # clients start calling then (node 0 founds the shards at its start)
     put_weight = 0.35           # the operation mix
     get_weight = 0.4
@@ -126,6 +128,7 @@ class KvKit(Kit):
         "keys_per_shard": Field(int, 2, at_least(1)),
         "think_ms": Field(float, 10.0, nonneg),
         "op_timeout_ms": Field(float, 3_000.0, positive),
+        "attempt_timeout_ms": Field(float, 0.0, nonneg),
         "start_s": Field(float, 1.0, nonneg),
         "put_weight": Field(float, 0.35, nonneg),
         "get_weight": Field(float, 0.4, nonneg),
@@ -223,6 +226,7 @@ class KvWorkload(Observer):
         self.cumulative = [sum(weights[: i + 1]) / total for i in range(len(KINDS))]
         self.think_us = table["think_ms"] * US_PER_MS
         self.op_timeout_us = int(table["op_timeout_ms"] * US_PER_MS)
+        self.attempt_timeout_us = int(table["attempt_timeout_ms"] * US_PER_MS)
         self.rng = sim.workload_rng
         self.recorder = HistoryRecorder(clock=lambda: sim.now_us / US_PER_S)
         self.clients = [_Client(i, (self.rng.getrandbits(62) << 1) | 1) for i in range(table["clients"])]
@@ -308,6 +312,16 @@ class KvWorkload(Observer):
         call.node = node.index
         attempt = call.attempt
         sim.request(node, call.command, lambda _node, reply: self._on_reply(call, attempt, reply))
+        if self.attempt_timeout_us:
+            sim.schedule(sim.now_us + self.attempt_timeout_us, self._attempt_timeout, (call, attempt))
+
+    def _attempt_timeout(self, arg: tuple[_Call, int]) -> None:
+        """The current try got no answer in time: try again elsewhere with the same session, while the
+        first may still be on its way (as a client that times out one connection and redials)."""
+        call, attempt = arg
+        if not call.done and call.attempt == attempt:
+            self.retries += 1
+            self._attempt(call)
 
     def _on_reply(self, call: _Call, attempt: int, reply: Reply) -> None:
         if call.done:
