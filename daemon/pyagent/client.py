@@ -71,13 +71,20 @@ class KvClient:
                 f"no daemon answers at {home / CONTROL_SOCKET} ({exc.strerror}); start one"
             ) from None
         client = cls(stream, timeout_s)
+        # The caller's own exception leaves as itself, not wrapped in the nursery's ExceptionGroup: it is
+        # held while the reader task is cancelled, and raised once the nursery is done.
+        raised: BaseException | None = None
         async with stream, trio.open_nursery() as nursery:
             nursery.start_soon(client._read_answers)
             try:
                 yield client
+            except BaseException as exc:
+                raised = exc
             finally:
                 client._closed = True
                 nursery.cancel_scope.cancel()
+        if raised is not None:
+            raise raised
 
     # --- the operations ---------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from pyagent.proto.kv.ops import (
     encode_entry,
 )
 from pyagent.proto.kv.placement import Candidate, hash_part, node_id_of, place, shard_of
-from pyagent.proto.kv.statemachine import RESULTS_PER_CLIENT_MAX, BadEntry, ShardState
+from pyagent.proto.kv.statemachine import RESULTS_PER_CLIENT_MAX, BadEntry, ShardState, decode_snapshot
 from pyagent.proto.memstore import MemoryStore
 from pyagent.proto.storage import WriteBatch
 from pyagent.proto.wire import pack
@@ -250,23 +250,21 @@ def test_snapshots_restore_data_sessions_and_index_and_refuse_garbage() -> None:
     blob = state.snapshot()
     target_store, target = MemoryStore(), ShardState(2)
     apply(target, target_store, 6, Put(b"stale", b"x"))
-    target_store.apply(WriteBatch("kv", tuple(target.restore(blob, 7))))
+    target_store.apply(WriteBatch("kv", tuple(target.restore(decode_snapshot(blob)))))
     assert target.data == {b"a": b"1", b"b": b"2"} and target.applied == 7
     reloaded = ShardState(2)
     reloaded.load(target_store.reader("kv"))
     assert reloaded.data == target.data and reloaded.applied == 7
     assert reloaded.apply(8, encode_entry(Put(b"a", b"1", Session(3, 1, 1)))).ops == []
+    assert decode_snapshot(blob).index == 7
     with pytest.raises(RemoteProtocolError):
-        target.restore(blob, 8)  # taken at another index
-    with pytest.raises(RemoteProtocolError):
-        target.restore(b"\x81\xa1v\x01", 7)
-    assert target.data == {b"a": b"1", b"b": b"2"}, "a refused snapshot changes nothing"
+        decode_snapshot(b"\x81\xa1v\x01")
 
 
 @given(st.binary(max_size=100))
 def test_snapshot_decoder_refuses_garbage_only_with_remote_protocol_error(data: bytes) -> None:
     with contextlib.suppress(RemoteProtocolError):
-        ShardState(0).restore(data, 0)
+        decode_snapshot(data)
 
 
 def test_scan_is_ordered_prefix_filtered_and_limited() -> None:

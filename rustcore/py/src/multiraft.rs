@@ -267,8 +267,9 @@ impl MultiRaft {
         from_node: u64,
         group_id: u64,
         message: &[u8],
+        index: u64,
     ) -> PyResult<()> {
-        self.call(py, |d| d.step_snapshot(from_node, group_id, message))
+        self.call(py, |d| d.step_snapshot(from_node, group_id, message, index))
     }
 
     fn propose(&self, py: Python<'_>, group_id: u64, data: &[u8]) -> PyResult<u64> {

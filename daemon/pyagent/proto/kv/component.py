@@ -69,7 +69,13 @@ from pyagent.proto.kv.requests import (
     answer_value,
     is_read,
 )
-from pyagent.proto.kv.statemachine import SNAPSHOT_BYTES_MAX, BadEntry, ShardState
+from pyagent.proto.kv.statemachine import (
+    SNAPSHOT_BYTES_MAX,
+    BadEntry,
+    ShardState,
+    Snapshot,
+    decode_snapshot,
+)
 from pyagent.proto.membership.records import MemberRecord, State
 from pyagent.proto.ready import BytesSource, Ready, Reply, Send, SetTimer, Transfer
 from pyagent.proto.storage import LogAppend, LogCompact, LogTruncate, Op, StorageReader, WriteBatch
@@ -157,7 +163,7 @@ class RaftKv(Component):
         self._outgoing: dict[int, tuple[int, int]] = {}
         self._next_transfer = 1
         self._incoming: dict[tuple[PeerId, int], bytearray] = {}
-        self._staged: dict[int, bytes] = {}
+        self._staged: dict[int, Snapshot] = {}
         self._conf_pending_until: dict[int, int] = {}
         self._last_balance_us: dict[int, int] = {}
         self._since_compact: dict[int, int] = {}
@@ -624,19 +630,20 @@ class RaftKv(Component):
         group, message, state = messages.split_snapshot_blob(bytes(blob))
         if group >= self._shard_count:
             raise RemoteProtocolError(f"snapshot for group {group}, beyond {self._shard_count} shards")
-        self._staged[group] = state
+        # Decoded and checked whole before Raft sees the message: once raft-rs accepts a snapshot, its
+        # install is in the next Ready's batch and cannot be refused any more.
+        snapshot = decode_snapshot(state)
         try:
-            self.driver.step_snapshot(node_id_of(peer), group, message)
+            self.driver.step_snapshot(node_id_of(peer), group, message, snapshot.index)
         except ValueError as exc:
             raise RemoteProtocolError(f"snapshot message: {exc}") from None
+        self._staged[group] = snapshot
 
     def _install_snapshot(self, group: int, index: int) -> list[Op]:
-        blob = self._staged.pop(group, None)
-        state = self.shards.setdefault(group, ShardState(group))
-        if blob is None:
-            raise RemoteProtocolError(f"group {group} installed a snapshot whose data never arrived")
+        snapshot = self._staged.pop(group)  # the driver installs only what step_snapshot was given
+        assert snapshot.index == index, "step_snapshot checked the index"
         self.counters["snapshots_installed"] += 1
-        return state.restore(blob, index)
+        return self.shards.setdefault(group, ShardState(group)).restore(snapshot)
 
     # --- placement ------------------------------------------------------------------------------------
 

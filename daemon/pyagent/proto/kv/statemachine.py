@@ -158,10 +158,9 @@ class ShardState:
         sessions = [[cid, c.last_index, _encode_results(c.results)] for cid, c in self._clients.items()]
         return pack({"v": 1, "t": "snap", "i": self.applied, "d": list(self.data.items()), "s": sessions})
 
-    def restore(self, blob: bytes, index: int) -> list[Op]:
-        """Replace the state with snapshot ``blob`` taken at ``index``; return the ops that persist it.
-        ``RemoteProtocolError`` (and no change) when the blob is malformed or from another index."""
-        data, clients = _decode_snapshot(blob, index)
+    def restore(self, snapshot: Snapshot) -> list[Op]:
+        """Replace the state with ``snapshot`` (from ``decode_snapshot``); return the ops that persist it."""
+        data, clients, index = snapshot.data, snapshot.clients, snapshot.index
         ops: list[Op] = [
             DeleteRange(self._data_prefix, _prefix_end(self._data_prefix)),
             DeleteRange(self._session_prefix, _prefix_end(self._session_prefix)),
@@ -214,10 +213,21 @@ def _decode_results(raw: Any) -> dict[int, Result]:
     return results
 
 
-def _decode_snapshot(blob: bytes, index: int) -> tuple[dict[bytes, bytes], dict[int, _Client]]:
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A shard's state as a peer sent it, decoded and checked, ready to ``restore``."""
+
+    index: int
+    data: dict[bytes, bytes]
+    clients: dict[int, _Client]
+
+
+def decode_snapshot(blob: bytes) -> Snapshot:
+    """Decode a peer's ``ShardState.snapshot`` blob; ``RemoteProtocolError`` when it is malformed."""
     body = decode_body(blob, SNAPSHOT_LIMITS)
-    if body.get("t") != "snap" or body.get("i") != index:
-        raise RemoteProtocolError(f"snapshot blob is not a shard snapshot at index {index}")
+    index = body.get("i")
+    if body.get("t") != "snap" or not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise RemoteProtocolError("snapshot blob is not a shard snapshot with an index")
     pairs, sessions = body.get("d"), body.get("s")
     if not isinstance(pairs, list) or not isinstance(sessions, list):
         raise RemoteProtocolError("snapshot blob lacks its data or sessions")
@@ -231,4 +241,4 @@ def _decode_snapshot(blob: bytes, index: int) -> tuple[dict[bytes, bytes], dict[
         if not (isinstance(session, list) and len(session) == 3 and isinstance(session[0], int)):
             raise RemoteProtocolError("a snapshot session must be [client, last index, results]")
         clients[session[0]] = _Client(_decode_results(session[2]), int(session[1]))
-    return data, clients
+    return Snapshot(index, data, clients)

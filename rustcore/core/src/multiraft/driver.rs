@@ -331,6 +331,10 @@ impl Driver {
                 .map_err(|error| Error::Invalid(error.to_string()))?;
             for (_, message) in &messages {
                 d.check_message(from_node, message)?;
+                // A snapshot comes only by bulk transfer, with its data (`step_snapshot`).
+                if message.get_msg_type() == MessageType::MsgSnapshot {
+                    return invalid("a snapshot inside a frame (snapshots come by transfer)");
+                }
             }
             for (group_id, message) in messages {
                 d.step_one(group_id, message)?;
@@ -340,7 +344,15 @@ impl Driver {
     }
 
     /// A `MsgSnapshot` that came by bulk transfer rather than in a frame.
-    pub fn step_snapshot(&mut self, from_node: u64, group_id: u64, message: &[u8]) -> Result<()> {
+    /// `index` is the index of the state the caller received with it: a snapshot whose metadata names
+    /// another index is refused before raft-rs sees it, so a replica never installs data from elsewhere.
+    pub fn step_snapshot(
+        &mut self,
+        from_node: u64,
+        group_id: u64,
+        message: &[u8],
+        index: u64,
+    ) -> Result<()> {
         self.guard(|d| {
             d.check_group_id(group_id)?;
             if message.len() > MESSAGE_BYTES_MAX {
@@ -350,6 +362,10 @@ impl Driver {
                 .map_err(|error| Error::Invalid(format!("bad snapshot message: {error}")))?;
             if message.get_msg_type() != MessageType::MsgSnapshot {
                 return invalid("not a MsgSnapshot");
+            }
+            let named = message.get_snapshot().get_metadata().index;
+            if named != index {
+                return invalid(format!("snapshot of index {named} came with state of index {index}"));
             }
             d.check_message(from_node, &message)?;
             d.step_one(group_id, message)

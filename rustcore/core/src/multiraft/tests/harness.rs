@@ -333,7 +333,14 @@ impl Cluster {
                 if delivered {
                     let node = self.node(to);
                     node.incoming.insert(group_id, state);
-                    node.driver.step_snapshot(from, group_id, &message).unwrap();
+                    let index = Message::parse_from_bytes(&message)
+                        .unwrap()
+                        .get_snapshot()
+                        .get_metadata()
+                        .index;
+                    node.driver
+                        .step_snapshot(from, group_id, &message, index)
+                        .unwrap();
                 }
                 self.node(from)
                     .driver

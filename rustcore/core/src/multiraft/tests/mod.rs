@@ -447,8 +447,22 @@ fn bad_frames_are_refused_before_anything_is_stepped() {
     assert_eq!(driver.groups(), vec![0]);
     let snapshot = message.write_to_bytes().unwrap();
     assert!(matches!(
-        driver.step_snapshot(1, 0, &snapshot),
+        driver.step_snapshot(1, 0, &snapshot, 0),
         Err(Error::Invalid(_))
+    ));
+    // A real MsgSnapshot is refused inside a frame, and by step_snapshot with another state's index.
+    message.set_msg_type(MessageType::MsgSnapshot);
+    message.mut_snapshot().mut_metadata().index = 9;
+    let mut builder = FrameBuilder::default();
+    builder.push(0, &message);
+    assert!(matches!(
+        driver.step(1, &builder.finish()[0]),
+        Err(Error::Invalid(_))
+    ));
+    let snapshot = message.write_to_bytes().unwrap();
+    assert!(matches!(
+        driver.step_snapshot(1, 0, &snapshot, 8),
+        Err(Error::Invalid(reason)) if reason.contains("index 9")
     ));
 }
 
