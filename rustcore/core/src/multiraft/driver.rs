@@ -365,7 +365,9 @@ impl Driver {
             }
             let named = message.get_snapshot().get_metadata().index;
             if named != index {
-                return invalid(format!("snapshot of index {named} came with state of index {index}"));
+                return invalid(format!(
+                    "snapshot of index {named} came with state of index {index}"
+                ));
             }
             d.check_message(from_node, &message)?;
             d.step_one(group_id, message)
