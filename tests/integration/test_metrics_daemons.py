@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,8 +20,10 @@ from pyagent.testing.cli import run_cli
 COUNT = 3
 CONVERGE_TIMEOUT_S = 30.0
 MEMBERSHIP = membership.PROTOCOL_ID
+DASHBOARD = Path(__file__).resolve().parents[2] / "bootstrap" / "grafana-dashboard.json"
 
 Samples = dict[str, float]
+LAST_NAMES: set[str] = set()  # the sample names of the last scrape
 
 
 def scrape(url: str) -> tuple[Samples, dict[str, str]]:
@@ -37,6 +40,10 @@ def scrape(url: str) -> tuple[Samples, dict[str, str]]:
             assert key not in samples, f"duplicate series {key}"
             samples[key] = sample.value
             kinds[key] = family.type
+    LAST_NAMES.clear()
+    LAST_NAMES.update(
+        sample.name for family in text_string_to_metric_families(text) for sample in family.samples
+    )
     return samples, kinds
 
 
@@ -78,6 +85,12 @@ def test_a_scrape_shows_a_member_going_suspect_then_dead(peers: list[LocalPeer])
     assert before["process_resident_memory_bytes"] > 0 and before["process_cpu_seconds"] > 0
     assert kinds["protocol_errors"] == "counter"  # every host counter, by its own name
     assert "dials{outcome=ok}" in before and "membership_probes" in before
+    # Every series the shipped Grafana dashboard plots is one the daemon serves.
+    exprs = [
+        t["expr"] for panel in json.loads(DASHBOARD.read_text())["panels"] for t in panel.get("targets", [])
+    ]
+    named = {n for e in exprs for n in re.findall(r"\b(?:pyagent|process)_[a-z_]+", e) if not n.endswith("_")}
+    assert len(named) > 15 and named <= LAST_NAMES, sorted(named - LAST_NAMES)
 
     victim.kill()
     bound_s = membership.LAN.dead_everywhere_bound_ms(COUNT) / 1000
