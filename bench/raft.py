@@ -36,7 +36,16 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from raft_etcd import Etcd
-from raft_load import KEY_COUNT, VALUE_BYTES, Point, System, measure, ratio_table, results_table
+from raft_load import (
+    KEY_COUNT,
+    PRELOAD_TIMEOUT_S,
+    VALUE_BYTES,
+    Point,
+    System,
+    measure,
+    ratio_table,
+    results_table,
+)
 from raft_pyagent import PyAgent
 from raft_pysyncobj import PySyncObj
 
@@ -69,6 +78,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration-s", type=float, default=5.0, help="measured window per point (default 5)")
     parser.add_argument(
         "--warmup-s", type=float, default=1.0, help="uncounted load before each window (default 1)"
+    )
+    parser.add_argument(
+        "--preload-timeout-s",
+        type=float,
+        default=PRELOAD_TIMEOUT_S,
+        help="time limit for writing every key once before the points (default %(default)g)",
     )
     parser.add_argument(
         "--pysyncobj-batch",
@@ -143,6 +158,7 @@ def run_system(system: System, args: argparse.Namespace, base: Path) -> tuple[li
             args.duration_s,
             args.warmup_s,
             say,
+            args.preload_timeout_s,
             backend=system.backend,
         )
         return points, ""

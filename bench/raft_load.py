@@ -30,6 +30,7 @@ import anyio
 VALUE_BYTES = 100
 KEY_COUNT = 10_000
 PRELOAD_CLIENTS = 64
+PRELOAD_TIMEOUT_S = 120.0
 DRAIN_TIMEOUT_S = 15.0
 ERROR_BACKOFF_S = 0.01
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -148,30 +149,33 @@ class Point:
 
 
 async def preload(
-    driver: Driver, keys: Sequence[bytes], value: bytes, clients: int = PRELOAD_CLIENTS
-) -> float:
-    """Write every key once (so every get finds a value); returns the seconds it took."""
+    driver: Driver, keys: Sequence[bytes], value: bytes, timeout_s: float, clients: int = PRELOAD_CLIENTS
+) -> tuple[int, float]:
+    """Write every key once, so every get finds a value, for at most ``timeout_s``. Returns how many keys
+    were written and the seconds it took (a get of a key not written counts as a miss)."""
     started = time.monotonic()
-    next_index = 0
+    next_index = written = 0
 
     async def writer(client: int) -> None:
-        nonlocal next_index
+        nonlocal next_index, written
         while next_index < len(keys):
             key = keys[next_index]
             next_index += 1
             for attempt in range(50):
                 try:
                     await driver.put(client, key, value)
+                    written += 1
                     break
                 except Exception:
                     if attempt == 49:
                         raise
                     await anyio.sleep(0.1)
 
-    async with anyio.create_task_group() as group:
-        for client in range(clients):
-            group.start_soon(writer, client)
-    return time.monotonic() - started
+    with anyio.move_on_after(timeout_s):
+        async with anyio.create_task_group() as group:
+            for client in range(clients):
+                group.start_soon(writer, client)
+    return written, time.monotonic() - started
 
 
 async def run_point(
@@ -269,12 +273,19 @@ async def measure(
     duration_s: float,
     warmup_s: float,
     progress: Callable[[str], None],
+    preload_timeout_s: float = PRELOAD_TIMEOUT_S,
 ) -> list[Point]:
     keys, value = make_keys(), make_value()
     points: list[Point] = []
     async with system.driver() as driver:
-        took = await preload(driver, keys, value)
-        progress(f"{system.name}: preloaded {len(keys)} keys in {took:.1f} s")
+        written, took = await preload(driver, keys, value, preload_timeout_s)
+        if written == len(keys):
+            progress(f"{system.name}: preloaded {written:,} keys in {took:.1f} s")
+        else:
+            progress(
+                f"{system.name}: preload wrote only {written:,} of {len(keys):,} keys in {took:.0f} s "
+                "(its time limit); gets of the others count as misses"
+            )
         for op in ops:
             for clients in client_counts:
                 point = await run_point(
