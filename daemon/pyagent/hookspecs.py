@@ -72,6 +72,11 @@ class NodeHandle(Protocol):
     def send(self, peer: str, protocol_id: str, message: dict[str, Any]) -> None:
         """Queue ``message`` (wire map with ``v`` and ``t``) to ``peer`` on ``protocol_id``; never blocks."""
 
+    @property
+    def metrics(self) -> Metrics:
+        """The daemon's metrics registry, the one ``pyagent_add_metrics`` receives: ask it for an
+        instrument by name from any hook or task (``node.metrics.counter("greet_sent", ...)``)."""
+
 
 class CliContext(Protocol):
     """What a CLI subcommand receives next to its parsed arguments."""
