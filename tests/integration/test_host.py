@@ -15,6 +15,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from pyagent.node.host import DialError, Host, HostConfig, RequestError
+from pyagent.node.host_config import FloodLimits
 from pyagent.node.multistream_limit import MULTISTREAM_MESSAGE_BYTES_MAX
 from pyagent.proto.events import Event, MessageReceived, PeerConnected, PeerDisconnected
 from pyagent.proto.wire import Limits, Message, encode_varint
@@ -232,7 +233,9 @@ async def test_dial_with_wrong_peer_id() -> None:
 
 
 async def test_silent_inbound_connections_are_closed_by_the_upgrade_deadline() -> None:
-    async with running_node(HostConfig(upgrade_timeout_ms=500)) as a:
+    # Flood limits set high enough for all 20 to be admitted: this is about the deadline.
+    limits = FloodLimits(pending_handshakes_per_ip_max=20, connections_per_ip_max=20)
+    async with running_node(HostConfig(upgrade_timeout_ms=500, flood_limits=limits)) as a:
         port = int(a.addr.split("/tcp/")[1].split("/")[0])
         streams = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(20)]
         closed = 0

@@ -1,37 +1,47 @@
-"""Flood limits: what one source address may cost the daemon before anyone else is served.
+"""Flood limits: what one source address or one peer may cost the daemon before anyone else is served.
 
-A flood from one hostile address used to slow every good peer down (issue 16: ping p99 28x during a
-Noise handshake flood). Three guards, each counted when it refuses (host counters, and so ``/metrics``):
+A flood from one hostile address used to slow every good peer down (issue 16: a good peer's ping p99 went
+28x during a Noise handshake flood). Each guard counts what it refuses in the host's counters (and so in
+``/metrics``), under the name of the setting that refused:
 
-- **Inbound admission** (``InboundAdmission``), in front of py-libp2p's listener: a TCP connection is
-  refused, closed before a single byte is read and so before any crypto, when its source IP already has
+- **Inbound admission** (``InboundAdmission``), in our own accept loop (``AdmittingTCPListener``, which
+  replaces py-libp2p's TCP listener): a connection is refused, reset before a single byte is read, with
+  no task started and so before any crypto, when its source IP already has
   ``pending_handshakes_per_ip_max`` upgrades under way, or ``connections_per_ip_max`` connections
   (pending and established), or when ``pending_handshakes_max`` upgrades are under way in all, or when
   the IP opened more than ``connections_per_ip_per_s`` (burst ``connections_per_ip_burst``) lately. The
   counts are rust-libp2p's ``connection-limits`` (pending incoming, established per peer), keyed by IP
-  because that is what a flood has before its handshake; the rate is go-libp2p's per-IP connection rate
-  limit, since the costly part of an inbound connection, the Noise handshake, is per connection, and a
+  because an IP is all a connection has before its handshake; the rate is go-libp2p's per-IP connection
+  rate limit, because the costly part of a connection, the Noise handshake, is paid per connection, and a
   flood that opens and drops connections one after another never has many pending at once.
 - **Stream opens** (``StreamRateLimiter``): a token bucket per peer; a stream over the rate is reset
   before protocol negotiation.
-- It also ends py-libp2p 0.8.1's inbound connection task when its connection closes. That task otherwise
-  waits for the whole swarm to stop, holding one of the swarm's ``connections_max`` inbound slots: after
-  ``connections_max`` inbound connections in the daemon's life, every new one was refused.
+- The listener also ends each inbound connection's task when the swarm reports the connection closed.
+  py-libp2p 0.8.1's task waits for the whole swarm to stop instead, holding one of the swarm's
+  ``connections_max`` inbound slots: after ``connections_max`` inbound connections in a daemon's life,
+  every new one was refused.
 
-Everything here is synchronous bookkeeping plus a thin async guard; the clock is passed in, so the
-tables are tested without sockets (tests/unit/test_limits.py).
+The tables are synchronous and take the clock as an argument, so they are tested without sockets
+(tests/unit/test_limits.py); tests/integration/test_flood_limits.py and bench/flood.py use real ones.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import socket
+import struct
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 import trio
 from libp2p.abc import IListener, INetConn, INetStream, IRawConnection, ITransport
 from libp2p.custom_types import THandler
-from libp2p.io.abc import ReadWriteCloser
+from libp2p.io.trio import TrioTCPStream
+from libp2p.transport.exceptions import OpenConnectionError
+from libp2p.transport.tcp.tcp import TCPListener
+from libp2p.utils.multiaddr_utils import multiaddr_from_socket
 from multiaddr import Multiaddr
 
 from pyagent.node.host_config import FloodLimits
@@ -208,35 +218,15 @@ class StreamRateLimiter:
 
 
 class AdmittedListeners:
-    """Puts ``InboundAdmission`` in front of a transport's listeners, and ends each inbound connection's
-    py-libp2p task when the connection closes (see the module docstring)."""
+    """Creates the admitting listeners of one host and keeps the cancel scope of each admitted inbound
+    connection's task, so that the task ends when the swarm reports the connection closed."""
 
     def __init__(self, admission: InboundAdmission) -> None:
         self.admission = admission
         self._scopes: dict[Address, trio.CancelScope] = {}
 
-    def guard(self, handler: THandler) -> THandler:
-        admission = self.admission
-
-        async def admitted(stream: ReadWriteCloser) -> None:
-            remote = stream.get_remote_address()
-            if remote is None:
-                await handler(stream)
-                return
-            address = (remote[0], remote[1])
-            if not admission.admit(address, trio.current_time()):
-                await _close_quietly(stream)
-                return
-            try:
-                with trio.CancelScope() as scope:
-                    self._scopes[address] = scope
-                    await handler(stream)
-            finally:
-                if self._scopes.get(address) is scope:
-                    del self._scopes[address]
-                admission.ended(address)
-
-        return admitted
+    def create(self, handler: THandler) -> AdmittingTCPListener:
+        return AdmittingTCPListener(handler, self)
 
     def upgraded(self, address: Address) -> None:
         self.admission.upgraded(address)
@@ -248,16 +238,133 @@ class AdmittedListeners:
         if scope is not None:
             scope.cancel()
 
+    async def serve(self, handler: THandler, conn: trio.socket.SocketType, address: Address) -> None:
+        """One admitted connection, from accept until the swarm is done with it."""
+        try:
+            with trio.CancelScope() as scope:
+                self._scopes[address] = scope
+                await handler(TrioTCPStream(trio.SocketStream(conn)))
+        except Exception as exc:  # as py-libp2p's own listener: a failed connection is the peer's business
+            logger.debug("inbound connection from %s:%s failed: %r", address[0], address[1], exc)
+        finally:
+            if self._scopes.get(address) is scope:
+                del self._scopes[address]
+            self.admission.ended(address)
+            with contextlib.suppress(OSError):
+                conn.close()
 
-async def _close_quietly(stream: ReadWriteCloser) -> None:
-    try:
-        await stream.close()
-    except Exception as exc:  # the peer may have gone already; the refusal stands either way
-        logger.debug("closing a refused connection failed: %r", exc)
+
+# The kernel's queue of connections not yet accepted. While a flood keeps it full, the kernel drops
+# further SYNs at no cost to us, and their senders retry later.
+LISTEN_BACKLOG = 128
+# Accept errors that mean "out of a resource for now" (trio's serve_listeners waits on them too).
+_ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_ACCEPT_RETRY_S = 0.1
+_LINGER_ABORT = struct.pack("ii", 1, 0)
+
+
+class AdmittingTCPListener(IListener):
+    """A TCP listener whose accept loop is ours, so that a refused connection costs an accept and a close
+    and nothing more: no task, no stream objects, no byte read. An admitted one is handed, in a task of
+    its own, to the handler that py-libp2p's listener would have called (the swarm's upgrade, behind the
+    private-network wrapper if any)."""
+
+    def __init__(self, handler: THandler, listeners: AdmittedListeners) -> None:
+        self._handler = handler
+        self._listeners = listeners
+        self._sockets: list[trio.socket.SocketType] = []
+        self._nursery: trio.Nursery | None = None
+        self._stopped = trio.Event()
+        self._closed = False
+        self._lock = trio.Lock()
+
+    async def listen(self, maddr: Multiaddr) -> None:
+        try:
+            names = [protocol.name for protocol in maddr.protocols()]
+            ip = str(maddr.value_for_protocol("ip6" if "ip6" in names else "ip4"))
+            port = int(maddr.value_for_protocol("tcp"))
+        except Exception as exc:
+            raise OpenConnectionError(f"cannot listen on {maddr}: {exc}") from None
+        async with self._lock:
+            if self._closed:
+                raise OpenConnectionError(f"cannot listen on {maddr}: the listener is closed")
+            sock = trio.socket.socket(trio.socket.AF_INET6 if ":" in ip else trio.socket.AF_INET)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                await sock.bind((ip, port))
+                sock.listen(LISTEN_BACKLOG)
+            except OSError as exc:
+                sock.close()
+                raise OpenConnectionError(f"cannot listen on {maddr}: {exc}") from exc
+            if self._nursery is None:
+                await self._spawn_nursery()
+            assert self._nursery is not None
+            self._sockets.append(sock)
+            self._nursery.start_soon(self._accept_loop, sock)
+
+    async def _spawn_nursery(self) -> None:
+        # A system task, as py-libp2p's TCPListener: the listener outlives the `listen` call that starts it.
+        ready = trio.Event()
+
+        async def run() -> None:
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    ready.set()
+                    await trio.sleep_forever()
+            finally:
+                self._nursery = None
+                self._stopped.set()
+
+        trio.lowlevel.spawn_system_task(run)
+        await ready.wait()
+
+    async def _accept_loop(self, sock: trio.socket.SocketType) -> None:
+        admission = self._listeners.admission
+        while True:
+            try:
+                conn, remote = await sock.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_RETRY_ERRNOS:
+                    raise
+                logger.warning("accept failed (%s); retrying in %.1f s", exc, _ACCEPT_RETRY_S)
+                await trio.sleep(_ACCEPT_RETRY_S)
+                continue
+            address = (remote[0], remote[1])
+            if not admission.admit(address, trio.current_time()):
+                _abort(conn)
+                continue
+            assert self._nursery is not None
+            self._nursery.start_soon(self._listeners.serve, self._handler, conn, address)
+
+    def get_addrs(self) -> tuple[Multiaddr, ...]:
+        return tuple(multiaddr_from_socket(sock) for sock in self._sockets)
+
+    async def close(self) -> None:
+        async with self._lock:
+            already, self._closed = self._closed, True
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
+        if already:
+            return
+        for sock in self._sockets:
+            sock.close()
+        self._sockets.clear()
+        if self._nursery is not None or not self._stopped.is_set():
+            with trio.move_on_after(5):
+                await self._stopped.wait()
+
+
+def _abort(conn: trio.socket.SocketType) -> None:
+    """Close at once with a reset: one RST, no FIN exchange and no TIME_WAIT (on loopback a graceful
+    close also ran the flooder's side of the teardown in our process)."""
+    with contextlib.suppress(OSError):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
+    conn.close()
 
 
 class AdmittedTransport(ITransport):
-    """A transport whose listeners admit through ``AdmittedListeners``; everything else is the inner
+    """A TCP transport whose listeners admit through ``AdmittedListeners``; everything else is the inner
     transport's (py-libp2p's transport manager asks for optional methods with ``getattr``)."""
 
     def __init__(self, inner: ITransport, listeners: AdmittedListeners) -> None:
@@ -268,7 +375,11 @@ class AdmittedTransport(ITransport):
         return await self._inner.dial(maddr)
 
     def create_listener(self, handler_function: THandler) -> IListener:
-        return self._inner.create_listener(self._listeners.guard(handler_function))
+        # The inner transport's listener is made only for its handler: TCP's is the swarm's, the
+        # private-network transport's wraps each connection in the cipher first.
+        inner = self._inner.create_listener(handler_function)
+        assert isinstance(inner, TCPListener), f"flood limits need a TCP listener, got {type(inner).__name__}"
+        return self._listeners.create(inner.handler)
 
     def can_dial(self, maddr: Multiaddr) -> bool:
         return self._inner.can_dial(maddr)
