@@ -42,6 +42,7 @@ from raft_load import (
     VALUE_BYTES,
     Point,
     System,
+    describe,
     measure,
     ratio_table,
     results_table,
@@ -167,7 +168,8 @@ def run_system(system: System, args: argparse.Namespace, base: Path) -> tuple[li
         tails = log_tails(workdir)
         if tails:
             print(tails, file=sys.stderr)
-        return [], f"failed: {type(error).__name__}: {error}"
+        gone = system.exited()
+        return [], f"failed: {describe(error)}" + (f" ({'; '.join(gone)}; logs in {workdir})" if gone else "")
     finally:
         system.stop()
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import trio
 
+from raft_load import exited
+
 MEMBERS = 3
 START_TIMEOUT_S = 30.0
 CALL_TIMEOUT_S = 30.0
@@ -217,6 +219,9 @@ class Etcd:
 
     def server_pids(self) -> list[int]:
         return [p.pid for p in self.processes]
+
+    def exited(self) -> list[str]:
+        return exited([(f"m{i}", p) for i, p in enumerate(self.processes)])
 
     def notes(self) -> list[str]:
         return self._notes

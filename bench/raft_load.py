@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import random
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -64,11 +65,31 @@ class System(Protocol):
 
     def server_pids(self) -> list[int]: ...
 
+    def exited(self) -> list[str]:
+        """Which of the cluster's processes have exited (to explain a failure)."""
+        ...
+
     def notes(self) -> list[str]:
         """Facts learnt while running (version, leader, layout): printed with the results."""
         ...
 
     def driver(self) -> AbstractAsyncContextManager[Driver]: ...
+
+
+def describe(error: BaseException) -> str:
+    """An error on one line: an exception group by its leaves."""
+    if isinstance(error, BaseExceptionGroup):
+        return "; ".join(dict.fromkeys(describe(leaf) for leaf in error.exceptions))
+    return f"{type(error).__name__}: {error}"
+
+
+def exited(processes: Sequence[tuple[str, subprocess.Popen[bytes] | None]]) -> list[str]:
+    """Which of the named processes have exited, with their codes."""
+    return [
+        f"{name} exited with code {process.returncode}"
+        for name, process in processes
+        if process is not None and process.poll() is not None
+    ]
 
 
 def make_keys(count: int = KEY_COUNT) -> list[bytes]:
@@ -198,7 +219,7 @@ async def run_point(
     def note_error(error: BaseException) -> None:
         point.errors += 1
         if not point.first_error:
-            point.first_error = f"{type(error).__name__}: {error}"[:200]
+            point.first_error = describe(error)[:200]
 
     async def put_client(client: int) -> None:
         draw = random.Random(seed * 100_003 + client).randrange

@@ -19,6 +19,8 @@ from typing import Any
 
 import trio
 
+from raft_load import describe, exited
+
 MEMBERS = 3
 READY_TIMEOUT_S = 60.0
 CALL_TIMEOUT_S = 30.0
@@ -29,13 +31,6 @@ except ImportError as error:  # pragma: no cover - reported as the reason PyAgen
     LOCALMESH_ERROR = f"pyagent is not importable ({error}); run ./dev setup"
 else:
     LOCALMESH_ERROR = ""
-
-
-def describe(error: BaseException) -> str:
-    """An error for one line: an exception group by its leaves."""
-    if isinstance(error, BaseExceptionGroup):
-        return "; ".join(describe(leaf) for leaf in error.exceptions)
-    return f"{type(error).__name__}: {error}"
 
 
 def _client_class() -> Any:
@@ -125,6 +120,9 @@ class PyAgent:
 
     def server_pids(self) -> list[int]:
         return [p.process.pid for p in self.peers if p.process is not None]
+
+    def exited(self) -> list[str]:
+        return exited([(p.name, p.process) for p in self.peers])
 
     def notes(self) -> list[str]:
         return self._notes

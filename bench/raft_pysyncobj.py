@@ -33,6 +33,8 @@ from typing import Any
 import msgpack
 import trio
 
+from raft_load import exited
+
 MEMBERS = 3
 START_TIMEOUT_S = 30.0
 READ_BYTES = 1 << 16
@@ -228,6 +230,9 @@ class PySyncObj:
 
     def server_pids(self) -> list[int]:
         return [p.pid for p in self.processes]
+
+    def exited(self) -> list[str]:
+        return exited([(f"n{i}", p) for i, p in enumerate(self.processes)])
 
     def notes(self) -> list[str]:
         return self._notes
