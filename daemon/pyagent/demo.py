@@ -4,9 +4,11 @@ Each daemon is a separate ``pyagent daemon`` process with its own home in a temp
 drives them only through their control APIs, exactly as an operator's CLI would. It shows, in order:
 1. the mesh forming: node-1 starts it, the others join through it and gossip finds everyone;
 2. every node pinging every other through the sans-I/O ping core;
-3. failure detection: one node is killed with SIGKILL and the survivors' view of it goes from alive to
+3. the sharded KV store (``demo_kv``): writes keep going while a shard's leader is killed with SIGKILL
+   and restarted, and every acknowledged write is read back;
+4. failure detection: one node is killed with SIGKILL and the survivors' view of it goes from alive to
    suspect to dead, with timings;
-4. then the survivors keep pinging until the duration ends or Ctrl-C, and stop cleanly.
+5. then the survivors keep pinging until the duration ends or Ctrl-C, and stop cleanly.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from pyagent import demo_kv
 from pyagent.controlclient import ControlError
 from pyagent.localmesh import LocalPeer, converged, member_states, start_mesh, stop_all, wait_until
 from pyagent.proto import membership
@@ -106,6 +109,7 @@ def main(count: int, duration_s: float | None) -> int:
             ok &= show_round(peers, started)
             time.sleep(ROUND_INTERVAL_S)
         if count >= 3:
+            ok &= demo_kv.show_kv(peers, _say)
             ok &= watch_failure(peers[-1], peers[:-1])
             live = peers[:-1]
         else:
@@ -128,7 +132,8 @@ def main(count: int, duration_s: float | None) -> int:
     if ok:
         shutil.rmtree(base, ignore_errors=True)
         _say(
-            "demo finished: the mesh formed, every ping answered, the crash was detected, all stopped cleanly"
+            "demo finished: the mesh formed, every ping answered, no acknowledged write was lost, the crash "
+            "was detected, all stopped cleanly"
         )
     else:
         _say(f"demo finished with errors; logs kept in {base}")

@@ -127,6 +127,8 @@ def test_a_whole_mesh_restarted_from_disk_keeps_every_key(mesh: Callable[..., li
     for peer in peers:
         peer.stop()
     for peer in peers:
+        # Each comes back on its old address, as a daemon on a fixed port does: the others find it there.
+        peer.extra_args += ["--listen", peer.addr.split("/p2p/")[0]]
         peer.start()
     for peer in peers:
         peer.wait_ready()
