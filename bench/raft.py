@@ -43,6 +43,7 @@ from raft_load import (
     Point,
     System,
     describe,
+    generator_cost,
     measure,
     ratio_table,
     results_table,
@@ -53,6 +54,7 @@ from raft_pysyncobj import PySyncObj
 SYSTEMS = ("pyagent", "etcd", "pysyncobj")
 SUBJECT, BASELINES = "pyagent", ("etcd", "pysyncobj")
 LOG_TAIL_BYTES = 3000
+CALIBRATION_CLIENTS, CALIBRATION_S = 16, 1.0
 # Issue 13's targets, checked against etcd in the same run.
 TARGET_P99_AT_16_MS = 30.0
 # What FACTS.md measured for etcd on this machine kind (puts/s, p99 ms; gets/s), for a sanity check.
@@ -211,6 +213,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
+    costs = {
+        backend: anyio.run(generator_cost, CALIBRATION_CLIENTS, CALIBRATION_S, backend=backend)
+        for backend in ("trio", "asyncio")
+    }
+    print(
+        "The generator alone (a driver that only yields to the loop, "
+        f"{CALIBRATION_CLIENTS} clients): "
+        + ", ".join(f"{p.cpu_us_per_op(p.client_cpu_s):.1f} us/op on {b}" for b, p in costs.items())
+        + "; the rest of each system's client CPU is its driver",
+        flush=True,
+    )
     points: list[Point] = []
     hows: dict[str, str] = {}
     notes: dict[str, list[str]] = {}
@@ -238,6 +251,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print("\n== Results (put = writes, get = linearizable reads)")
     print(results_table(points) if points else "(no figures)")
+    if points:
+        print(
+            "client CPU: this process (generator and the system's client library) per operation; "
+            "server CPU: the system's 3 processes per operation; both over the measured window"
+        )
 
     present = {p.system for p in points}
     baselines = [b for b in BASELINES if b in present]

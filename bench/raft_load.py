@@ -277,14 +277,22 @@ async def run_point(
     return point
 
 
-@dataclass
-class SystemRun:
-    system: str
-    how: str
-    notes: list[str] = field(default_factory=list)
-    points: list[Point] = field(default_factory=list)
-    skipped: str = ""
-    preload_s: float = 0.0
+class NullDriver:
+    """A driver that does nothing but yield to the loop: what the generator itself costs per operation."""
+
+    async def put(self, client: int, key: bytes, value: bytes) -> None:
+        await anyio.sleep(0)
+
+    async def get(self, client: int, key: bytes) -> bytes | None:
+        await anyio.sleep(0)
+        return None
+
+
+async def generator_cost(clients: int, duration_s: float) -> Point:
+    """The generator alone (``NullDriver``) on the current loop: its CPU per operation."""
+    return await run_point(
+        "null", NullDriver(), "put", clients, make_keys(), make_value(), duration_s, 0.1, list
+    )
 
 
 async def measure(
