@@ -24,6 +24,8 @@ from raft_load import describe, exited
 MEMBERS = 3
 READY_TIMEOUT_S = 60.0
 CALL_TIMEOUT_S = 30.0
+SETTLE_QUIET_S = 3.0
+SETTLE_TIMEOUT_S = 60.0
 
 try:
     from pyagent.localmesh import LocalPeer, start_mesh, stop_all
@@ -68,7 +70,7 @@ class PyAgent:
         self.peers = start_mesh(workdir, MEMBERS)
         took = trio.run(self._wait_writable)
         self._notes = [f"first put accepted {took:.1f} s after the 3 daemons answered their control API"]
-        self._notes += self._shard_layout()
+        self._notes += self._wait_settled()
 
     async def _wait_writable(self) -> float:
         """With default config the mesh takes writes with no manual step; wait until a put through every
@@ -96,22 +98,51 @@ class PyAgent:
                     await trio.sleep(0.2)
         return time.monotonic() - started
 
-    def _shard_layout(self) -> list[str]:
-        """Leaders per peer from the control API's shard listing (what ``pyagent shards`` prints), if the
-        daemon has one in a shape this understands."""
+    def _leaders(self) -> dict[Any, str | None] | str:
+        """Each shard's leader (a daemon's name) in node-1's view, from the control API's shard listing
+        (what ``pyagent shards`` prints); a shard not yet fully replicated counts as leaderless. A string
+        says why the listing could not be read."""
         try:
             shards = self.peers[0].call("kv.shards")
         except Exception as error:
-            return [f"shard layout not read ({type(error).__name__}: {error})"]
-        if isinstance(shards, dict):
-            shards = shards.get("shards", shards.get("groups", []))
+            return f"shard layout not read ({describe(error)})"
         if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
-            return [f"shard layout not understood: {str(shards)[:200]}"]
+            return f"shard layout not understood: {str(shards)[:200]}"
         names = {p.peer_id: p.name for p in self.peers}
-        leader_of = {s.get("shard"): s.get("leader") for s in shards}
-        leaders = Counter(names.get(str(leader), str(leader)) for leader in leader_of.values())
-        spread = ", ".join(f"{peer}: {count}" for peer, count in sorted(leaders.items()))
-        return [f"{len(leader_of)} shards; leaders per peer (node-1's view): {spread}"]
+        return {
+            s.get("shard"): (
+                names.get(str(s.get("leader")), str(s.get("leader")))
+                if s.get("leader") is not None and len(s.get("voters") or ()) >= MEMBERS
+                else None
+            )
+            for s in shards
+        }
+
+    def _wait_settled(self) -> list[str]:
+        """Wait until every shard has its 3 voters and a leader, and no leader has moved for
+        ``SETTLE_QUIET_S`` (placement moves leaders to spread them over the peers): the figures are of
+        the steady layout. Returns the layout, for the notes."""
+        started = time.monotonic()
+        last: dict[Any, str | None] | str = {}
+        quiet_since = started
+        while True:
+            leaders = self._leaders()
+            now = time.monotonic()
+            if isinstance(leaders, str):
+                return [leaders]
+            if leaders != last:
+                last, quiet_since = leaders, now
+            complete = bool(leaders) and None not in leaders.values()
+            if complete and now - quiet_since >= SETTLE_QUIET_S:
+                settled = f"settled {now - started:.1f} s after the first put"
+                break
+            if now - started > SETTLE_TIMEOUT_S:
+                settled = f"still moving {SETTLE_TIMEOUT_S:.0f} s after the first put; measured anyway"
+                break
+            time.sleep(0.5)
+        counts = Counter(leader or "none" for leader in leaders.values())
+        spread = ", ".join(f"{peer}: {count}" for peer, count in sorted(counts.items()))
+        return [f"{len(leaders)} shards, leaders per peer (node-1's view) {spread}; {settled}"]
 
     def stop(self) -> None:
         if self.peers:
