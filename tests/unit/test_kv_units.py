@@ -227,6 +227,22 @@ def test_a_retried_write_applies_once_and_answers_the_first_result() -> None:
     assert recovered.apply(9, encode_entry(first)).result == [True, None]
 
 
+def test_a_late_copy_of_an_answered_write_does_not_run_again() -> None:
+    # The first try of write 1 is still on its way when the client, answered by its retry, moves on and
+    # acknowledges it; then the first try arrives.
+    store, state = MemoryStore(), ShardState(0)
+    first_try = Put(b"k", b"old", Session(client=5, seq=1, ack=1))
+    apply(state, store, 6, first_try)
+    apply(state, store, 7, Put(b"k", b"new", Session(client=5, seq=2, ack=2)))
+    late = state.apply(8, encode_entry(first_try))
+    assert isinstance(late.result, BadEntry) and late.ops == []
+    assert state.data[b"k"] == b"new"
+    recovered = ShardState(0)
+    store.apply(WriteBatch("kv", (state.applied_op(),)))
+    recovered.load(store.reader("kv"))
+    assert isinstance(recovered.apply(9, encode_entry(first_try)).result, BadEntry), "after a restart too"
+
+
 def test_acknowledged_results_are_forgotten_and_bounded() -> None:
     store, state = MemoryStore(), ShardState(0)
     for seq in range(1, RESULTS_PER_CLIENT_MAX + 50):

@@ -6,7 +6,7 @@ storage ops that make its effect durable; the Raft component writes them in the 
 state of that Ready, so the applied index never runs ahead of, or behind, the data it describes.
 
 Storage layout in the ``kv`` namespace (``shard`` as 4 big-endian bytes, ``client`` as 8):
-``d<shard><key>`` -> value, ``s<shard><client>`` -> that client's unacknowledged results,
+``d<shard><key>`` -> value, ``s<shard><client>`` -> that client's acknowledgement and unacknowledged results,
 ``a<shard>`` -> applied index (8 bytes).
 """
 
@@ -62,7 +62,9 @@ def shard_prefix(tag: bytes, shard: int) -> bytes:
 @dataclass(slots=True)
 class _Client:
     results: dict[int, Result] = field(default_factory=dict)
-    last_index: int = 0
+    # The highest acknowledgement seen: every write of this client below it has been answered, so a copy
+    # of one of them that arrives now (a first try that was still on its way) must not run again.
+    acked: int = 0
 
 
 class ShardState:
@@ -94,10 +96,15 @@ class ShardState:
         client = self._clients.get(session.client)
         if client is not None and session.seq in client.results:
             return Applied(session, client.results[session.seq], [])  # a retry: applied before
+        if client is not None and session.seq < client.acked:
+            stale = (
+                f"write {session.seq} of this client was answered already (it acknowledged {client.acked})"
+            )
+            return Applied(session, BadEntry(stale), [])
         if session.seq < session.ack:
             return Applied(session, BadEntry(f"write {session.seq} is below its own ack {session.ack}"), [])
         result, ops = self._execute(write)
-        ops.extend(self._remember(session.client, session.seq, session.ack, result, index))
+        ops.extend(self._remember(session.client, session.seq, session.ack, result))
         return Applied(session, result, ops, write)
 
     def applied_op(self) -> Op:
@@ -125,17 +132,17 @@ class ShardState:
         self.data[key] = value
         return [PutKey(self._data_prefix + key, value)]
 
-    def _remember(self, client_id: int, seq: int, ack: int, result: Result, index: int) -> list[Op]:
+    def _remember(self, client_id: int, seq: int, ack: int, result: Result) -> list[Op]:
         ops: list[Op] = []
         client = self._clients.pop(client_id, None) or _Client()
         self._clients[client_id] = client  # most recently seen last, for eviction
-        client.last_index = index
-        for old in [s for s in client.results if s < ack]:
+        client.acked = max(client.acked, ack)
+        for old in [s for s in client.results if s < client.acked]:
             del client.results[old]
         client.results[seq] = result
         while len(client.results) > RESULTS_PER_CLIENT_MAX:
             del client.results[min(client.results)]
-        ops.append(PutKey(self._session_key(client_id), pack(_encode_results(client.results))))
+        ops.append(PutKey(self._session_key(client_id), pack(_encode_client(client))))
         while len(self._clients) > CLIENTS_PER_SHARD_MAX:
             evicted = next(iter(self._clients))
             del self._clients[evicted]
@@ -155,7 +162,7 @@ class ShardState:
 
     def snapshot(self) -> bytes:
         """The whole state at ``applied``, for a new replica."""
-        sessions = [[cid, c.last_index, _encode_results(c.results)] for cid, c in self._clients.items()]
+        sessions = [[cid, *_encode_client(c)] for cid, c in self._clients.items()]
         return pack({"v": 1, "t": "snap", "i": self.applied, "d": list(self.data.items()), "s": sessions})
 
     def restore(self, snapshot: Snapshot) -> list[Op]:
@@ -166,9 +173,7 @@ class ShardState:
             DeleteRange(self._session_prefix, _prefix_end(self._session_prefix)),
         ]
         ops += [PutKey(self._data_prefix + key, value) for key, value in data.items()]
-        ops += [
-            PutKey(self._session_key(cid), pack(_encode_results(c.results))) for cid, c in clients.items()
-        ]
+        ops += [PutKey(self._session_key(cid), pack(_encode_client(c))) for cid, c in clients.items()]
         self.data, self._clients, self.applied = data, clients, index
         ops.append(self.applied_op())
         return ops
@@ -181,8 +186,7 @@ class ShardState:
         for key, value in _scan_all(reader, self._data_prefix):
             self.data[key[skip:]] = value
         for key, value in _scan_all(reader, self._session_prefix):
-            results = _decode_results(_unpack(value))
-            self._clients[int.from_bytes(key[-8:], "big")] = _Client(results, 0)
+            self._clients[int.from_bytes(key[-8:], "big")] = _decode_client(_unpack(value))
 
 
 def _prefix_end(prefix: bytes) -> bytes:
@@ -193,8 +197,16 @@ def _scan_all(reader: StorageReader, prefix: bytes) -> list[tuple[bytes, bytes]]
     return reader.scan(prefix, _prefix_end(prefix), 1 << 62)
 
 
-def _encode_results(results: dict[int, Result]) -> list[list[Any]]:
-    return [[seq, result] for seq, result in results.items()]
+def _encode_client(client: _Client) -> list[Any]:
+    return [client.acked, [[seq, result] for seq, result in client.results.items()]]
+
+
+def _decode_client(raw: Any) -> _Client:
+    if not (
+        isinstance(raw, list) and len(raw) == 2 and isinstance(raw[0], int) and not isinstance(raw[0], bool)
+    ):
+        raise RemoteProtocolError("a session must be [acknowledged, results]")
+    return _Client(_decode_results(raw[1]), raw[0])
 
 
 def _unpack(value: bytes) -> Any:
@@ -239,6 +251,6 @@ def decode_snapshot(blob: bytes) -> Snapshot:
     clients: dict[int, _Client] = {}
     for session in sessions:
         if not (isinstance(session, list) and len(session) == 3 and isinstance(session[0], int)):
-            raise RemoteProtocolError("a snapshot session must be [client, last index, results]")
-        clients[session[0]] = _Client(_decode_results(session[2]), int(session[1]))
+            raise RemoteProtocolError("a snapshot session must be [client, acknowledged, results]")
+        clients[session[0]] = _decode_client(session[1:])
     return Snapshot(index, data, clients)
