@@ -15,8 +15,8 @@ the phase give its p50 and p99:
   with a key exchange and a signature), waits for the answer and closes; ``--concurrency`` at a time;
 - ``tcp``: a TCP connection flood from 127.0.0.2: connections that never speak, ``--concurrency`` held
   at a time, each closed after 1 s and opened again, as fast as the kernel accepts them;
-- ``streams``: a stream flood from one connected libp2p peer: waves of 1,000 streams opened at once, each
-  negotiating ``/ipfs/ping/1.0.0`` and then reset;
+- ``streams``: a stream flood from one connected libp2p peer: a wave of 1,000 streams opened at once
+  every ``--wave-interval-ms``, each negotiating ``/ipfs/ping/1.0.0``, reset at the next wave;
 - and ``quiet`` again between floods: each flood is compared with the quiet phases beside it, since the
   machine is shared and its background load drifts.
 
@@ -29,12 +29,12 @@ own CPU use yields to the daemon's (``--attacker-nice 0`` to let it compete).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -50,6 +50,9 @@ MULTISTREAM = b"\x13/multistream/1.0.0\n"
 NOISE_PROPOSAL = b"\x07/noise\n"
 NOISE_MESSAGE_1_BYTES = 32  # XX's first message: the initiator's ephemeral key, no payload
 STREAM_WAVE = 1_000
+YAMUX_HEADER = "!BBHII"  # version, type, flags, stream id, length
+YAMUX_DATA, YAMUX_WINDOW_UPDATE = 0, 1
+YAMUX_SYN, YAMUX_RST = 0x1, 0x8
 PING_BYTES = 32
 ATTACKS = ("noise", "tcp", "streams")
 # High enough that no flood limit ever applies (--no-limits).
@@ -183,10 +186,12 @@ async def tcp_flood(port: int, concurrency: int, done: dict[str, int]) -> None:
             nursery.start_soon(worker)
 
 
-async def stream_flood(target: str, done: dict[str, int]) -> None:
+async def stream_flood(target: str, wave_interval_ms: int, done: dict[str, int]) -> None:
+    """Waves of ``STREAM_WAVE`` streams from one connected peer, written as raw yamux frames on its
+    connection (py-libp2p's own opener waits for each of its 256 opening slots, so it floods slowly):
+    each stream opens with its multistream-select negotiation of ``/ipfs/ping/1.0.0`` in the same frame,
+    and is reset at the next wave."""
     from libp2p import generate_new_ed25519_identity
-    from libp2p.custom_types import TProtocol
-    from libp2p.host.ping import ID as PING_ID
     from libp2p.peer.id import ID
 
     from pyagent.node.host import Host, HostConfig
@@ -195,28 +200,30 @@ async def stream_flood(target: str, done: dict[str, int]) -> None:
     host = Host(generate_new_ed25519_identity(), HostConfig(), send)
     async with host.running():
         peer = ID.from_base58(await host.connect(target))
-
-        async def one() -> None:
-            try:
-                with trio.fail_after(10):
-                    stream = await host.libp2p_host.new_stream(peer, [TProtocol(str(PING_ID))])
-            except Exception:
-                done["refused"] += 1
-                return
-            done["negotiated"] += 1
-            with contextlib.suppress(Exception):
-                await stream.reset()
-
+        (conn,) = host.libp2p_host.get_network().get_connections(peer)
+        secured = conn.muxed_conn.secured_conn  # type: ignore[attr-defined]
+        negotiation = MULTISTREAM + b"\x11/ipfs/ping/1.0.0\n"
+        # Far above the ids py-libp2p's own yamux gives this side's streams (odd, counting from 1).
+        next_id = 1_000_001
+        previous: range = range(0)
         while True:
-            async with trio.open_nursery() as nursery:
-                for _ in range(STREAM_WAVE):
-                    done["attempts"] += 1
-                    nursery.start_soon(one)
+            ids = range(next_id, next_id + 2 * STREAM_WAVE, 2)
+            next_id += 2 * STREAM_WAVE
+            opens = b"".join(
+                struct.pack(YAMUX_HEADER, 0, YAMUX_DATA, YAMUX_SYN, sid, len(negotiation)) + negotiation
+                for sid in ids
+            )
+            resets = b"".join(
+                struct.pack(YAMUX_HEADER, 0, YAMUX_WINDOW_UPDATE, YAMUX_RST, sid, 0) for sid in previous
+            )
+            await secured.write(resets + opens)
+            done["attempts"] += STREAM_WAVE
             done["waves"] += 1
-            await trio.sleep(0)
+            previous = ids
+            await trio.sleep(wave_interval_ms / 1000)
 
 
-def attacker_main(kind: str, target: str, concurrency: int) -> None:
+def attacker_main(kind: str, target: str, concurrency: int, wave_interval_ms: int) -> None:
     done: defaultdict[str, int] = defaultdict(int)
     port = int(target.split("/tcp/")[1].split("/")[0])
     cpu_before = time.process_time()
@@ -225,7 +232,7 @@ def attacker_main(kind: str, target: str, concurrency: int) -> None:
     elif kind == "tcp":
         trio.run(_until_term, tcp_flood, port, concurrency, done)
     else:
-        trio.run(_until_term, stream_flood, target, done)
+        trio.run(_until_term, stream_flood, target, wave_interval_ms, done)
     done["attacker_cpu_ms"] = round((time.process_time() - cpu_before) * 1000)
     print(json.dumps(dict(done)), flush=True)
 
@@ -283,6 +290,9 @@ def main() -> None:
     parser.add_argument("--phase-s", type=float, default=8.0)
     parser.add_argument("--interval-ms", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=200, help="raw flood connections at a time")
+    parser.add_argument(
+        "--wave-interval-ms", type=int, default=1000, help="between waves of the stream flood"
+    )
     parser.add_argument("--no-limits", action="store_true", help="run the daemon with no flood limit")
     parser.add_argument(
         "--phases", nargs="+", default=["quiet", "noise", "quiet", "tcp", "quiet", "streams", "quiet"]
@@ -298,7 +308,7 @@ def main() -> None:
         trio.run(pinger, args.target, args.interval_ms, args.out)
         return
     if args.role in ATTACKS:
-        attacker_main(args.role, args.target, args.concurrency)
+        attacker_main(args.role, args.target, args.concurrency, args.wave_interval_ms)
         return
 
     from pyagent.config import CONFIG_FILE
@@ -344,8 +354,9 @@ def main() -> None:
                 attacker = None
                 if attack is not None:
                     command = [sys.executable, __file__, attack, "--target", daemon.addr]
+                    command += ["--concurrency", str(args.concurrency)]
                     attacker = subprocess.Popen(
-                        [*command, "--concurrency", str(args.concurrency)],
+                        [*command, "--wave-interval-ms", str(args.wave_interval_ms)],
                         stdout=subprocess.PIPE,
                         text=True,
                         preexec_fn=lambda: os.nice(args.attacker_nice),

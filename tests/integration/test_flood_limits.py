@@ -155,10 +155,29 @@ async def _host(config: HostConfig) -> tuple[Host, trio.MemoryReceiveChannel[Eve
     return Host(generate_new_ed25519_identity(), config, send), receive
 
 
-async def test_inbound_slots_come_back_when_connections_close() -> None:
+def _ipv6_loopback_works() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(
+    "listen",
+    [
+        "/ip4/127.0.0.1/tcp/0",
+        pytest.param(
+            "/ip6/::1/tcp/0", marks=pytest.mark.skipif(not _ipv6_loopback_works(), reason="no IPv6 loopback")
+        ),
+    ],
+)
+async def test_inbound_slots_come_back_when_connections_close(listen: str) -> None:
     """py-libp2p 0.8.1 kept each inbound connection's task, and its slot, until the swarm stopped: after
-    ``connections_max`` connections in a daemon's life every new one was refused."""
-    server, _ = await _host(HostConfig(connections_max=3))
+    ``connections_max`` connections in a daemon's life every new one was refused. (Over IPv6 too, whose
+    addresses py-libp2p's wrappers lose: the limits track each connection by its socket.)"""
+    server, _ = await _host(HostConfig(listen_addrs=[listen], connections_max=3))
     async with server.running():
         for attempt in range(8):
             client, _ = await _host(HostConfig())
@@ -170,6 +189,9 @@ async def test_inbound_slots_come_back_when_connections_close() -> None:
             with trio.fail_after(5):
                 while client.peer_id in server.connected_peers():
                     await trio.sleep(0.01)
+        admission = server._guards.listeners.admission
+        assert admission.pending_total == 0
+        assert admission.counts("::1" if "/ip6/" in listen else "127.0.0.1") == (0, 0)
 
 
 async def test_a_stream_flood_is_reset_over_the_rate() -> None:

@@ -19,6 +19,11 @@ class _Counter(Counter[str]):
         self[name] += 1
 
 
+def admit(gate: InboundAdmission, address: tuple[str, int], now_s: float) -> bool:
+    """Admits a connection keyed, as a test can name it, by its (ip, port)."""
+    return gate.admit(address, address[0], now_s)
+
+
 def _admission(**settings: int) -> tuple[InboundAdmission, _Counter]:
     refused = _Counter()
     return InboundAdmission(FloodLimits(**settings), refused.update_one), refused
@@ -26,46 +31,46 @@ def _admission(**settings: int) -> tuple[InboundAdmission, _Counter]:
 
 def test_pending_handshakes_are_limited_per_ip_and_another_ip_still_gets_in() -> None:
     gate, refused = _admission(pending_handshakes_per_ip_max=3)
-    assert [gate.admit(("10.0.0.1", port), 0.0) for port in range(1, 6)] == [True, True, True, False, False]
+    assert [admit(gate, ("10.0.0.1", port), 0.0) for port in range(1, 6)] == [True, True, True, False, False]
     assert refused == {limits.REFUSED_PENDING_PER_IP: 2}
-    assert gate.admit(("10.0.0.2", 1), 0.0)
+    assert admit(gate, ("10.0.0.2", 1), 0.0)
     assert gate.counts("10.0.0.1") == (3, 0)
     # A finished handshake frees a pending slot for its IP.
     gate.upgraded(("10.0.0.1", 1))
     assert gate.counts("10.0.0.1") == (2, 1)
-    assert gate.admit(("10.0.0.1", 6), 0.0)
+    assert admit(gate, ("10.0.0.1", 6), 0.0)
 
 
 def test_a_failed_handshake_frees_its_slot_once() -> None:
     gate, _ = _admission(pending_handshakes_per_ip_max=1)
-    assert gate.admit(("10.0.0.1", 1), 0.0)
-    assert not gate.admit(("10.0.0.1", 2), 0.0)
+    assert admit(gate, ("10.0.0.1", 1), 0.0)
+    assert not admit(gate, ("10.0.0.1", 2), 0.0)
     gate.ended(("10.0.0.1", 1))
     gate.ended(("10.0.0.1", 1))  # idempotent: the listener and the swarm may both report it
     assert gate.counts("10.0.0.1") == (0, 0) and gate.pending_total == 0
-    assert gate.admit(("10.0.0.1", 2), 0.0)
+    assert admit(gate, ("10.0.0.1", 2), 0.0)
 
 
 def test_connections_per_ip_count_pending_and_established() -> None:
     gate, refused = _admission(pending_handshakes_per_ip_max=2, connections_per_ip_max=3)
     for port in (1, 2, 3):
-        assert gate.admit(("10.0.0.1", port), 0.0)
+        assert admit(gate, ("10.0.0.1", port), 0.0)
         gate.upgraded(("10.0.0.1", port))
-    assert not gate.admit(("10.0.0.1", 4), 0.0)
+    assert not admit(gate, ("10.0.0.1", 4), 0.0)
     assert refused == {limits.REFUSED_CONNECTIONS_PER_IP: 1}
     gate.ended(("10.0.0.1", 2))  # an established connection closed
     assert gate.counts("10.0.0.1") == (0, 2)
-    assert gate.admit(("10.0.0.1", 4), 0.0)
+    assert admit(gate, ("10.0.0.1", 4), 0.0)
 
 
 def test_pending_handshakes_are_limited_in_total() -> None:
     gate, refused = _admission(pending_handshakes_max=4, pending_handshakes_per_ip_max=2)
-    admitted = [gate.admit((f"10.0.0.{ip}", 1), 0.0) for ip in range(1, 7)]
+    admitted = [admit(gate, (f"10.0.0.{ip}", 1), 0.0) for ip in range(1, 7)]
     assert admitted == [True] * 4 + [False] * 2
     assert refused == {limits.REFUSED_PENDING_TOTAL: 2}
     gate.upgraded(("10.0.0.1", 1))
     assert gate.pending_total == 3
-    assert gate.admit(("10.0.0.9", 1), 0.0)
+    assert admit(gate, ("10.0.0.9", 1), 0.0)
 
 
 def test_new_connections_per_ip_are_rate_limited() -> None:
@@ -76,14 +81,14 @@ def test_new_connections_per_ip_are_rate_limited() -> None:
         nonlocal port
         port += 1
         address = ("10.0.0.1", port)
-        admitted = gate.admit(address, now_s)
+        admitted = admit(gate, address, now_s)
         gate.ended(address)  # opened and dropped at once: never more than one pending
         return admitted
 
     assert [attempt(0.0) for _ in range(5)] == [True, True, True, False, False]
     assert refused == {limits.REFUSED_RATE_PER_IP: 2}
     assert attempt(0.5) and not attempt(0.5)  # 2 a second: one more after half a second
-    assert gate.admit(("10.0.0.2", 1), 0.5)  # another IP has its own bucket
+    assert admit(gate, ("10.0.0.2", 1), 0.5)  # another IP has its own bucket
 
 
 def test_outbound_and_unknown_connections_are_ignored() -> None:
@@ -97,10 +102,10 @@ def test_the_ip_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(limits, "TRACKED_IPS_MAX", 8)
     gate, _ = _admission()
     busy = ("10.0.1.1", 1)
-    assert gate.admit(busy, 0.0)
+    assert admit(gate, busy, 0.0)
     for index in range(50):
         address = (f"10.0.0.{index}", 1)
-        assert gate.admit(address, 0.0)
+        assert admit(gate, address, 0.0)
         gate.ended(address)
     assert gate.tracked_ips <= 8
     assert gate.counts("10.0.1.1") == (1, 0)  # a busy IP is never the one forgotten

@@ -33,7 +33,8 @@ import logging
 import socket
 import struct
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
 
 import trio
 from libp2p.abc import IListener, INetConn, INetStream, IRawConnection, ITransport
@@ -68,7 +69,9 @@ COUNTER_NAMES = (
 TRACKED_IPS_MAX = 4096
 TRACKED_PEERS_MAX = 4096
 
-Address = tuple[str, int]
+# What identifies one inbound connection from accept to close: the listener uses its socket object (an
+# IPv6 peer's address does not survive py-libp2p's wrappers, the socket does). Tests use anything hashable.
+Key = Hashable
 
 
 class TokenBucket:
@@ -105,19 +108,17 @@ class InboundAdmission:
     """Counts inbound connections by source IP from accept to close, and refuses what is over a limit.
 
     An accepted connection is pending until ``upgraded`` (the swarm reports it connected) and established
-    until ``closed``; one whose upgrade fails simply ``ended``. Each call is keyed by the remote
-    (ip, port), which is unique among the live inbound connections of a listener."""
+    until it ``ended``, which is also how a failed upgrade ends. Each connection has its own ``key``."""
 
     def __init__(self, limits: FloodLimits, on_refused: Callable[[str], None]) -> None:
         self.limits = limits
         self._on_refused = on_refused
         self._sources: OrderedDict[str, _Source] = OrderedDict()
-        # Remote address -> whether that connection is established (else pending).
-        self._connections: dict[Address, bool] = {}
+        # Connection -> (its source IP, whether it is established rather than pending).
+        self._connections: dict[Key, tuple[str, bool]] = {}
         self.pending_total = 0
 
-    def admit(self, address: Address, now_s: float) -> bool:
-        ip = address[0]
+    def admit(self, key: Key, ip: str, now_s: float) -> bool:
         limits = self.limits
         source = self._sources.get(ip)
         if source is None:
@@ -125,11 +126,8 @@ class InboundAdmission:
         else:
             self._sources.move_to_end(ip)
         refusal = None
-        if address in self._connections:
-            # The same (ip, port) twice at once can only be a bookkeeping bug or a second listener;
-            # refusing is safe, counting it twice would not be.
-            refusal = REFUSED_CONNECTIONS_PER_IP
-        elif source.pending >= limits.pending_handshakes_per_ip_max:
+        assert key not in self._connections, "a connection admitted twice"
+        if source.pending >= limits.pending_handshakes_per_ip_max:
             refusal = REFUSED_PENDING_PER_IP
         elif source.pending + source.established >= limits.connections_per_ip_max:
             refusal = REFUSED_CONNECTIONS_PER_IP
@@ -142,25 +140,28 @@ class InboundAdmission:
             return False
         source.pending += 1
         self.pending_total += 1
-        self._connections[address] = False
+        self._connections[key] = (ip, False)
         return True
 
-    def upgraded(self, address: Address) -> None:
+    def upgraded(self, key: Key) -> None:
         """The connection finished its handshakes and was registered by the swarm."""
-        if self._connections.get(address) is not False:
+        known = self._connections.get(key)
+        if known is None or known[1]:
             return  # not one we admitted (an outbound connection), or reported already
-        self._connections[address] = True
-        source = self._sources[address[0]]
+        ip = known[0]
+        self._connections[key] = (ip, True)
+        source = self._sources[ip]
         source.pending -= 1
         source.established += 1
         self.pending_total -= 1
 
-    def ended(self, address: Address) -> None:
+    def ended(self, key: Key) -> None:
         """The connection is gone, whatever state it reached. Idempotent."""
-        established = self._connections.pop(address, None)
-        if established is None:
+        known = self._connections.pop(key, None)
+        if known is None:
             return
-        source = self._sources[address[0]]
+        ip, established = known
+        source = self._sources[ip]
         if established:
             source.established -= 1
         else:
@@ -223,33 +224,33 @@ class AdmittedListeners:
 
     def __init__(self, admission: InboundAdmission) -> None:
         self.admission = admission
-        self._scopes: dict[Address, trio.CancelScope] = {}
+        self._scopes: dict[Key, trio.CancelScope] = {}
 
     def create(self, handler: THandler) -> AdmittingTCPListener:
         return AdmittingTCPListener(handler, self)
 
-    def upgraded(self, address: Address) -> None:
-        self.admission.upgraded(address)
+    def upgraded(self, key: Key) -> None:
+        self.admission.upgraded(key)
 
-    def closed(self, address: Address) -> None:
-        """The swarm reports the connection from ``address`` closed: free its count and end its task."""
-        self.admission.ended(address)
-        scope = self._scopes.pop(address, None)
+    def closed(self, key: Key) -> None:
+        """The swarm reports the connection closed: free its count and end its task."""
+        self.admission.ended(key)
+        scope = self._scopes.pop(key, None)
         if scope is not None:
             scope.cancel()
 
-    async def serve(self, handler: THandler, conn: trio.socket.SocketType, address: Address) -> None:
-        """One admitted connection, from accept until the swarm is done with it."""
+    async def serve(self, handler: THandler, conn: trio.socket.SocketType, remote: Any) -> None:
+        """One admitted connection (its socket is its key), from accept until the swarm is done with it."""
         try:
             with trio.CancelScope() as scope:
-                self._scopes[address] = scope
+                self._scopes[conn] = scope
                 await handler(TrioTCPStream(trio.SocketStream(conn)))
         except Exception as exc:  # as py-libp2p's own listener: a failed connection is the peer's business
-            logger.debug("inbound connection from %s:%s failed: %r", address[0], address[1], exc)
+            logger.debug("inbound connection from %s failed: %r", remote, exc)
         finally:
-            if self._scopes.get(address) is scope:
-                del self._scopes[address]
-            self.admission.ended(address)
+            if self._scopes.get(conn) is scope:
+                del self._scopes[conn]
+            self.admission.ended(conn)
             with contextlib.suppress(OSError):
                 conn.close()
 
@@ -330,12 +331,11 @@ class AdmittingTCPListener(IListener):
                 logger.warning("accept failed (%s); retrying in %.1f s", exc, _ACCEPT_RETRY_S)
                 await trio.sleep(_ACCEPT_RETRY_S)
                 continue
-            address = (remote[0], remote[1])
-            if not admission.admit(address, trio.current_time()):
+            if not admission.admit(conn, remote[0], trio.current_time()):
                 _abort(conn)
                 continue
             assert self._nursery is not None
-            self._nursery.start_soon(self._listeners.serve, self._handler, conn, address)
+            self._nursery.start_soon(self._listeners.serve, self._handler, conn, remote)
 
     def get_addrs(self) -> tuple[Multiaddr, ...]:
         return tuple(multiaddr_from_socket(sock) for sock in self._sockets)
@@ -425,23 +425,31 @@ class FloodGuards:
         return rate_limited
 
     def connected(self, conn: INetConn) -> None:
-        address = _remote_address(conn)
-        if address is not None:
-            self.listeners.upgraded(address)
+        sock = _socket_under(conn.muxed_conn)
+        if sock is not None:
+            self.listeners.upgraded(sock)
 
     def disconnected(self, conn: INetConn) -> None:
-        address = _remote_address(conn)
-        if address is not None:
-            self.listeners.closed(address)
+        sock = _socket_under(conn.muxed_conn)
+        if sock is not None:
+            self.listeners.closed(sock)
 
 
-def _remote_address(conn: INetConn) -> Address | None:
-    # Yamux has it (from the secured, then raw connection); the muxer interface does not promise it.
-    get_remote_address = getattr(conn.muxed_conn, "get_remote_address", None)
-    if get_remote_address is None:
-        return None
-    try:
-        remote = get_remote_address()
-    except Exception:  # a closed socket may not know any more; nothing to match then
-        return None
-    return None if remote is None else (remote[0], remote[1])
+# How py-libp2p 0.8.1 nests a TCP connection: Yamux.secured_conn (SecureSession) .conn (the Noise reader-
+# writer) .conn (RawConnection) .stream (TrioTCPStream, or our PnetStream whose ._inner is one) .stream
+# (trio.SocketStream) .socket.
+_WRAPPER_ATTRIBUTES = ("secured_conn", "conn", "stream", "_inner")
+_WRAPPERS_MAX = 8
+
+
+def _socket_under(connection: object) -> trio.socket.SocketType | None:
+    """The socket under a connection's wrappers, or None (a connection of another kind)."""
+    for _ in range(_WRAPPERS_MAX):
+        if isinstance(connection, trio.SocketStream):
+            return connection.socket
+        connection = next(
+            (getattr(connection, name) for name in _WRAPPER_ATTRIBUTES if hasattr(connection, name)), None
+        )
+        if connection is None:
+            return None
+    return None
