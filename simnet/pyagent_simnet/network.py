@@ -8,6 +8,8 @@ time: a partitioned frame is dropped, a clogged one is held and re-sent when the
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 from pyagent_simnet import latency
@@ -31,6 +33,26 @@ DROP_HELD_FULL = "clog_buffer_full"
 # The fate of one frame: a drop reason, or its delivery times (two when duplicated) and its bytes (maybe
 # corrupted). A plain tuple: one is made for every frame of a run.
 Verdict = tuple[str | None, tuple[int, ...], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    """The cuts and clogs in force at one moment (what the last heal or unclog lifted)."""
+
+    cut: frozenset[tuple[int, int]]
+    clogged_peers: frozenset[int]
+    clogged_links: frozenset[tuple[int, int]]
+
+    def touches(self, peer: int) -> bool:
+        return _touches(self.cut, self.clogged_peers, self.clogged_links, peer)
+
+
+def _touches(
+    cut: Collection[tuple[int, int]], peers: Collection[int], links: Collection[tuple[int, int]], peer: int
+) -> bool:
+    """True when a cut or clog affects ``peer``'s traffic with anyone. A partition touches every peer:
+    each is cut off from someone, and rumours from the far side may be about any of them."""
+    return bool(cut) or peer in peers or any(peer in link for link in links)
 
 
 class Network:
@@ -60,7 +82,7 @@ class Network:
         # The cuts and clogs in force before the last heal or unclog, and when that was: a checker needs
         # them to tell a stale consequence of a lifted fault from a fresh mistake.
         self.lifted_at_us = -1
-        self.lifted: Network | None = None
+        self.lifted: Faults | None = None
 
     def pick_region(self) -> int:
         return self.rng.choices(range(len(self.region_names)), weights=self.region_weights)[0]
@@ -103,17 +125,13 @@ class Network:
     def _remember(self, now_us: int) -> None:
         if not (self.cut or self.clogged_peers or self.clogged_links):
             return
-        before = Network.__new__(Network)
-        before.side, before.cut = self.side, self.cut
-        before.clogged_peers, before.clogged_links = self.clogged_peers, self.clogged_links
-        self.lifted, self.lifted_at_us = before, now_us
+        self.lifted, self.lifted_at_us = self.faults(), now_us
+
+    def faults(self) -> Faults:
+        return Faults(frozenset(self.cut), frozenset(self.clogged_peers), frozenset(self.clogged_links))
 
     def touches(self, peer: int) -> bool:
-        """True when a cut or clog affects ``peer``'s traffic with anyone. A partition touches every peer:
-        each is cut off from someone, and rumours from the far side may be about any of them."""
-        return (
-            bool(self.cut) or peer in self.clogged_peers or any(peer in link for link in self.clogged_links)
-        )
+        return _touches(self.cut, self.clogged_peers, self.clogged_links, peer)
 
     def route(
         self, src: int, dst: int, src_region: int, dst_region: int, frame: bytes, now_us: int

@@ -98,11 +98,6 @@ def test_acknowledging_before_fsync_fails_the_whole_scenario(monkeypatch: pytest
     assert outcome.exit_code in (EXIT_SAFETY, EXIT_CRASH), explain(outcome)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="statemachine.py re-executes a retried write whose seq is below the client's latest ack "
-    "(its result was forgotten): it must remember each client's highest ack and refuse older seqs",
-)
 def test_a_write_retried_after_a_silent_try_applies_once() -> None:
     # A try that gets no answer is sent again, with the same session, to another node, as a client does
     # after the daemon answered `timeout`; the first try may still be parked or forwarded somewhere, and

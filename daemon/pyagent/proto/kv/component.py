@@ -22,6 +22,7 @@ preferred peer. Nodes that join create a group's replica when its leader first c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
@@ -359,6 +360,11 @@ class RaftKv(Component):
             else:
                 self._propose(waiting, out)
             return
+        if isinstance(waiting.origin, Remote):
+            # Only a request's origin routes it; a peer that is not the leader answers with what it knows.
+            # (Peers forwarding to each other while neither knows the leader would multiply the request.)
+            self._fail(waiting, "not_leader", "this peer does not lead the shard", out)
+            return
         target = self._peer_of(leader) if leader else None
         if target is None or target in waiting.tried:
             target = self._next_candidate(waiting)
@@ -404,8 +410,8 @@ class RaftKv(Component):
             return
         try:
             self.driver.propose(waiting.shard, encode_entry(write))
-        except NotLeaderError:
-            self._leaders.pop(waiting.shard, None)
+        except NotLeaderError as exc:
+            self._not_leader(waiting.shard, exc)
             self._park(waiting, out)
             return
         self._requests.propose((command.session.client, command.session.seq), waiting.shard, waiting)
@@ -431,10 +437,17 @@ class RaftKv(Component):
         self.counters["reads"] += len(batch.reads)
         try:
             self.driver.read_index(shard, batch.ctx)
-        except NotLeaderError:
-            self._leaders.pop(shard, None)
+        except NotLeaderError as exc:
+            self._not_leader(shard, exc)
             for waiting in self._requests.drop_reads(shard):
                 self._park(waiting, out)
+
+    def _not_leader(self, shard: int, exc: NotLeaderError) -> None:
+        """The driver refused a leader's operation: leadership is moving (a transfer names its target) or
+        gone. Role changes keep ``_leaders`` right; this only learns a named new leader early, since a
+        transfer that aborts leaves this node leader with no role change to report."""
+        if exc.leader_id and exc.leader_id != self.node_id:
+            self._leaders[shard] = exc.leader_id
 
     def _on_forward_reply(self, peer: PeerId, reply: messages.ForwardReply, now_us: int, out: Ready) -> None:
         waiting = self._requests.forwards.get(reply.forward_id)
@@ -677,7 +690,10 @@ class RaftKv(Component):
             wanted = place(group, candidates, self.config.replicas)
             change = _next_conf_change(status, [node_id_of(p) for p in wanted], self.config.replicas)
             if change is not None:
-                self.driver.propose_conf_change(group, [change])
+                try:
+                    self.driver.propose_conf_change(group, [change])
+                except (NotLeaderError, ValueError):
+                    continue  # leadership moving, or an earlier change not applied yet: next round
                 self._conf_pending_until[group] = now_us + self.config.request_timeout_ms * US_PER_MS
                 continue
             self._balance_leader(group, status, node_id_of(wanted[0]), now_us)
@@ -685,15 +701,14 @@ class RaftKv(Component):
     def _balance_leader(self, group: int, status: dict[str, Any], preferred: int, now_us: int) -> None:
         if preferred == self.node_id or preferred not in status["voters"]:
             return
-        if (
-            now_us - self._last_balance_us.get(group, -(1 << 62))
-            < self.config.leader_balance_interval_ms * 1000
-        ):
+        interval_us = self.config.leader_balance_interval_ms * US_PER_MS
+        if now_us - self._last_balance_us.get(group, -interval_us) < interval_us:
             return
         if status["progress"].get(preferred, 0) < status["last_index"]:
             return
         self._last_balance_us[group] = now_us
-        self.driver.transfer_leader(group, preferred)
+        with contextlib.suppress(NotLeaderError):
+            self.driver.transfer_leader(group, preferred)
 
     # --- status ---------------------------------------------------------------------------------------
 
