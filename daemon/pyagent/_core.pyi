@@ -119,6 +119,10 @@ class RaftReady:
     # ``on_persisted`` once ``writes`` are durable.
     @property
     def token(self) -> int: ...
+    # Whether ``writes`` must be fsynced before ``on_persisted`` (new entries, a new term or vote, a
+    # snapshot); when False, written is enough (etcd raft's MustSync).
+    @property
+    def must_sync(self) -> bool: ...
     @property
     def writes(self) -> list[_RaftWrite]: ...
     # (to node, frame): one frame per destination carrying every group's messages to it.

@@ -91,6 +91,8 @@ struct RaftReady {
     #[pyo3(get)]
     token: u64,
     #[pyo3(get)]
+    must_sync: bool,
+    #[pyo3(get)]
     writes: Py<PyList>,
     #[pyo3(get)]
     send_now: Py<PyList>,
@@ -135,6 +137,7 @@ impl RaftReady {
             .map(|r| (r.group_id, r.role.as_str(), r.term, r.leader_id));
         Ok(Self {
             token: ready.token,
+            must_sync: ready.must_sync,
             writes: writes_list(py, &ready.writes)?.unbind(),
             send_now: frames_list(py, &ready.send_now)?.unbind(),
             send_after_persist: frames_list(py, &ready.send_after_persist)?.unbind(),

@@ -539,7 +539,9 @@ class RaftKv(Component):
             for group, to, message in ready.snapshots_out:
                 self._send_snapshot(group, to, message, out)
             if ops:
-                out.writes.append(WriteBatch(NAME, tuple(ops), sync=bool(ready.writes), tag=ready.token))
+                # Applied writes need no fsync of their own: they are rebuilt from the log after a
+                # crash, and the applied index travels with them. Raft's own writes say if they need one.
+                out.writes.append(WriteBatch(NAME, tuple(ops), sync=ready.must_sync, tag=ready.token))
 
     def _on_roles(self, ready: RaftReady, out: Ready) -> None:
         for group, role, _term, leader in ready.roles:

@@ -559,6 +559,7 @@ impl Driver {
         });
         Ready {
             token,
+            must_sync: batch.must_sync,
             writes: batch.writes,
             send_now: frames(send_now),
             send_after_persist: frames(send_after_persist),

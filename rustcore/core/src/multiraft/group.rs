@@ -33,6 +33,9 @@ pub struct Batch {
     /// Messages that may leave at once (a leader's), and those that wait for the writes.
     pub send_now: Vec<(u64, Message)>,
     pub send_after_persist: Vec<(u64, Message)>,
+    /// Whether the writes must be fsynced before `on_persisted` (etcd raft's `MustSync`): new entries,
+    /// a new term or vote, or a snapshot. A commit index alone may be lost and learned again.
+    pub must_sync: bool,
 }
 
 /// What `on_persisted` must tell this group's raft once the batch is durable.
@@ -102,6 +105,7 @@ impl Group {
     /// Take this group's ready into `batch`, update the in-memory storage to match, and
     /// advance raft-rs without waiting for the writes (they are acknowledged by number later).
     pub fn collect(&mut self, group_id: u64, batch: &mut Batch) -> Collected {
+        batch.must_sync |= !self.pending_writes.is_empty();
         batch.writes.append(&mut self.pending_writes);
         let mut rd = self.with(|raw| raw.ready());
         if let Some(ss) = rd.ss() {
@@ -119,13 +123,17 @@ impl Group {
                 .mut_store()
                 .install_snapshot(&meta, &mut batch.writes);
             batch.snapshot_installed.push((group_id, meta.index));
+            batch.must_sync = true;
             self.delivered = meta.index;
             snapshot_index = Some(meta.index);
         }
+        batch.must_sync |= !rd.entries().is_empty();
         self.raw.mut_store().append(rd.entries(), &mut batch.writes);
         // The commit index goes into the same batch as the entries it commits, so it is durable
         // no later than anything the caller applies from this ready.
         if let Some(hs) = rd.hs() {
+            let before = self.raw.store().hard_state();
+            batch.must_sync |= hs.term != before.term || hs.vote != before.vote;
             self.raw
                 .mut_store()
                 .set_hard_state(hs.clone(), &mut batch.writes);

@@ -150,6 +150,9 @@ pub struct Ready {
     /// 0 when `writes` is empty; else pass to `on_persisted` once the writes are durable.
     pub token: u64,
     pub writes: Vec<Write>,
+    /// The writes must be fsynced before `on_persisted`; when false they need only be written (a
+    /// commit index, a compaction, a conf state as of an applied entry: all recoverable).
+    pub must_sync: bool,
     /// `(to node, frame)`: safe to send at once.
     pub send_now: Vec<(u64, Vec<u8>)>,
     /// `(to node, frame)`: send only after `writes` are durable (at once when `token` is 0).

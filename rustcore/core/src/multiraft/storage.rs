@@ -77,6 +77,10 @@ impl GroupStorage {
         ]
     }
 
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
     pub fn first_index(&self) -> u64 {
         self.truncated.0 + 1
     }

@@ -138,6 +138,8 @@ pub struct Cluster {
     pub sync_writes: bool,
     /// Everything observable that nodes did, to compare runs.
     pub transcript: Vec<String>,
+    /// Readies with writes that needed no fsync (a commit index, say).
+    pub unsynced_readies: usize,
 }
 
 pub fn decode_frame(frame: &[u8]) -> Vec<(u64, Message)> {
@@ -157,6 +159,7 @@ impl Cluster {
             cut: BTreeSet::new(),
             sync_writes: true,
             transcript: Vec::new(),
+            unsynced_readies: 0,
         }
     }
 
@@ -196,6 +199,17 @@ impl Cluster {
             ready.committed,
         ));
         self.check_replies_are_durable(id, &ready);
+        let appends = ready
+            .writes
+            .iter()
+            .any(|w| matches!(w, Write::Append { .. }));
+        assert!(
+            ready.must_sync || !appends,
+            "{id}: new entries must be fsynced"
+        );
+        if !ready.writes.is_empty() && !ready.must_sync {
+            self.unsynced_readies += 1;
+        }
         for (to, frame) in &ready.send_now {
             self.net.push_back((id, *to, frame.clone()));
         }

@@ -41,6 +41,20 @@ fn a_single_voter_group_elects_itself_and_commits() {
 }
 
 #[test]
+fn only_new_entries_terms_votes_and_snapshots_need_an_fsync() {
+    // The harness asserts on every ready that appended entries come with must_sync.
+    let mut cluster = three_nodes(5, 2);
+    for _ in 0..5 {
+        cluster.propose(0, b"v");
+        cluster.settle();
+    }
+    assert!(
+        cluster.unsynced_readies > 0,
+        "a commit index alone is written without an fsync"
+    );
+}
+
+#[test]
 fn many_groups_share_one_write_batch_and_one_frame_per_peer() {
     let mut cluster = three_nodes(11, 24);
     // The first ready after bootstrap carried every group's initial state in one batch.
