@@ -167,7 +167,9 @@ class KvKit(Kit):
         def build(ctx: NodeContext) -> Component:
             members = ctx.sibling(membership.Membership.name)
             assert isinstance(members, membership.Membership)
-            return kv.RaftKv(ctx.local_peer, ctx.rng(kv.NAME), config, ctx.storage(kv.NAME), members)
+            # The plugins' pyagent_kv_propose / pyagent_kv_committed run here as in the daemon.
+            storage = ctx.storage(kv.NAME)
+            return kv.RaftKv(ctx.local_peer, ctx.rng(kv.NAME), config, storage, members, hooks=ctx.hooks)
 
         return (build,)
 
