@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from pyagent import __version__, cli_kv
 from pyagent.config import CONFIG_FILE, DEFAULT_METRICS_LISTEN, IDENTITY_FILE, resolve_home
@@ -30,6 +30,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 INVALID = "invalid"
 
 Runner = Callable[[argparse.Namespace, "CliContext"], int]
+_Leaf = TypeVar("_Leaf", bound=BaseException)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -102,6 +103,7 @@ def cmd_daemon(args: argparse.Namespace, ctx: CliContext) -> int:
     import trio
 
     from pyagent import bootstraplist, config, logs, pluginhost
+    from pyagent._core import RaftFatalError
     from pyagent.node import daemon
 
     cfg = config.load(ctx.home)
@@ -123,6 +125,16 @@ def cmd_daemon(args: argparse.Namespace, ctx: CliContext) -> int:
     try:
         trio.run(daemon.run, ctx.home, cfg)
     except BaseExceptionGroup as group:
+        fatal, _ = group.split(RaftFatalError)
+        if fatal is not None:
+            # raft-rs panicked: this node's Raft state in memory cannot be trusted, its disk can.
+            why = _first_leaf(fatal)
+            print(
+                f"pyagent: fatal: the Raft driver failed ({why}); the daemon stopped. Its disk is intact: "
+                "start it again; if it fails the same way, report it with daemon.log",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
         # A ConfigError raised inside the daemon's nurseries arrives wrapped; the operator needs only it.
         config_errors, others = group.split(ConfigError)
         if config_errors is None or others is not None:
@@ -131,7 +143,7 @@ def cmd_daemon(args: argparse.Namespace, ctx: CliContext) -> int:
     return EXIT_OK
 
 
-def _first_leaf(group: BaseExceptionGroup[ConfigError]) -> ConfigError:
+def _first_leaf(group: BaseExceptionGroup[_Leaf]) -> _Leaf:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 

@@ -8,7 +8,7 @@ import pytest
 from kv_harness import Cluster
 
 from pyagent.errors import RemoteProtocolError
-from pyagent.proto.events import MessageReceived
+from pyagent.proto.events import MessageReceived, TransferChunk, TransferReceived
 from pyagent.proto.kv import Config
 from pyagent.proto.kv.messages import PROTOCOL_ID, encode_raft
 from pyagent.proto.kv.ops import Cas, Delete, Get, ListShards, Put, Scan, Session
@@ -174,6 +174,22 @@ def test_a_peers_bad_frames_raise_remote_protocol_error() -> None:
     ):
         with pytest.raises(RemoteProtocolError):
             kv.on_message(MessageReceived("peer-x", PROTOCOL_ID, message), cluster.now_us, _ready())
+
+
+def test_a_peers_bad_snapshot_is_refused_and_the_rest_of_it_ignored() -> None:
+    cluster = formed(1)
+    kv = cluster.nodes["peer-0"].kv
+    first = TransferChunk("peer-x", PROTOCOL_ID, 9, 0, 20, b"0123456789")
+    with pytest.raises(RemoteProtocolError):
+        kv.on_transfer(TransferChunk("peer-x", PROTOCOL_ID, 9, 5, 20, b"out of order"), 0, _ready())
+    kv.on_transfer(first, 0, _ready())  # the refused transfer's later chunks are ignored
+    kv.on_transfer(TransferReceived("peer-x", PROTOCOL_ID, 9, 20, b""), 0, _ready())
+    assert kv._incoming == {} and kv._staged == {}
+    for tid, blob in enumerate((b"", b"\x00\x05raft", b"\x00\x00not a snapshot", b"\x63\x00")):
+        kv.on_transfer(TransferChunk("peer-y", PROTOCOL_ID, tid, 0, len(blob), blob), 0, _ready())
+        with pytest.raises(RemoteProtocolError):
+            kv.on_transfer(TransferReceived("peer-y", PROTOCOL_ID, tid, len(blob), b""), 0, _ready())
+    assert ok(cluster.request("peer-0", Put(b"still", b"works"))) is None
 
 
 def _ready() -> Any:

@@ -35,6 +35,7 @@ from pyagent.proto.events import (
     Started,
     TimerFired,
     TransferChunk,
+    TransferReceived,
 )
 from pyagent.proto.interpret import Interpreter
 from pyagent.proto.node import NodeCore
@@ -208,6 +209,11 @@ class Driver:
             ready = self.core.step(event, now_us())
         except RemoteProtocolError as exc:
             # The core left its state unchanged; the sender loses the stream, as for undecodable bytes.
+            if isinstance(event, TransferChunk | TransferReceived):
+                # A peer's bulk transfer the core refused: it is the core's to drop; nothing to reset here.
+                self.remote_errors += 1
+                log.warning("bad transfer peer=%s protocol=%s reason=%s", event.peer, event.protocol, exc)
+                return
             if not isinstance(event, MessageReceived):
                 raise LocalProtocolError(f"RemoteProtocolError from a {type(event).__name__}") from exc
             self.remote_errors += 1

@@ -165,6 +165,8 @@ class RaftKv(Component):
         self._next_transfer = 1
         self._incoming: dict[tuple[PeerId, int], bytearray] = {}
         self._staged: dict[int, Snapshot] = {}
+        # Incoming transfers refused part-way: their remaining chunks are ignored (oldest forgotten).
+        self._refused: dict[tuple[PeerId, int], None] = {}
         self._conf_pending_until: dict[int, int] = {}
         self._last_balance_us: dict[int, int] = {}
         self._since_compact: dict[int, int] = {}
@@ -266,9 +268,13 @@ class RaftKv(Component):
         match event:
             case TransferChunk(peer=peer, transfer_id=tid, offset=offset, data=data, size=size):
                 # A snapshot arrives whole before it is used; until then it is only bytes in memory.
-                self._on_snapshot_chunk((peer, tid), offset, data, size)
+                self._refusing((peer, tid), lambda: self._on_snapshot_chunk((peer, tid), offset, data, size))
             case TransferReceived(peer=peer, transfer_id=tid):
-                self._on_snapshot_received(peer, self._incoming.pop((peer, tid), None))
+                blob = self._incoming.pop((peer, tid), None)
+                if (peer, tid) in self._refused:
+                    del self._refused[(peer, tid)]
+                else:
+                    self._refusing((peer, tid), lambda: self._on_snapshot_received(peer, blob))
             case TransferDone(transfer_id=tid) | TransferFailed(transfer_id=tid):
                 sent = self._outgoing.pop(tid, None)
                 if sent is not None:
@@ -276,8 +282,24 @@ class RaftKv(Component):
                     self.counters["snapshots_sent" if done else "snapshots_send_failed"] += 1
                     self.driver.report_snapshot(sent[0], sent[1], done)
             case _:
-                self._incoming.pop((getattr(event, "peer", ""), event.transfer_id), None)
+                key = (getattr(event, "peer", ""), event.transfer_id)
+                self._incoming.pop(key, None)
+                self._refused.pop(key, None)
         self._drain(now_us, out)
+
+    def _refusing(self, key: tuple[PeerId, int], handle: Callable[[], None]) -> None:
+        """Run ``handle`` on a peer's incoming snapshot; if it refuses the bytes, forget the transfer
+        and ignore the rest of it, then raise (the shell logs the peer's error)."""
+        if key in self._refused:
+            return
+        try:
+            handle()
+        except RemoteProtocolError:
+            self._incoming.pop(key, None)
+            self._refused[key] = None
+            while len(self._refused) > _INCOMING_SNAPSHOTS_MAX * 4:
+                del self._refused[next(iter(self._refused))]
+            raise
 
     # --- founding and recovery ------------------------------------------------------------------------
 
