@@ -10,27 +10,15 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from pyagent._core import MultiRaft, NotLeaderError, RaftFatalError
+from pyagent.proto.kv.component import storage_op
 from pyagent.proto.memstore import MemoryStore
-from pyagent.proto.storage import LogAppend, LogCompact, LogTruncate, Op, Put, WriteBatch
+from pyagent.proto.storage import WriteBatch
 
 RAFT = "raft"
 # The state machine's own namespace: b"v/<group>/<index>" -> value, b"applied/<group>" -> index.
 STATE = "state"
 GROUP = 7
 IDS = (1, 2, 3)
-
-
-def to_op(write: tuple[object, ...]) -> Op:
-    match write:
-        case ("put", bytes() as key, bytes() as value):
-            return Put(key, value)
-        case ("append", str() as log, int() as first, list() as entries):
-            return LogAppend(log, first, tuple(entries))
-        case ("truncate", str() as log, int() as index):
-            return LogTruncate(log, index)
-        case ("compact", str() as log, int() as index):
-            return LogCompact(log, index)
-    raise AssertionError(f"unknown write {write!r}")
 
 
 class Node:
@@ -42,7 +30,7 @@ class Node:
 
     def persist(self, component: str, writes: Sequence[tuple[object, ...]]) -> None:
         if writes:
-            batch = WriteBatch(component, tuple(to_op(w) for w in writes))
+            batch = WriteBatch(component, tuple(storage_op(w) for w in writes))
             batch.check()
             self.store.apply(batch)
 

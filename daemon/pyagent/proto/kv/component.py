@@ -537,7 +537,7 @@ class RaftKv(Component):
     def _drain(self, now_us: int, out: Ready) -> None:
         while self.driver.has_ready():
             ready = self.driver.ready()
-            ops = [_storage_op(write) for write in ready.writes]
+            ops = [storage_op(write) for write in ready.writes]
             self._on_roles(ready, out)
             for group in ready.created:
                 self.shards.setdefault(group, ShardState(group))
@@ -586,7 +586,7 @@ class RaftKv(Component):
             writes = applied_writes.setdefault(group, [])
             if kind == 1:
                 state.applied = index
-                ops += [_storage_op(write) for write in self.driver.apply_conf_change(group, data)]
+                ops += [storage_op(write) for write in self.driver.apply_conf_change(group, data)]
                 self._conf_pending_until.pop(group, None)
                 continue
             applied = state.apply(index, data)
@@ -628,7 +628,7 @@ class RaftKv(Component):
         self._since_compact[group] = 0
         self.counters["compactions"] += 1
         self._capture(group)
-        return [_storage_op(write) for write in self.driver.compact(group, state.applied)]
+        return [storage_op(write) for write in self.driver.compact(group, state.applied)]
 
     # --- snapshots ------------------------------------------------------------------------------------
 
@@ -814,7 +814,8 @@ def _next_conf_change(status: dict[str, Any], wanted: Sequence[int], replicas: i
     return None
 
 
-def _storage_op(write: tuple[Any, ...]) -> Op:
+def storage_op(write: tuple[Any, ...]) -> Op:
+    """The storage op one of the driver's writes stands for (``pyagent._core.MultiRaft``'s write tuples)."""
     match write:
         case ("put", bytes() as key, bytes() as value):
             return PutKey(key, value)
