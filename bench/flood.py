@@ -16,7 +16,8 @@ the phase give its p50 and p99:
 - ``tcp``: a TCP connection flood from 127.0.0.2: connections that never speak, ``--concurrency`` held
   at a time, each closed after 1 s and opened again, as fast as the kernel accepts them;
 - ``streams``: a stream flood from one connected libp2p peer: a wave of 1,000 streams opened at once
-  every ``--wave-interval-ms``, each negotiating ``/ipfs/ping/1.0.0``, reset at the next wave;
+  every ``--wave-interval-ms``, each negotiating ``/ipfs/ping/1.0.0``, reset at the next wave; cut off,
+  it reconnects under a new identity;
 - and ``quiet`` again between floods: each flood is compared with the quiet phases beside it, since the
   machine is shared and its background load drifts.
 
@@ -187,10 +188,19 @@ async def tcp_flood(port: int, concurrency: int, done: dict[str, int]) -> None:
 
 
 async def stream_flood(target: str, wave_interval_ms: int, done: dict[str, int]) -> None:
-    """Waves of ``STREAM_WAVE`` streams from one connected peer, written as raw yamux frames on its
+    """Waves of ``STREAM_WAVE`` streams from a connected peer, written as raw yamux frames on its
     connection (py-libp2p's own opener waits for each of its 256 opening slots, so it floods slowly):
     each stream opens with its multistream-select negotiation of ``/ipfs/ping/1.0.0`` in the same frame,
-    and is reset at the next wave."""
+    and is reset at the next wave. When the daemon cuts it off, it comes back under a new identity."""
+    while True:
+        try:
+            await _stream_flood_once(target, wave_interval_ms, done)
+        except Exception:
+            done["cut_off"] += 1
+            await trio.sleep(0.01)
+
+
+async def _stream_flood_once(target: str, wave_interval_ms: int, done: dict[str, int]) -> None:
     from libp2p import generate_new_ed25519_identity
     from libp2p.peer.id import ID
 
@@ -200,6 +210,7 @@ async def stream_flood(target: str, wave_interval_ms: int, done: dict[str, int])
     host = Host(generate_new_ed25519_identity(), HostConfig(), send)
     async with host.running():
         peer = ID.from_base58(await host.connect(target))
+        done["connections"] += 1
         (conn,) = host.libp2p_host.get_network().get_connections(peer)
         secured = conn.muxed_conn.secured_conn  # type: ignore[attr-defined]
         negotiation = MULTISTREAM + b"\x11/ipfs/ping/1.0.0\n"
@@ -207,6 +218,8 @@ async def stream_flood(target: str, wave_interval_ms: int, done: dict[str, int])
         next_id = 1_000_001
         previous: range = range(0)
         while True:
+            if not host.connected_peers():
+                raise ConnectionError("cut off")
             ids = range(next_id, next_id + 2 * STREAM_WAVE, 2)
             next_id += 2 * STREAM_WAVE
             opens = b"".join(
@@ -295,8 +308,12 @@ def main() -> None:
     )
     parser.add_argument("--no-limits", action="store_true", help="run the daemon with no flood limit")
     parser.add_argument(
+        "--host", action="append", default=[], metavar="KEY=VALUE", help="a [host] setting of the daemon"
+    )
+    parser.add_argument(
         "--phases", nargs="+", default=["quiet", "noise", "quiet", "tcp", "quiet", "streams", "quiet"]
     )
+    parser.add_argument("--rounds", type=int, default=1, help="run the phases this many times over")
     parser.add_argument(
         "--attacker-nice",
         type=int,
@@ -325,13 +342,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pyagent-flood-") as workdir:
         home = Path(workdir) / "target"
         init_home(home)
-        if args.no_limits:
-            config = home / CONFIG_FILE
-            text = config.read_text()
-            for key, value in NO_LIMITS.items():
-                line = next(line for line in text.splitlines() if line.startswith(f"{key} = "))
-                text = text.replace(line, f"{key} = {value}")
-            config.write_text(text)
+        settings = dict(NO_LIMITS) if args.no_limits else {}
+        settings.update(dict(item.split("=", 1) for item in args.host))
+        config = home / CONFIG_FILE
+        text = config.read_text()
+        for key, value in settings.items():
+            line = next(line for line in text.splitlines() if line.startswith(f"{key} = "))
+            text = text.replace(line, f"{key} = {value}")
+        config.write_text(text)
         daemon = LocalPeer("target", home)
         daemon.start()
         daemon.wait_ready()
@@ -347,7 +365,7 @@ def main() -> None:
             assert pinger_process.stdout is not None
             assert pinger_process.stdout.readline().strip() == "ready", "the pinger did not start"
             time.sleep(1.0)  # warm-up
-            for phase in args.phases:
+            for phase in args.phases * args.rounds:
                 attack = phase if phase in ATTACKS else None
                 before = _counters(home)
                 cpu_before = _daemon_cpu_s(daemon.process.pid)
@@ -404,6 +422,8 @@ def _quiet_p99_around(rows: list[Row], index: int) -> float:
 
 def _print(rows: list[Row], args: argparse.Namespace) -> None:
     limits = "no flood limits" if args.no_limits else "default flood limits"
+    if args.host:
+        limits += " but " + ", ".join(args.host)
     print(
         f"\nping every {args.interval_ms} ms over one stream, {args.phase_s:.0f} s per phase, {limits}, "
         f"attacker at nice {args.attacker_nice}; p99/quiet is against the quiet phases beside each flood"
@@ -422,6 +442,17 @@ def _print(rows: list[Row], args: argparse.Namespace) -> None:
             f"{phase:<8} {len(rtts):>6} {p50:>8.2f} {p99:>8.2f} {ratio:>8.1f}x {cpu:>9.0%}  "
             f"{attacker} / {refused}{mark}"
         )
+    if args.rounds > 1:
+        print("median over the rounds of each flood's p99/quiet:")
+        for attack in ATTACKS:
+            ratios = [
+                _percentile(rows[i][1], 0.99) / _quiet_p99_around(rows, i)
+                for i in range(len(rows))
+                if rows[i][0] == attack and rows[i][1]
+            ]
+            if ratios:
+                shown = ", ".join(f"{r:.1f}x" for r in ratios)
+                print(f"  {attack:<8} {statistics.median(ratios):.1f}x  ({shown})")
 
 
 if __name__ == "__main__":

@@ -86,10 +86,10 @@ class HostSection:
     pending_handshakes_max: int = 64
     pending_handshakes_per_ip_max: int = 8
     connections_per_ip_max: int = 32
-    connections_per_ip_per_s: int = 10
-    connections_per_ip_burst: int = 40
-    stream_opens_per_peer_per_s: int = 100
-    stream_opens_per_peer_burst: int = 200
+    connections_per_ip_per_s: int = 2
+    connections_per_ip_burst: int = 32
+    stream_opens_per_peer_per_s: int = 32
+    stream_opens_per_peer_burst: int = 64
 
 
 @dataclass(slots=True)
@@ -360,10 +360,11 @@ connections_max = 256
 pending_handshakes_max = 64         # inbound connections still in their handshakes, in all
 pending_handshakes_per_ip_max = 8   # ... from one IP
 connections_per_ip_max = 32         # inbound connections from one IP, pending or established
-connections_per_ip_per_s = 10       # new inbound connections one IP may open a second ...
-connections_per_ip_burst = 40       # ... after a burst of this many
-stream_opens_per_peer_per_s = 100   # streams one peer may open to us a second ...
-stream_opens_per_peer_burst = 200   # ... after a burst of this many
+connections_per_ip_per_s = 2        # new inbound connections one IP may open a second ...
+connections_per_ip_burst = 32       # ... after a burst of this many
+stream_opens_per_peer_per_s = 32    # streams one peer may open to us a second ...
+stream_opens_per_peer_burst = 64    # ... after a burst of this many; as many more are reset,
+                                    # then its connection is closed
 
 [log]
 level = "info"     # debug, info, warning, error

@@ -11,7 +11,7 @@ from pyagent import config as config_module
 from pyagent.errors import ConfigError
 from pyagent.node import limits
 from pyagent.node.host_config import FloodLimits
-from pyagent.node.limits import InboundAdmission, StreamRateLimiter, TokenBucket
+from pyagent.node.limits import InboundAdmission, StreamRateLimiter, StreamVerdict, TokenBucket
 
 
 class _Counter(Counter[str]):
@@ -121,11 +121,20 @@ def test_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
 
 def test_stream_opens_are_limited_per_peer() -> None:
     limiter = StreamRateLimiter(rate_per_s=100, burst=10)
-    assert sum(limiter.allow("flooder", 0.0) for _ in range(1_000)) == 10
-    assert limiter.allow("quiet", 0.0)
-    assert sum(limiter.allow("flooder", 0.05) for _ in range(100)) == 5
-    limiter.forget("flooder")
-    assert sum(limiter.allow("flooder", 0.05) for _ in range(100)) == 10
+    verdicts = [limiter.allow("flooder", 0.0) for _ in range(25)]
+    # A burst of opens, then a burst of resets, then the connection is closed.
+    assert verdicts == [StreamVerdict.OPEN] * 10 + [StreamVerdict.RESET] * 10 + [StreamVerdict.DISCONNECT] * 5
+    assert limiter.allow("quiet", 0.0) is StreamVerdict.OPEN
+    # 100 a second: five more after 50 ms, and five more resets.
+    verdicts = [limiter.allow("flooder", 0.05) for _ in range(12)]
+    assert verdicts == [StreamVerdict.OPEN] * 5 + [StreamVerdict.RESET] * 5 + [StreamVerdict.DISCONNECT] * 2
+
+
+def test_a_peer_at_a_steady_rate_over_the_limit_but_below_twice_it_is_only_reset() -> None:
+    limiter = StreamRateLimiter(rate_per_s=10, burst=10)
+    verdicts = [limiter.allow("eager", step * 0.06) for step in range(1_000)]  # ~16.7 a second
+    assert StreamVerdict.DISCONNECT not in verdicts
+    assert verdicts.count(StreamVerdict.OPEN) > 590
 
 
 def test_the_peer_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -93,7 +93,7 @@ class Host:
         self._config = config
         self._events = events
         self._counters = Counters(COUNTER_NAMES)
-        self._guards = FloodGuards(config.flood_limits, self._counters.add)
+        self._guards = FloodGuards(config.flood_limits, self._counters.add, self._disconnect_soon)
         self._libp2p = build_libp2p_host(
             key_pair,
             config,
@@ -220,6 +220,10 @@ class Host:
 
     async def disconnect(self, peer: str) -> None:
         await self._swarm.close_peer(ID.from_base58(peer))
+
+    def _disconnect_soon(self, peer: str) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self.disconnect, peer)
 
     def connected_peers(self) -> list[str]:
         return [str(peer_id) for peer_id, conns in self._swarm.connections.items() if conns]

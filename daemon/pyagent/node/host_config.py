@@ -19,10 +19,10 @@ class FloodLimits:
     pending_handshakes_max: int = 64
     pending_handshakes_per_ip_max: int = 8
     connections_per_ip_max: int = 32
-    connections_per_ip_per_s: int = 10
-    connections_per_ip_burst: int = 40
-    stream_opens_per_peer_per_s: int = 100
-    stream_opens_per_peer_burst: int = 200
+    connections_per_ip_per_s: int = 2
+    connections_per_ip_burst: int = 32
+    stream_opens_per_peer_per_s: int = 32
+    stream_opens_per_peer_burst: int = 64
 
     def __post_init__(self) -> None:
         for f in fields(self):

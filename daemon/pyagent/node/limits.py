@@ -15,7 +15,8 @@ A flood from one hostile address used to slow every good peer down (issue 16: a 
   rate limit, because the costly part of a connection, the Noise handshake, is paid per connection, and a
   flood that opens and drops connections one after another never has many pending at once.
 - **Stream opens** (``StreamRateLimiter``): a token bucket per peer; a stream over the rate is reset
-  before protocol negotiation.
+  before protocol negotiation, and a peer that goes on opening streams after a further burst of resets
+  has its connection closed (a reset still costs us a task and a frame each).
 - The listener also ends each inbound connection's task when the swarm reports the connection closed.
   py-libp2p 0.8.1's task waits for the whole swarm to stop instead, holding one of the swarm's
   ``connections_max`` inbound slots: after ``connections_max`` inbound connections in a daemon's life,
@@ -28,6 +29,7 @@ The tables are synchronous and take the clock as an argument, so they are tested
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import logging
 import socket
@@ -55,12 +57,14 @@ REFUSED_PENDING_PER_IP = "inbound_refused_pending_handshakes_per_ip_max"
 REFUSED_CONNECTIONS_PER_IP = "inbound_refused_connections_per_ip_max"
 REFUSED_RATE_PER_IP = "inbound_refused_connections_per_ip_per_s"
 STREAMS_RATE_LIMITED = "streams_reset_rate_limited"
+PEERS_DISCONNECTED_STREAM_FLOOD = "peers_disconnected_stream_flood"
 COUNTER_NAMES = (
     REFUSED_PENDING_TOTAL,
     REFUSED_PENDING_PER_IP,
     REFUSED_CONNECTIONS_PER_IP,
     REFUSED_RATE_PER_IP,
     STREAMS_RATE_LIMITED,
+    PEERS_DISCONNECTED_STREAM_FLOOD,
 )
 
 # Per-IP and per-peer tables are bounded (DESIGN: a limit on everything). An IP with nothing pending or
@@ -192,30 +196,46 @@ class InboundAdmission:
         return source
 
 
+class StreamVerdict(enum.Enum):
+    OPEN = "open"
+    RESET = "reset"
+    # The peer kept opening streams at well over its rate: its connection is closed.
+    DISCONNECT = "disconnect"
+
+
+class _PeerStreams:
+    __slots__ = ("opens", "refusals")
+
+    def __init__(self, rate_per_s: int, burst: int, now_s: float) -> None:
+        self.opens = TokenBucket(rate_per_s, burst, now_s)
+        # Resets are budgeted too: a peer may overrun its rate by one more burst (plus the refill), no
+        # more. Each reset still costs us a task and a frame; a flooder that ignores them is cut off.
+        self.refusals = TokenBucket(rate_per_s, burst, now_s)
+
+
 class StreamRateLimiter:
-    """A token bucket per peer for the streams it opens to us."""
+    """Token buckets per peer for the streams it opens to us. The buckets outlive the connection: a peer
+    that reconnects has not earned a fresh burst (a bounded table, oldest first out)."""
 
     def __init__(self, rate_per_s: int, burst: int) -> None:
         self._rate_per_s = rate_per_s
         self._burst = burst
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._peers: OrderedDict[str, _PeerStreams] = OrderedDict()
 
-    def allow(self, peer: str, now_s: float) -> bool:
-        bucket = self._buckets.get(peer)
-        if bucket is None:
-            if len(self._buckets) >= TRACKED_PEERS_MAX:
-                self._buckets.popitem(last=False)
-            bucket = self._buckets[peer] = TokenBucket(self._rate_per_s, self._burst, now_s)
+    def allow(self, peer: str, now_s: float) -> StreamVerdict:
+        state = self._peers.get(peer)
+        if state is None:
+            if len(self._peers) >= TRACKED_PEERS_MAX:
+                self._peers.popitem(last=False)
+            state = self._peers[peer] = _PeerStreams(self._rate_per_s, self._burst, now_s)
         else:
-            self._buckets.move_to_end(peer)
-        return bucket.take(now_s)
-
-    def forget(self, peer: str) -> None:
-        """The peer disconnected; a reconnect starts with a full bucket, as a new peer would."""
-        self._buckets.pop(peer, None)
+            self._peers.move_to_end(peer)
+        if state.opens.take(now_s):
+            return StreamVerdict.OPEN
+        return StreamVerdict.RESET if state.refusals.take(now_s) else StreamVerdict.DISCONNECT
 
     def __len__(self) -> int:
-        return len(self._buckets)
+        return len(self._peers)
 
 
 class AdmittedListeners:
@@ -258,6 +278,10 @@ class AdmittedListeners:
 # The kernel's queue of connections not yet accepted. While a flood keeps it full, the kernel drops
 # further SYNs at no cost to us, and their senders retry later.
 LISTEN_BACKLOG = 128
+# After this many refusals in a row the accept loop pauses for ACCEPT_PAUSE_S (a backlog's worth: no
+# well-behaved mix of peers is refused that often in a row).
+REFUSALS_BEFORE_PAUSE = LISTEN_BACKLOG
+ACCEPT_PAUSE_S = 0.25
 # Accept errors that mean "out of a resource for now" (trio's serve_listeners waits on them too).
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _ACCEPT_RETRY_S = 0.1
@@ -322,7 +346,14 @@ class AdmittingTCPListener(IListener):
 
     async def _accept_loop(self, sock: trio.socket.SocketType) -> None:
         admission = self._listeners.admission
+        refused_in_a_row = 0
         while True:
+            if refused_in_a_row >= REFUSALS_BEFORE_PAUSE:
+                # A flood: stop accepting for a moment. The kernel's queue fills and it drops further
+                # SYNs itself, which costs nobody anything; their senders retry after a second or more.
+                # Established peers are not affected, and an admissible newcomer waits, it is not refused.
+                refused_in_a_row = 0
+                await trio.sleep(ACCEPT_PAUSE_S)
             try:
                 conn, remote = await sock.accept()
             except OSError as exc:
@@ -333,7 +364,9 @@ class AdmittingTCPListener(IListener):
                 continue
             if not admission.admit(conn, remote[0], trio.current_time()):
                 _abort(conn)
+                refused_in_a_row += 1
                 continue
+            refused_in_a_row = 0
             assert self._nursery is not None
             self._nursery.start_soon(self._listeners.serve, self._handler, conn, remote)
 
@@ -398,9 +431,12 @@ class FloodGuards:
     """Everything above, wired for one host: ``transport`` wraps its transport, ``stream_handler`` its
     inbound stream entry point, and ``connected``/``disconnected`` take the swarm's connection events."""
 
-    def __init__(self, limits: FloodLimits, count: Callable[[str], None]) -> None:
+    def __init__(
+        self, limits: FloodLimits, count: Callable[[str], None], disconnect: Callable[[str], None]
+    ) -> None:
         self.limits = limits
         self._count = count
+        self._disconnect = disconnect
         self.listeners = AdmittedListeners(InboundAdmission(limits, count))
         self.streams = StreamRateLimiter(
             limits.stream_opens_per_peer_per_s, limits.stream_opens_per_peer_burst
@@ -412,15 +448,21 @@ class FloodGuards:
     def stream_handler(
         self, handler: Callable[[INetStream], Awaitable[None]]
     ) -> Callable[[INetStream], Awaitable[None]]:
-        streams, count = self.streams, self._count
+        streams, count, disconnect = self.streams, self._count, self._disconnect
 
         async def rate_limited(stream: INetStream) -> None:
             # Before protocol negotiation: an excess stream costs a yamux frame each way, nothing more.
-            if not streams.allow(str(stream.muxed_conn.peer_id), trio.current_time()):
-                count(STREAMS_RATE_LIMITED)
-                await stream.reset()
+            peer = str(stream.muxed_conn.peer_id)
+            verdict = streams.allow(peer, trio.current_time())
+            if verdict is StreamVerdict.OPEN:
+                await handler(stream)
                 return
-            await handler(stream)
+            count(STREAMS_RATE_LIMITED)
+            if verdict is StreamVerdict.DISCONNECT:
+                count(PEERS_DISCONNECTED_STREAM_FLOOD)
+                logger.warning("closing the connection of %s: it opens streams far over its rate", peer)
+                disconnect(peer)
+            await stream.reset()
 
         return rate_limited
 
