@@ -12,7 +12,7 @@ from pyagent.proto.events import MessageReceived, TransferChunk, TransferReceive
 from pyagent.proto.kv import Config
 from pyagent.proto.kv.messages import PROTOCOL_ID, encode_raft
 from pyagent.proto.kv.ops import Cas, Delete, Get, ListShards, Put, Scan, Session
-from pyagent.proto.kv.placement import shard_of
+from pyagent.proto.kv.placement import node_id_of, shard_of
 
 SHARDS = 4
 
@@ -196,3 +196,25 @@ def _ready() -> Any:
     from pyagent.proto.ready import Ready
 
     return Ready()
+
+
+def test_a_leader_whose_transfer_aborts_keeps_serving() -> None:
+    """raft-rs refuses proposals while a leadership transfer is pending, and reports no role change when
+    the transfer aborts (here its MsgTimeoutNow is lost): the leader must take writes again after it."""
+    cluster = formed()
+    key = b"transferred"
+    shard = shard_of(key, SHARDS)
+    ok(cluster.request("peer-0", Put(key, b"before")))
+    leader = cluster.leader_of(shard)
+    assert leader is not None
+    node = cluster.nodes[leader]
+    target = next(p for p in cluster.nodes if p != leader)
+    cluster.cut.add(frozenset((leader, target)))
+    node.kv.driver.transfer_leader(shard, node_id_of(target))
+    ok(cluster.request(leader, Put(key, b"during")))
+    assert cluster.leader_of(shard) == leader
+    forwards = node.kv.counters["forwards"]
+    ok(cluster.request(leader, Put(key, b"after"), within_s=1))
+    assert node.kv.counters["forwards"] == forwards, "the leader forwarded its own shard's write"
+    cluster.cut.clear()
+    assert ok(cluster.request(target, Get(key))) == b"after"

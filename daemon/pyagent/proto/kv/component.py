@@ -432,8 +432,10 @@ class RaftKv(Component):
             return
         try:
             self.driver.propose(waiting.shard, encode_entry(write))
-        except NotLeaderError as exc:
-            self._not_leader(waiting.shard, exc)
+        except NotLeaderError:
+            # A leadership transfer is under way. Park until Raft's role change names the new leader,
+            # or the transfer aborts and this node proposes again. (Routing to the named target early
+            # would stick if the transfer aborted: raft-rs reports no role change then.)
             self._park(waiting, out)
             return
         self._requests.propose((command.session.client, command.session.seq), waiting.shard, waiting)
@@ -459,17 +461,9 @@ class RaftKv(Component):
         self.counters["reads"] += len(batch.reads)
         try:
             self.driver.read_index(shard, batch.ctx)
-        except NotLeaderError as exc:
-            self._not_leader(shard, exc)
+        except NotLeaderError:
             for waiting in self._requests.drop_reads(shard):
                 self._park(waiting, out)
-
-    def _not_leader(self, shard: int, exc: NotLeaderError) -> None:
-        """The driver refused a leader's operation: leadership is moving (a transfer names its target) or
-        gone. Role changes keep ``_leaders`` right; this only learns a named new leader early, since a
-        transfer that aborts leaves this node leader with no role change to report."""
-        if exc.leader_id and exc.leader_id != self.node_id:
-            self._leaders[shard] = exc.leader_id
 
     def _on_forward_reply(self, peer: PeerId, reply: messages.ForwardReply, now_us: int, out: Ready) -> None:
         waiting = self._requests.forwards.get(reply.forward_id)
@@ -482,7 +476,9 @@ class RaftKv(Component):
         code, text, data = reply.error
         if code in ("not_leader", "unavailable"):
             hint = data.get("leader_hint")
-            if isinstance(hint, str) and hint != self.local_peer:
+            # A hint never overrides this node's own leadership, which only Raft's role changes end.
+            leading = self._leaders.get(waiting.shard) == self.node_id
+            if isinstance(hint, str) and hint != self.local_peer and not leading:
                 self._leaders[waiting.shard] = node_id_of(hint)
                 self._peers.setdefault(node_id_of(hint), hint)
             self._route(waiting, now_us, out)
