@@ -180,6 +180,10 @@ def cmd_peers(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def cmd_members(args: argparse.Namespace, ctx: CliContext) -> int:
     members = ctx.call("members")
+    # On stderr, so that the JSON on stdout stays what scripts parse.
+    warning = ctx.call("isolation")["warning"]
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         _print_json(members)
         return EXIT_OK
@@ -205,13 +209,24 @@ def cmd_leave(args: argparse.Namespace, ctx: CliContext) -> int:
     return EXIT_OK
 
 
+def _check_peer_multiaddr(addr: str) -> None:
+    # Only the shape: the daemon checks the rest (peer id, protocols) and answers with the same one line.
+    if not addr.startswith("/") or "/p2p/" not in addr:
+        raise ConfigError(f"'{addr}' is not a multiaddr with a peer id, e.g. /ip4/1.2.3.4/tcp/4001/p2p/12D3...")
+
+
 def cmd_connect(args: argparse.Namespace, ctx: CliContext) -> int:
-    if not args.addr.startswith("/") or "/p2p/" not in args.addr:
-        raise ConfigError(
-            f"'{args.addr}' is not a multiaddr with a peer id, e.g. /ip4/1.2.3.4/tcp/4001/p2p/12D3..."
-        )
+    _check_peer_multiaddr(args.addr)
     result = ctx.call("connect", addr=args.addr)
     print(f"connected to {result['peer_id']}")
+    return EXIT_OK
+
+
+def cmd_join(args: argparse.Namespace, ctx: CliContext) -> int:
+    for addr in args.addrs:
+        _check_peer_multiaddr(addr)
+    result = ctx.call("join", addrs=args.addrs)
+    print(f"joined through {result['seed']}; {result['members']} members alive (this node included)")
     return EXIT_OK
 
 
@@ -431,6 +446,14 @@ def build_parser(plugins: Any = None, epilog: str | None = None) -> OneLineParse
 
     p = _command(sub, "connect", "connect to a peer by multiaddr (ending in /p2p/<peer id>)", cmd_connect)
     p.add_argument("addr", metavar="MULTIADDR")
+
+    p = _command(
+        sub,
+        "join",
+        "join the mesh of these members now; if this node is in another mesh, the two merge",
+        cmd_join,
+    )
+    p.add_argument("addrs", nargs="+", metavar="MULTIADDR", help="any member's multiaddr (ending in /p2p/...)")
 
     p = _command(sub, "ping", "measure round-trip time to a peer (peer id or multiaddr)", cmd_ping)
     p.add_argument("peer", metavar="PEER")

@@ -148,6 +148,8 @@ class Node:
             self.daemon_metrics.member_changed(notice, now_us())
             if notice.new_state in (membership.State.DEAD, membership.State.LEFT):
                 self.dialer.drop(notice.peer)
+        elif isinstance(notice, membership.Isolated):
+            mesh.log_isolation(notice)
         self.plugins.hook.pyagent_notice(node=self, notice=notice)
 
     # Control methods. Each takes the request's params and returns something JSON can carry.
@@ -180,6 +182,35 @@ class Node:
         assert isinstance(records, list)
         now = now_us()
         return [mesh.member_view(record, now) for record in records]
+
+    async def api_isolation(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Whether this node has run alone long enough to warn its operator (``pyagent members``)."""
+        since_us = self.members.alone_since_us()
+        if since_us is None:
+            return {"alone_s": None, "warning": None}
+        now = now_us()
+        return {"alone_s": round((now - since_us) / 1e6, 1), "warning": mesh.isolation_warning(since_us, now)}
+
+    async def api_join(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Join the mesh of the members at ``addrs`` at runtime; when this node is in a mesh already,
+        the two meshes merge (every member of each learns every member of the other)."""
+        addrs = params.get("addrs")
+        if not isinstance(addrs, list) or not addrs or not all(isinstance(addr, str) for addr in addrs):
+            raise InvalidParams("parameter 'addrs' must be a non-empty list of multiaddrs")
+        try:
+            seeds = mesh.seeds_of(addrs, "join")
+        except ConfigError as exc:
+            raise InvalidParams(str(exc)) from None
+        if self.peer_id in seeds:
+            raise InvalidParams(
+                f"join: {self.peer_id} is this node itself; give the address of a member of the mesh to join"
+            )
+        try:
+            joined = await mesh.join_once(self, seeds)
+        except mesh.JoinFailed as exc:
+            raise MethodError(f"join: {exc}") from None
+        log.info("joined at runtime", extra={"seed": joined.seed, "members": joined.members})
+        return {"seed": joined.seed, "members": joined.members}
 
     async def api_leave(self, params: dict[str, Any]) -> dict[str, Any]:
         await self.leave()
@@ -246,6 +277,8 @@ class Node:
             "id": self.api_id,
             "peers": self.api_peers,
             "members": self.api_members,
+            "isolation": self.api_isolation,
+            "join": self.api_join,
             "leave": self.api_leave,
             "connect": self.api_connect,
             "ping": self.api_ping,

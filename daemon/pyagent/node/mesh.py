@@ -20,6 +20,7 @@ import trio
 from pyagent import __version__
 from pyagent.bootstraplist import check_multiaddr
 from pyagent.node.dial_errors import DialError
+from pyagent.node.driver import RequestFailed
 from pyagent.proto import membership
 from pyagent.proto.peers import PeerInfo
 
@@ -78,11 +79,12 @@ def local_metadata(
     )
 
 
-def seeds_of(addrs: Sequence[str]) -> dict[str, list[str]]:
-    """Bootstrap multiaddrs grouped by peer id (a peer may be listed at several addresses)."""
+def seeds_of(addrs: Sequence[str], where: str = "bootstrap") -> dict[str, list[str]]:
+    """Seed multiaddrs grouped by peer id (a peer may be listed at several addresses); a ``ConfigError``
+    naming ``where`` for a bad one."""
     seeds: dict[str, list[str]] = {}
     for addr in addrs:
-        peer, _ = check_multiaddr(addr, "bootstrap")
+        peer, _ = check_multiaddr(addr, where)
         seeds.setdefault(peer, []).append(addr)
     return seeds
 
@@ -164,43 +166,58 @@ def _with_peer(addr: str, peer: str) -> str:
     return addr if addr.endswith(suffix) else addr + suffix
 
 
+class JoinFailed(Exception):
+    """No seed could be joined; the message says why, seed by seed."""
+
+
+async def join_once(node: MeshNode, seeds: dict[str, list[str]]) -> membership.Joined:
+    """One round: reach every seed, then exchange state with those that can serve (the core retries that
+    exchange with its own backoff). ``JoinFailed`` gives the reason of each seed that could not."""
+    problems = []
+    usable = []
+    for peer, addrs in seeds.items():
+        problem = await _reach_seed(node, peer, addrs)
+        if problem is None:
+            usable.append((peer, tuple(addrs)))
+        else:
+            problems.append(f"cannot use {peer}: {problem}")
+    if not usable:
+        raise JoinFailed("; ".join(problems))
+    try:
+        joined = await node.request(membership.Join(tuple(usable)))
+    except RequestFailed as exc:  # no seed answered the exchange, or a join is already under way
+        raise JoinFailed(str(exc)) from None
+    assert isinstance(joined, membership.Joined)
+    return joined
+
+
 async def join(
     node: MeshNode, bootstrap: Sequence[str], rng: random.Random, attempts_max: int | None = None
 ) -> membership.Joined | None:
     """Join through any reachable seed, retrying with jittered exponential backoff until one answers,
     or until ``attempts_max`` rounds failed (then None).
 
-    Each failed round logs one line per seed with its reason (unreachable, wrong peer id, key mismatch,
+    Each failed round logs one line with each seed's reason (unreachable, wrong peer id, key mismatch,
     version mismatch...), so an operator sees at once why a node stays alone.
     """
     seeds = seeds_of(bootstrap)
     backoff_s = JOIN_BACKOFF_INITIAL_S
     attempt = 0
-    while attempts_max is None or attempt < attempts_max:
+    while True:
         attempt += 1
-        usable = []
-        for peer, addrs in seeds.items():
-            problem = await _reach_seed(node, peer, addrs)
-            if problem is None:
-                usable.append((peer, tuple(addrs)))
-            else:
-                log.warning("join: cannot use bootstrap peer %s: %s", peer, problem)
-        if usable:
-            try:
-                joined = await node.request(membership.Join(tuple(usable)))
-            except Exception as exc:  # a RequestFailed from the core: no seed answered the exchange
+        try:
+            joined = await join_once(node, seeds)
+        except JoinFailed as exc:
+            if attempt == attempts_max:
                 log.warning("join attempt %d failed: %s", attempt, exc)
-            else:
-                assert isinstance(joined, membership.Joined)
-                log.info("joined the mesh", extra={"seed": joined.seed, "members": joined.members})
-                return joined
-        if attempts_max is not None and attempt >= attempts_max:
-            break
-        delay_s = backoff_s * (0.5 + rng.random() / 2)
-        log.warning("join attempt %d failed; retrying in %.1f s", attempt, delay_s)
+                return None
+            delay_s = backoff_s * (0.5 + rng.random() / 2)
+            log.warning("join attempt %d failed, retrying in %.1f s: %s", attempt, delay_s, exc)
+        else:
+            log.info("joined the mesh", extra={"seed": joined.seed, "members": joined.members})
+            return joined
         await trio.sleep(delay_s)
         backoff_s = min(backoff_s * 2, JOIN_BACKOFF_MAX_S)
-    return None
 
 
 def log_change(change: membership.MemberChanged) -> None:
@@ -216,6 +233,23 @@ def log_change(change: membership.MemberChanged) -> None:
         change.new_state.name.lower(),
         extra={"incarnation": change.incarnation},
     )
+
+
+def isolation_warning(alone_since_us: int, now_us: int) -> str:
+    """What to tell an operator whose node has seen no other member since ``alone_since_us``."""
+    alone_s = max(0, now_us - alone_since_us) / 1e6
+    return (
+        f"no other member seen for {alone_s:.0f} s; is the bootstrap list right? "
+        "try `pyagent join ADDR` with the address of any member of the mesh"
+    )
+
+
+def log_isolation(notice: membership.Isolated) -> None:
+    """One line when this node starts to run alone, one when a member is back: never one per tick."""
+    if notice.alone:
+        log.warning(isolation_warning(notice.since_us, notice.at_us))
+    else:
+        log.info("a member is back after %.0f s alone", (notice.at_us - notice.since_us) / 1e6)
 
 
 def load_refresh_interval_s(live_members: int) -> float:

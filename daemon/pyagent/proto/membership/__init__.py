@@ -15,7 +15,7 @@ from pyagent.proto.membership.commands import (
 )
 from pyagent.proto.membership.config import LAN, WAN, Config
 from pyagent.proto.membership.metadata import Metadata
-from pyagent.proto.membership.records import Entry, MemberChanged, MemberRecord, State
+from pyagent.proto.membership.records import Entry, Isolated, MemberChanged, MemberRecord, State
 from pyagent.proto.membership.swim import Membership
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "WAN",
     "Config",
     "Entry",
+    "Isolated",
     "Join",
     "Joined",
     "Leave",

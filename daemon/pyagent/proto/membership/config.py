@@ -51,6 +51,9 @@ class Config:
     join_attempts_max: int = 6
     join_backoff_initial_ms: int = 1_000
     join_backoff_max_ms: int = 30_000
+    # A node that has seen no other live member for this long says so once (an ``Isolated`` notice): a
+    # node started with a wrong bootstrap list, or restarted apart from its mesh, runs a mesh of its own.
+    isolation_warning_ms: int = 60_000
     # Lifeguard's mechanisms, separately switchable so that simnet can measure each one: its LHA-Probe is
     # local_health with nacks, its LHA-Suspicion dynamic_suspicion; buddy_system tells a suspect directly
     # (on any probe exchanged with it) and, our extension, answers a stale accusation to whoever made it.

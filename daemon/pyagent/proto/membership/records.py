@@ -63,3 +63,13 @@ class MemberChanged(NamedTuple):
     new_state: State
     incarnation: int
     at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Isolated:
+    """This node has seen no other live member since ``since_us`` (for ``isolation_warning_ms`` at
+    ``at_us``), or, with ``alone`` False, sees one again. Reported once per change, not every tick."""
+
+    alone: bool
+    since_us: int
+    at_us: int

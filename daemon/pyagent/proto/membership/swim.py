@@ -38,7 +38,7 @@ from pyagent.proto.membership.commands import (
 from pyagent.proto.membership.config import LAN, Config
 from pyagent.proto.membership.lifeguard import Awareness, Suspicion
 from pyagent.proto.membership.metadata import Metadata
-from pyagent.proto.membership.records import Entry, MemberChanged, MemberRecord, State
+from pyagent.proto.membership.records import Entry, Isolated, MemberChanged, MemberRecord, State
 from pyagent.proto.membership.table import Member, MemberTable
 from pyagent.proto.ready import CancelTimer, Ready, Reply, Send, SetTimer
 from pyagent.proto.storage import StorageReader, WriteBatch
@@ -154,6 +154,11 @@ class Membership(Component):
         self._resyncs_left = 0
         self._relays: dict[int, _Relay] = {}
         self._join: _PendingJoin | None = None
+        # Whether the last join merges our mesh into another (it was asked for while we had company).
+        self._join_merges = False
+        # The last time we saw another live member, and whether we said we are alone since.
+        self._company_us = 0
+        self._isolated = False
         self._started = False
         self._leaving = False
         self._gossip_armed = False
@@ -202,6 +207,12 @@ class Membership(Component):
 
     def live_count(self) -> int:
         return self._table.live_count
+
+    def alone_since_us(self) -> int | None:
+        """When this node last saw another live member, while it has seen none for
+        ``isolation_warning_ms``; None otherwise (and at once when a member is back, not at the next tick).
+        """
+        return self._company_us if self._isolated and self._table.live_count <= 1 else None
 
     # ----- Component -----
 
@@ -306,6 +317,7 @@ class Membership(Component):
         self._started = True
         local = self._table.local
         local.state_changed_us = now_us
+        self._company_us = now_us
         self._notice(local, None, now_us)
         self._enqueue_member(local, out, now_us)
         # Random phases keep a cluster started at once from probing and exchanging state in lockstep.
@@ -327,6 +339,7 @@ class Membership(Component):
             return
         interval_us = self._probe_interval_us()
         out.timers.append(SetTimer(self.timer_key(_PROBE), now_us + interval_us))
+        self._check_isolation(now_us, out)
         self._sync_with_stranger(now_us, out)
         left_before_us = now_us - self.config.gossip_to_dead_ms * US_PER_MS
         dead_before_us = now_us - self.config.dead_retention_ms * US_PER_MS
@@ -338,6 +351,18 @@ class Membership(Component):
         self._send(out, target.peer, codec.ping(self._probe.seq, self._piggyback(about=target.peer)))
         timeout_us = self._awareness.scale(self.config.probe_timeout_ms) * US_PER_MS
         out.timers.append(SetTimer(self.timer_key(_PROBE_TIMEOUT), now_us + timeout_us))
+
+    def _check_isolation(self, now_us: int, out: Ready) -> None:
+        # Checked at probe ticks, which run alone or not: once when the silence has lasted the warning
+        # time, once when it ends. A mesh of one is legitimate, so this is a notice for the operator.
+        if self._table.live_count > 1:
+            if self._isolated:
+                self._isolated = False
+                out.notices.append(Isolated(False, self._company_us, now_us))
+            self._company_us = now_us
+        elif not self._isolated and now_us - self._company_us >= self.config.isolation_warning_ms * US_PER_MS:
+            self._isolated = True
+            out.notices.append(Isolated(True, self._company_us, now_us))
 
     def _on_probe_timeout(self, now_us: int, out: Ready) -> None:
         probe = self._probe
@@ -826,7 +851,13 @@ class Membership(Component):
         self._send_state(out, peer, (), response=False, join=False)
 
     def _on_push_pull(self, sender: PeerId, message: codec.PushPull, now_us: int, out: Ready) -> None:
-        self._merge(message.entries, sender, now_us, out, relay_new=False)
+        # The members a push-pull brings announce themselves, so they are not relayed, or every fresh
+        # node's join would cost N updates. A join between two meshes is the exception: each side relays
+        # the other's members, or most of them would learn of each other only at their next push-pulls.
+        # A seed relays what a joiner's state brings (a fresh joiner's state holds just itself); a joiner
+        # relays the seed's state only when it asked to join while in a mesh of its own.
+        merging = message.join and (not message.response or self._join_merges)
+        self._merge(message.entries, sender, now_us, out, relay_new=merging)
         if message.reply_wanted:
             self._send_state(out, sender, self._addrs_of(sender), response=True, join=message.join)
         join = self._join
@@ -880,6 +911,7 @@ class Membership(Component):
             )
             return
         self._join = _PendingJoin(request_id, seeds)
+        self._join_merges = self._table.live_count > 1
         self._join_attempt(now_us, out)
 
     def _join_attempt(self, now_us: int, out: Ready) -> None:
