@@ -212,7 +212,9 @@ def cmd_leave(args: argparse.Namespace, ctx: CliContext) -> int:
 def _check_peer_multiaddr(addr: str) -> None:
     # Only the shape: the daemon checks the rest (peer id, protocols) and answers with the same one line.
     if not addr.startswith("/") or "/p2p/" not in addr:
-        raise ConfigError(f"'{addr}' is not a multiaddr with a peer id, e.g. /ip4/1.2.3.4/tcp/4001/p2p/12D3...")
+        raise ConfigError(
+            f"'{addr}' is not a multiaddr with a peer id, e.g. /ip4/1.2.3.4/tcp/4001/p2p/12D3..."
+        )
 
 
 def cmd_connect(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -453,7 +455,9 @@ def build_parser(plugins: Any = None, epilog: str | None = None) -> OneLineParse
         "join the mesh of these members now; if this node is in another mesh, the two merge",
         cmd_join,
     )
-    p.add_argument("addrs", nargs="+", metavar="MULTIADDR", help="any member's multiaddr (ending in /p2p/...)")
+    p.add_argument(
+        "addrs", nargs="+", metavar="MULTIADDR", help="any member's multiaddr (ending in /p2p/...)"
+    )
 
     p = _command(sub, "ping", "measure round-trip time to a peer (peer id or multiaddr)", cmd_ping)
     p.add_argument("peer", metavar="PEER")

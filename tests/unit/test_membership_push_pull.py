@@ -13,7 +13,9 @@ from pyagent.proto.membership.records import Entry
 from pyagent.proto.ready import Ready
 
 
-def push_pull(driver: Driver, sender: str, *entries: Entry, join: bool = False, response: bool = False) -> Ready:
+def push_pull(
+    driver: Driver, sender: str, *entries: Entry, join: bool = False, response: bool = False
+) -> Ready:
     message = codec.push_pull([codec.encode_entry(entry) for entry in entries], response, False, join)
     return driver.receive(sender, message)
 
