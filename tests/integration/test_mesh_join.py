@@ -3,6 +3,9 @@ with real daemons on 127.0.0.1."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,15 +21,23 @@ ALONE_LINE = "no other member seen for"
 PROBE_INTERVAL_S = membership.LAN.probe_interval_ms / 1000
 
 
+def override_config(home: Path, section: str, **values: int) -> None:
+    """Set keys of one section of the config.toml that ``init_home`` wrote, replacing those it has."""
+    config = home / CONFIG_FILE
+    text = config.read_text()
+    header = f"[{section}]\n"
+    assert text.count(header) == 1
+    for key, value in values.items():
+        text, replaced = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
+        if not replaced:
+            text = text.replace(header, f"{header}{key} = {value}\n")
+    config.write_text(text)
+
+
 def alone_peer(home: Path, name: str) -> LocalPeer:
     """A daemon with no bootstrap list that warns after ISOLATION_WARNING_MS alone (60 s by default)."""
     init_home(home)
-    config = home / CONFIG_FILE
-    text = config.read_text()
-    assert text.count("[membership]\n") == 1
-    config.write_text(
-        text.replace("[membership]\n", f"[membership]\nisolation_warning_ms = {ISOLATION_WARNING_MS}\n")
-    )
+    override_config(home, "membership", isolation_warning_ms=ISOLATION_WARNING_MS)
     peer = LocalPeer(name, home)
     peer.start()
     peer.wait_ready()
@@ -102,3 +113,30 @@ def test_a_first_node_stopped_and_restarted_rejoins_its_old_mesh(
     took = wait_until(lambda: converged(peers), CONVERGE_TIMEOUT_S, "rejoin after a graceful restart")
     print(f"\nfirst node stopped and restarted: in its old mesh again after {took:.2f} s")
     assert run_cli(first.home, "members").stderr == ""
+
+
+def test_a_restarted_first_node_whose_mesh_was_out_of_reach_rejoins_once_it_is_back(
+    mesh: Callable[..., list[LocalPeer]],
+) -> None:
+    """The first node restarts while its mesh cannot answer (here its members are paused): it runs alone,
+    and nobody calls it back (they hold it "left", and it listens on a new port), so it must keep trying
+    its address book itself."""
+    peers = mesh(3)
+    wait_until(lambda: converged(peers), CONVERGE_TIMEOUT_S, "convergence of 3 daemons")
+    first, others = peers[0], peers[1:]
+    assert first.stop() == 0
+    # Short dial deadlines, so that its rounds against the paused members fail in seconds.
+    override_config(first.home, "host", dial_timeout_ms=1_000, upgrade_timeout_ms=1_000)
+    paused = [other.process.pid for other in others if other.process is not None]
+    for pid in paused:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        first.start()
+        first.wait_ready()
+        wait_until(lambda: "running alone" in first.log_text(), 60, "the failed rejoin")
+    finally:
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
+    took = wait_until(lambda: converged(peers), 60, "the rejoin once the mesh is back")
+    print(f"\nfirst node back in its old mesh {took:.2f} s after the mesh could answer again")
+    assert "rejoined the mesh from the address book" in first.log_text()

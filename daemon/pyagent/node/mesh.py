@@ -22,6 +22,7 @@ from pyagent.bootstraplist import check_multiaddr
 from pyagent.node.dial_errors import DialError
 from pyagent.node.driver import RequestFailed
 from pyagent.proto import membership
+from pyagent.proto.membership.records import LIVE_STATES
 from pyagent.proto.peers import PeerInfo
 
 log = logging.getLogger("pyagent.mesh")
@@ -29,6 +30,8 @@ log = logging.getLogger("pyagent.mesh")
 JOIN_BACKOFF_INITIAL_S = 1.0
 # Rounds tried through the address book before a restarted node runs alone.
 ADDRESS_BOOK_ATTEMPTS_MAX = 3
+# Members of the address book dialed in each later try while alone: a large book is sampled, not dialed whole.
+REJOIN_SEEDS_MAX = 8
 JOIN_BACKOFF_MAX_S = 30.0
 IDENTIFY_WAIT_S = 3.0
 # Each load update is gossiped to every member, so the interval grows with the mesh: N members republish
@@ -131,34 +134,66 @@ async def join_mesh(
     bootstrap: Sequence[str],
     rng: random.Random,
     on_new_mesh: Callable[[], Awaitable[object]] | None = None,
-) -> membership.Joined:
+) -> None:
     """Join through the configured bootstrap peers; with none, rejoin the mesh this node was in (its
     address book, as kubo reconnects from its peerstore); with neither, start a new mesh, and then call
-    ``on_new_mesh`` (the daemon founds the mesh's shards there)."""
+    ``on_new_mesh`` (the daemon founds the mesh's shards there). A node whose address book did not
+    answer runs alone and keeps trying the book while it stays alone."""
     if bootstrap:
-        joined = await join(node, bootstrap, rng)
-        assert joined is not None
-        return joined
+        await join(node, bootstrap, rng)
+        return
     book = await node.request(membership.ListAddressBook())
     assert isinstance(book, tuple)
     if book:
-        addrs = [_with_peer(addr, peer) for peer, member_addrs in book for addr in member_addrs]
         log.info("rejoining the mesh from the address book", extra={"members": len(book)})
-        rejoined = await join(node, addrs, rng, ADDRESS_BOOK_ATTEMPTS_MAX)
-        if rejoined is not None:
-            return rejoined
+        if await join(node, _book_addrs(book), rng, ADDRESS_BOOK_ATTEMPTS_MAX) is not None:
+            return
         log.warning(
-            "no member of the address book answered after %d attempts; running alone until a peer "
-            "joins (pass --bootstrap to join another mesh)",
+            "no member of the address book answered after %d attempts; running alone, and trying the "
+            "address book again while alone (`pyagent join ADDR` joins another mesh)",
             ADDRESS_BOOK_ATTEMPTS_MAX,
         )
-    joined = await node.request(membership.Join(()))
-    assert isinstance(joined, membership.Joined)
-    if not book:
-        log.info("started a new mesh (no bootstrap peers configured)")
-        if on_new_mesh is not None:
-            await on_new_mesh()
-    return joined
+    await node.request(membership.Join(()))
+    if book:
+        await _rejoin_while_alone(node, book, rng)
+        return
+    log.info("started a new mesh (no bootstrap peers configured)")
+    if on_new_mesh is not None:
+        await on_new_mesh()
+
+
+async def _rejoin_while_alone(
+    node: MeshNode, book: Sequence[tuple[str, Sequence[str]]], rng: random.Random
+) -> None:
+    """Try a sample of the address book, with backoff, until this node has company. Its mesh may only
+    have been out of reach when it started (the network came up after the daemon, a partition, paused
+    members), and that mesh never calls it back: a member that left is not retried as a dead one is, and
+    a restarted node may listen on another port."""
+    backoff_s = JOIN_BACKOFF_INITIAL_S
+    while True:
+        await trio.sleep(backoff_s * (0.5 + rng.random() / 2))
+        backoff_s = min(backoff_s * 2, JOIN_BACKOFF_MAX_S)
+        if await _has_company(node):
+            return
+        sample = rng.sample(list(book), min(REJOIN_SEEDS_MAX, len(book)))
+        try:
+            joined = await join_once(node, seeds_of(_book_addrs(sample)))
+        except JoinFailed as exc:
+            # The isolation warning already tells the operator; a line per try would flood the log.
+            log.debug("rejoin from the address book failed: %s", exc)
+        else:
+            log.info("rejoined the mesh from the address book", extra={"seed": joined.seed})
+            return
+
+
+async def _has_company(node: MeshNode) -> bool:
+    records = await node.request(membership.ListMembers())
+    assert isinstance(records, list)
+    return sum(record.state in LIVE_STATES for record in records) > 1
+
+
+def _book_addrs(book: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
+    return [_with_peer(addr, peer) for peer, member_addrs in book for addr in member_addrs]
 
 
 def _with_peer(addr: str, peer: str) -> str:
