@@ -78,6 +78,14 @@ class ControlServer:
         self.methods = dict(methods)
         self._listener = listener
         self._limiter = trio.CapacityLimiter(CONNECTIONS_MAX)
+        self._answering = 0
+        self._none_answering = trio.Event()
+        self._none_answering.set()
+
+    async def answers_written(self) -> None:
+        """Returns once no request is being answered: at shutdown, so that the answer to the request that
+        stopped the daemon (`pyagent leave`) is written before the server is cancelled."""
+        await self._none_answering.wait()
 
     async def serve(self) -> None:
         try:
@@ -95,6 +103,9 @@ class ControlServer:
         in_flight = trio.Semaphore(REQUESTS_IN_FLIGHT_MAX)
 
         async def answer(line: bytes) -> None:
+            self._answering += 1
+            if self._answering == 1:
+                self._none_answering = trio.Event()
             try:
                 reply = encode_line(await self._answer(line))
                 async with send_lock:
@@ -103,6 +114,9 @@ class ControlServer:
                 pass
             finally:
                 in_flight.release()
+                self._answering -= 1
+                if self._answering == 0:
+                    self._none_answering.set()
 
         async with stream, self._limiter, trio.open_nursery() as nursery:
             buffer = bytearray()

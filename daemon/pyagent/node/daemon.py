@@ -60,6 +60,8 @@ from pyagent.proto.wire import Message
 
 log = logging.getLogger("pyagent.daemon")
 
+# At shutdown, how long answers still being written (the one to `pyagent leave`, say) may take.
+CONTROL_ANSWERS_GRACE_S = 1.0
 # After announcing a leave, stay up this many gossip intervals so that the news spreads.
 LEAVE_LINGER_GOSSIP_INTERVALS = 5
 
@@ -487,6 +489,8 @@ async def run(home: Path, config: Config) -> None:
         nursery.start_soon(_handle_signals, node.stop)
         await node.stop.wait()
         await node.leave()
+        with trio.move_on_after(CONTROL_ANSWERS_GRACE_S):
+            await control.answers_written()
         plugins.hook.pyagent_shutdown(node=node)
         nursery.cancel_scope.cancel()
     storage.close()
