@@ -33,6 +33,9 @@ SOCKET_PATH_BYTES_MAX = 107
 # The error code of an answer that refuses the caller's input (a ValueError, a ConfigError, an
 # InvalidParams): the CLI prints its message as one line and exits 2.
 INVALID = "invalid"
+# The error code of an answer that names a peer this node cannot reach (unknown, or every dial
+# failed): asking again at once would fail the same way, so the CLI stops after one line.
+UNREACHABLE = "unreachable"
 
 
 class MethodError(PyAgentError):
@@ -41,6 +44,11 @@ class MethodError(PyAgentError):
 
 class InvalidParams(MethodError):
     """A control method refused the request's parameters; answered with ``"code": "invalid"``."""
+
+
+class PeerUnreachable(MethodError):
+    """The peer a control method needs is unknown or cannot be dialed; answered with
+    ``"code": "unreachable"``."""
 
 
 async def _socket_in_use(path: Path) -> bool:
@@ -149,6 +157,8 @@ class ControlServer:
         except (InvalidParams, ValueError, ConfigError) as exc:
             # The caller's input is wrong: a plugin's method raises ValueError (docs/plugins.md).
             return {"id": request_id, "error": str(exc), "code": INVALID}
+        except PeerUnreachable as exc:
+            return {"id": request_id, "error": str(exc), "code": UNREACHABLE}
         except MethodError as exc:
             return {"id": request_id, "error": str(exc)}
         except Exception:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -82,7 +82,7 @@ COUNTER_NAMES = (
 # A shutdown that cannot finish in this time has a bug; it must still not hang the daemon forever.
 CLOSE_TIMEOUT_S = 10.0
 
-_PING_PROTOCOL = str(PING_PROTOCOL_ID)
+STANDARD_PING_PROTOCOL_ID = str(PING_PROTOCOL_ID)
 
 
 class Host:
@@ -262,10 +262,18 @@ class Host:
             self._config.read_chunk_size_bytes,
         )
 
+    async def first_supported(self, peer: str, protocols: Sequence[str]) -> str:
+        """The first of ``protocols`` that the connected peer speaks, asked by multistream-select on a
+        stream closed at once; raises RequestError (``refused`` when it speaks none of them)."""
+        stream = await self._open_stream(peer, *protocols)
+        with trio.CancelScope(shield=True):
+            await stream.close()
+        return str(stream.get_protocol())
+
     async def libp2p_ping(self, peer: str) -> float:
         """Round-trip time in seconds over the standard ``/ipfs/ping/1.0.0``; raises RequestError."""
         payload = os.urandom(PING_LENGTH)
-        stream = await self._open_stream(peer, _PING_PROTOCOL)
+        stream = await self._open_stream(peer, STANDARD_PING_PROTOCOL_ID)
         try:
             with trio.fail_after(self._config.open_stream_timeout_ms / 1000):
                 start = trio.current_time()
@@ -273,14 +281,14 @@ class Host:
                 echo = await read_exactly(stream, PING_LENGTH)
                 rtt_s = trio.current_time() - start
         except trio.TooSlowError:
-            raise RequestError("timeout", peer, _PING_PROTOCOL) from None
+            raise RequestError("timeout", peer, STANDARD_PING_PROTOCOL_ID) from None
         except Exception as exc:
-            raise RequestError("stream", peer, _PING_PROTOCOL, repr(exc)) from None
+            raise RequestError("stream", peer, STANDARD_PING_PROTOCOL_ID, repr(exc)) from None
         finally:
             with trio.CancelScope(shield=True):
                 await stream.close()
         if echo != payload:
-            raise RequestError("protocol", peer, _PING_PROTOCOL, "echo differs from the payload")
+            raise RequestError("protocol", peer, STANDARD_PING_PROTOCOL_ID, "echo differs from the payload")
         return rtt_s
 
     @property
@@ -317,14 +325,16 @@ class Host:
             raise DialError(reason, maddr, _root_cause(exc)) from exc
         self._counters.add("dial_outcomes", label="ok")
 
-    async def _open_stream(self, peer: str, protocol: str) -> NetStream:
+    async def _open_stream(self, peer: str, protocol: str, *alternatives: str) -> NetStream:
+        """A stream on ``protocol``, or on the first of ``alternatives`` the peer speaks instead."""
         peer_id = ID.from_base58(peer)
         # Checked first: py-libp2p's new_stream would otherwise dial by itself, around our deadlines.
         if not self._is_connected(peer_id):
             raise RequestError("not-connected", peer, protocol)
+        offered = [TProtocol(p) for p in (protocol, *alternatives)]
         try:
             with trio.fail_after(self._config.open_stream_timeout_ms / 1000):
-                stream = await self._libp2p.new_stream(peer_id, [TProtocol(protocol)])
+                stream = await self._libp2p.new_stream(peer_id, offered)
         except trio.TooSlowError:
             raise RequestError("timeout", peer, protocol, "opening the stream") from None
         except StreamFailure as exc:
