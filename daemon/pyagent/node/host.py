@@ -99,6 +99,8 @@ class Host:
             config,
             lambda: self._counters.add("handler_errors"),
             lambda: self._counters.add("streams_refused"),
+            lambda: self._counters.add("connections_refused", label="key-mismatch"),
+            self._refuse_peer,
             self._guards,
         )
         swarm = self._libp2p.get_network()
@@ -374,12 +376,16 @@ class Host:
         peer = str(conn.muxed_conn.peer_id)
         if not is_allowed(self._config, peer):
             # Refused at connect: it never becomes a PeerConnected, so it never reaches membership.
-            self._counters.add("connections_refused")
-            logger.warning("refusing connection from %s: not on the allow-list", peer)
+            # (Inbound peers are refused earlier, in the handshake; this catches any that race it.)
+            self._refuse_peer(peer)
             if self._nursery is not None:
                 self._nursery.start_soon(self._swarm.close_peer, conn.muxed_conn.peer_id)
             return
         self._presence.connected(peer)
+
+    def _refuse_peer(self, peer: str) -> None:
+        self._counters.add("connections_refused", label="allow-list")
+        logger.warning("refusing connection from %s: not on the allow-list", peer)
 
     def _peer_disconnected(self, conn: INetConn) -> None:
         self._guards.disconnected(conn)
