@@ -1,5 +1,8 @@
 """`pyagent ping` end to end: our own ping between daemons, libp2p's standard ping with a rust-libp2p
-peer (in both directions), `-n COUNT` with its summary line, and one line for a peer out of reach."""
+peer (in both directions), `-n COUNT` with its summary line, and one line for a peer out of reach.
+
+The rust-libp2p tests are in the default suite (CI): the peer's build is cached (the ``rust_peer``
+fixture), so only a machine's first run pays its few minutes."""
 
 from __future__ import annotations
 
@@ -79,7 +82,6 @@ def rust_listener(rust_peer: Path, tmp_path: Path) -> Iterator[tuple[Path, str]]
         process.wait(timeout=RUST_PEER_START_TIMEOUT_S)
 
 
-@pytest.mark.slow
 def test_ping_a_rust_libp2p_peer_over_standard_ping(
     mesh: Callable[..., list[LocalPeer]], rust_listener: tuple[Path, str]
 ) -> None:
@@ -97,7 +99,6 @@ def test_ping_a_rust_libp2p_peer_over_standard_ping(
     assert again.returncode == 0 and pongs(again.stdout, rust_id, "/ipfs/ping/1.0.0"), again
 
 
-@pytest.mark.slow
 def test_a_rust_libp2p_peer_pings_a_daemon(
     mesh: Callable[..., list[LocalPeer]], rust_peer: Path, tmp_path: Path
 ) -> None:
