@@ -147,7 +147,12 @@ class Node:
             self.daemon_metrics.heard(event.peer, event.protocol, now_us())
         elif isinstance(event, PeerConnected):
             info = next((p for p in self.peers() if p.peer == event.peer), None)
-            if info is not None:
+            mismatch = None if info is None else mesh.version_mismatch(info)
+            if mismatch is not None and self.host.accepted_from(event.peer):
+                # The dialer says why in its own join log; this side counts it and hangs up, so that
+                # an operator on either side sees the reason (issue 15).
+                self.host.refuse(event.peer, "version-mismatch", mismatch)
+            elif info is not None:
                 self.plugins.hook.pyagent_peer_connected(node=self, peer=info)
         elif isinstance(event, PeerDisconnected):
             self.plugins.hook.pyagent_peer_disconnected(node=self, peer=event.peer)

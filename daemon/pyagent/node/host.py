@@ -100,7 +100,7 @@ class Host:
             lambda: self._counters.add("handler_errors"),
             lambda: self._counters.add("streams_refused"),
             lambda: self._counters.add("connections_refused", label="key-mismatch"),
-            self._refuse_peer,
+            lambda peer: self._note_refusal(peer, "allow-list", "not on the allow-list"),
             self._guards,
         )
         swarm = self._libp2p.get_network()
@@ -377,15 +377,27 @@ class Host:
         if not is_allowed(self._config, peer):
             # Refused at connect: it never becomes a PeerConnected, so it never reaches membership.
             # (Inbound peers are refused earlier, in the handshake; this catches any that race it.)
-            self._refuse_peer(peer)
-            if self._nursery is not None:
-                self._nursery.start_soon(self._swarm.close_peer, conn.muxed_conn.peer_id)
+            self._note_refusal(peer, "allow-list", "not on the allow-list")
+            self._disconnect_soon(peer)
             return
         self._presence.connected(peer)
 
-    def _refuse_peer(self, peer: str) -> None:
-        self._counters.add("connections_refused", label="allow-list")
-        logger.warning("refusing connection from %s: not on the allow-list", peer)
+    def refuse(self, peer: str, reason: str, why: str) -> None:
+        """Closes the peer's connection for ``reason`` (counted in ``connections_refused`` by reason),
+        with one log line saying ``why``."""
+        self._note_refusal(peer, reason, why)
+        self._disconnect_soon(peer)
+
+    def accepted_from(self, peer: str) -> bool:
+        """Whether the peer dialed us (an inbound connection), rather than we it."""
+        return any(
+            not conn.muxed_conn.secured_conn.is_initiator  # type: ignore[attr-defined]
+            for conn in self._swarm.get_connections(ID.from_base58(peer))
+        )
+
+    def _note_refusal(self, peer: str, reason: str, why: str) -> None:
+        self._counters.add("connections_refused", label=reason)
+        logger.warning("refusing connection from %s: %s", peer, why)
 
     def _peer_disconnected(self, conn: INetConn) -> None:
         self._guards.disconnected(conn)
