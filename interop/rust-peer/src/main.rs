@@ -95,7 +95,8 @@ async fn listen(key_file: &str) -> i32 {
         }
     };
     let local_peer = *swarm.local_peer_id();
-    if let Err(error) = swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr")) {
+    if let Err(error) = swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr"))
+    {
         println!("ERROR {error}");
         return 2;
     }
@@ -115,7 +116,9 @@ async fn listen(key_file: &str) -> i32 {
 
 async fn run(args: &[String]) -> Result<String, Box<dyn Error>> {
     let [_, key_file, address] = args else {
-        return Err("usage: rust-peer SWARM_KEY_FILE MULTIADDR | rust-peer SWARM_KEY_FILE --listen".into());
+        return Err(
+            "usage: rust-peer SWARM_KEY_FILE MULTIADDR | rust-peer SWARM_KEY_FILE --listen".into(),
+        );
     };
     let address = Multiaddr::from_str(address)?;
     let mut swarm = build_swarm(key_file)?;
