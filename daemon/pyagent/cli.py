@@ -25,9 +25,9 @@ from pyagent.errors import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-# The control API's error codes for a request whose input is wrong, and for a peer out of reach
-# (pyagent.node.control.INVALID and UNREACHABLE; not imported from there, which would import trio).
-INVALID, UNREACHABLE = "invalid", "unreachable"
+# The control API's error codes for a request whose input is wrong, for a peer out of reach, and for one
+# that does not speak the protocol (pyagent.node.control's; not imported from there, which imports trio).
+INVALID, UNREACHABLE, UNSUPPORTED = "invalid", "unreachable", "unsupported"
 
 Runner = Callable[[argparse.Namespace, "CliContext"], int]
 _Leaf = TypeVar("_Leaf", bound=BaseException)
@@ -225,8 +225,8 @@ def cmd_ping(args: argparse.Namespace, ctx: CliContext) -> int:
         try:
             result = ctx.call("ping", peer=args.peer)
         except ControlError as exc:
-            if exc.code in (INVALID, UNREACHABLE):
-                raise  # the input is wrong or the peer out of reach: one line, no point in asking again
+            if exc.code in (INVALID, UNREACHABLE, UNSUPPORTED):
+                raise  # asking again would fail the same way: one line, once
             print(f"ping failed: {exc}", file=sys.stderr)
             continue
         rtts_us.append(result["rtt_us"])

@@ -40,9 +40,9 @@ def mesh(tmp_path: Path) -> Iterator[Callable[..., list[LocalPeer]]]:
 
 @pytest.fixture(scope="session")
 def rust_peer() -> Path:
-    """The rust-libp2p peer of ``interop/rust-peer``, built once (a few minutes the first time). The build
-    goes to ``$CARGO_TARGET_DIR`` (``./dev`` sets the shared ``~/.cache/pyagent/target``; default
-    ``~/.cache/pyagent/interop-target``), so later runs, and CI on a machine that built before, are quick."""
+    """The rust-libp2p peer of ``interop/rust-peer``. ``./dev test`` builds it before pytest starts (the
+    first build takes minutes, more than a test may), into the shared ``$CARGO_TARGET_DIR``; this only
+    checks it is current, or builds it into ``~/.cache/pyagent/interop-target`` for a bare pytest."""
     target_dir = Path(
         os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache" / "pyagent" / "interop-target")
     )

@@ -12,6 +12,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import trio
+from libp2p.custom_types import TProtocol
+from libp2p.host.ping import ID as STANDARD_PING_ID
+from test_pnet import listen_address, running_host
 
 from pyagent.localmesh import LocalPeer
 from pyagent.testing.cli import run_cli
@@ -59,6 +63,18 @@ def test_unknown_or_unreachable_peer_is_one_line_once(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and ABSENT_PEER_ID in lines[0], result.stderr
     assert "pong" not in result.stdout and "Traceback" not in result.stderr
+
+
+async def test_a_peer_that_speaks_neither_ping_is_one_line_once(mesh: Callable[..., list[LocalPeer]]) -> None:
+    (daemon,) = mesh(1)
+    async with running_host(None) as host:
+        host.remove_stream_handler(TProtocol(str(STANDARD_PING_ID)))
+        address = str(listen_address(host))
+        result = await trio.to_thread.run_sync(lambda: run_cli(daemon.home, "ping", address, "-n", "2"))
+    assert result.returncode == 1, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "speaks neither /pyagent/ping/1.0.0 nor /ipfs/ping/1.0.0" in lines[0], result
+    assert result.stdout == ""
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ from pyagent.node.control import (
     Method,
     MethodError,
     PeerUnreachable,
+    PeerUnsupported,
     open_listener,
 )
 from pyagent.node.dialer import Dialer
@@ -253,7 +254,9 @@ class Node:
             return await self.host.first_supported(peer, PING_PROTOCOLS)
         except RequestError as exc:
             if exc.reason == "refused":
-                raise MethodError(f"ping {peer}: it speaks neither {' nor '.join(PING_PROTOCOLS)}") from None
+                raise PeerUnsupported(
+                    f"ping {peer}: it speaks neither {' nor '.join(PING_PROTOCOLS)}"
+                ) from None
             raise MethodError(f"ping {peer}: {exc}") from None
 
     async def _connect_member(self, peer: str) -> None:
