@@ -101,7 +101,7 @@ def load_swarm_key(path: pathlib.Path) -> bytes:
     return key
 
 
-class _HeaderCheck:
+class MultistreamHeaderCheck:
     """Compares the first bytes a peer sends (after decryption, in a private mesh) with
     multistream-select's header, as they arrive."""
 
@@ -139,7 +139,7 @@ class PnetStream(ReadWriteCloser):
         self._encrypt = XSalsa20(psk, self._local_nonce)
         self._decrypt: XSalsa20 | None = None
         self._nonce_sent = False
-        self._header = _HeaderCheck()
+        self._header = MultistreamHeaderCheck()
         # Encrypting and sending must happen in keystream order, and yamux writes from many tasks;
         # one lock per direction keeps each direction's keystream and bytes in step.
         self._write_lock = trio.Lock()
@@ -219,7 +219,7 @@ class PlainStream(ReadWriteCloser):
         self._inner = inner
         self._peer_address = inner.get_remote_address()
         self._on_mismatch = on_mismatch
-        self._header = _HeaderCheck()
+        self._header = MultistreamHeaderCheck()
 
     async def read(self, n: int | None = None) -> bytes:
         data = await self._inner.read(n)
