@@ -59,6 +59,15 @@ def classify(exc: BaseException) -> DialReason:
     return "unreachable"
 
 
+def detail_of(exc: BaseException) -> str:
+    """What to show after a dial's reason: the root cause, unless the reason says it better."""
+    if any(isinstance(e, MuxerUpgradeFailure) for e in causes(exc)):
+        return "it closed the connection right after the security handshake"
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {exc}"
+
+
 def causes(exc: BaseException) -> Iterator[BaseException]:
     """Every exception behind ``exc``: its causes, contexts, and the members of exception groups and of
     py-libp2p's ``MultiError`` (which keeps per-address dial errors in ``.errors``, not in the chain)."""

@@ -34,7 +34,7 @@ from multiaddr.protocols import P_P2P
 from pyagent.errors import ConfigError, RemoteProtocolError
 from pyagent.node import multistream_limit
 from pyagent.node.counters import Counters
-from pyagent.node.dial_errors import DialError, classify
+from pyagent.node.dial_errors import DialError, classify, detail_of
 from pyagent.node.host_config import HostConfig, is_allowed
 from pyagent.node.identify_client import PROTOCOL_ID as IDENTIFY_PROTOCOL_ID
 from pyagent.node.identify_client import install_agent_version, read_identify
@@ -324,7 +324,7 @@ class Host:
             reason = classify(exc)
             self._counters.add("dial_errors")
             self._counters.add("dial_outcomes", label=reason)
-            raise DialError(reason, maddr, _root_cause(exc)) from exc
+            raise DialError(reason, maddr, detail_of(exc)) from exc
         self._counters.add("dial_outcomes", label="ok")
 
     async def _open_stream(self, peer: str, protocol: str, *alternatives: str) -> NetStream:
@@ -475,9 +475,3 @@ def _parse_dial_addr(maddr: str) -> tuple[Multiaddr, ID]:
     if not peer:
         raise ValueError(f"dial address must be a multiaddr ending with /p2p/<peer-id>, got {maddr!r}")
     return parsed.decapsulate_code(P_P2P), ID.from_base58(peer)
-
-
-def _root_cause(exc: BaseException) -> str:
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    return f"{type(exc).__name__}: {exc}"
