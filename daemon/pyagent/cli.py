@@ -25,9 +25,9 @@ from pyagent.errors import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-# The control API's error code for a request whose input is wrong (pyagent.node.control.INVALID; not
-# imported from there, which would import trio).
-INVALID = "invalid"
+# The control API's error codes for a request whose input is wrong, for a peer out of reach, and for one
+# that does not speak the protocol (pyagent.node.control's; not imported from there, which imports trio).
+INVALID, UNREACHABLE, UNSUPPORTED = "invalid", "unreachable", "unsupported"
 
 Runner = Callable[[argparse.Namespace, "CliContext"], int]
 _Leaf = TypeVar("_Leaf", bound=BaseException)
@@ -235,20 +235,31 @@ def cmd_join(args: argparse.Namespace, ctx: CliContext) -> int:
 def cmd_ping(args: argparse.Namespace, ctx: CliContext) -> int:
     if args.count < 1:
         raise ConfigError("--count must be at least 1")
-    failures = 0
+    rtts_us: list[int] = []
     for index in range(args.count):
         if index:
             time.sleep(args.interval)
         try:
             result = ctx.call("ping", peer=args.peer)
         except ControlError as exc:
-            if exc.code == INVALID:
-                raise  # the input is wrong: one line, exit 2, no point in asking again
-            failures += 1
+            if exc.code in (INVALID, UNREACHABLE, UNSUPPORTED):
+                raise  # asking again would fail the same way: one line, once
             print(f"ping failed: {exc}", file=sys.stderr)
             continue
-        print(f"pong from {result['peer_id']}: rtt {format_rtt(result['rtt_us'])}")
-    return EXIT_FAILED if failures == args.count else EXIT_OK
+        rtts_us.append(result["rtt_us"])
+        print(f"pong from {result['peer_id']} over {result['protocol']}: rtt {format_rtt(result['rtt_us'])}")
+    print(ping_summary(args.count, rtts_us))
+    return EXIT_OK if rtts_us else EXIT_FAILED
+
+
+def ping_summary(sent: int, rtts_us: list[int]) -> str:
+    """The closing line, as `ipfs ping` and ping(8) end: loss, then min/avg/max of the answered pings."""
+    lost = sent - len(rtts_us)
+    line = f"{sent} pings, {len(rtts_us)} pongs, {100 * lost // sent}% lost"
+    if not rtts_us:
+        return line
+    low, mean, high = min(rtts_us), sum(rtts_us) / len(rtts_us), max(rtts_us)
+    return f"{line}; rtt min/avg/max = {low / 1000:.2f}/{mean / 1000:.2f}/{high / 1000:.2f} ms"
 
 
 def cmd_stats(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -461,7 +472,7 @@ def build_parser(plugins: Any = None, epilog: str | None = None) -> OneLineParse
 
     p = _command(sub, "ping", "measure round-trip time to a peer (peer id or multiaddr)", cmd_ping)
     p.add_argument("peer", metavar="PEER")
-    p.add_argument("-c", "--count", type=int, default=3, help="number of pings (default 3)")
+    p.add_argument("-n", "-c", "--count", type=int, default=3, help="number of pings (default 3)")
     p.add_argument("-i", "--interval", type=float, default=0.5, help="seconds between pings (default 0.5)")
 
     p = _command(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 from pyagent.localmesh import LocalPeer, start_mesh, stop_all
 
 DAEMONKIT = Path(__file__).resolve().parents[1] / "daemonkit"
+RUST_PEER_DIR = Path(__file__).resolve().parents[2] / "interop" / "rust-peer"
+RUST_PEER_BUILD_TIMEOUT_S = 900
 
 
 @pytest.fixture
@@ -33,3 +36,20 @@ def mesh(tmp_path: Path) -> Iterator[Callable[..., list[LocalPeer]]]:
 
     yield make
     stop_all(started)
+
+
+@pytest.fixture(scope="session")
+def rust_peer() -> Path:
+    """The rust-libp2p peer of ``interop/rust-peer``. ``./dev test`` builds it before pytest starts (the
+    first build takes minutes, more than a test may), into the shared ``$CARGO_TARGET_DIR``; this only
+    checks it is current, or builds it into ``~/.cache/pyagent/interop-target`` for a bare pytest."""
+    target_dir = Path(
+        os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache" / "pyagent" / "interop-target")
+    )
+    subprocess.run(
+        ["cargo", "build", "--quiet", "--manifest-path", str(RUST_PEER_DIR / "Cargo.toml")],
+        check=True,
+        timeout=RUST_PEER_BUILD_TIMEOUT_S,
+        env={**os.environ, "CARGO_TARGET_DIR": str(target_dir)},
+    )
+    return target_dir / "debug" / "pyagent-interop-rust-peer"

@@ -1,12 +1,10 @@
 """Interop proof: a rust-libp2p peer (its own spec pnet) dials our PnetTCP host and pings it.
 
-Slow: the first run builds ``interop/rust-peer`` (rust-libp2p, a few minutes). The build goes to
-``$CARGO_TARGET_DIR`` (default ``~/.cache/pyagent/interop-target``) so later runs are quick.
+Slow: the first run builds ``interop/rust-peer`` (the ``rust_peer`` fixture in conftest.py).
 """
 
 import os
 import pathlib
-import subprocess
 import time
 
 import pytest
@@ -18,23 +16,7 @@ from pyagent.node.pnet import generate_swarm_key
 
 pytestmark = pytest.mark.slow
 
-PEER_DIR = pathlib.Path(__file__).resolve().parents[2] / "interop" / "rust-peer"
-BUILD_TIMEOUT_S = 900
 RUN_TIMEOUT_S = 30
-
-
-@pytest.fixture(scope="module")
-def rust_peer() -> pathlib.Path:
-    target_dir = pathlib.Path(
-        os.environ.get("CARGO_TARGET_DIR", pathlib.Path.home() / ".cache" / "pyagent" / "interop-target")
-    )
-    subprocess.run(
-        ["cargo", "build", "--quiet", "--manifest-path", str(PEER_DIR / "Cargo.toml")],
-        check=True,
-        timeout=BUILD_TIMEOUT_S,
-        env={**os.environ, "CARGO_TARGET_DIR": str(target_dir)},
-    )
-    return target_dir / "debug" / "pyagent-interop-rust-peer"
 
 
 async def run_rust_peer(binary: pathlib.Path, key_file: pathlib.Path, address: str) -> tuple[float, str, str]:

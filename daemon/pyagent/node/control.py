@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import trio
 
@@ -33,14 +33,35 @@ SOCKET_PATH_BYTES_MAX = 107
 # The error code of an answer that refuses the caller's input (a ValueError, a ConfigError, an
 # InvalidParams): the CLI prints its message as one line and exits 2.
 INVALID = "invalid"
+# The error codes of answers about a peer that asking again at once would not change, so the CLI stops
+# after one line: the peer is unknown or every dial failed; it speaks none of the protocols asked for.
+UNREACHABLE = "unreachable"
+UNSUPPORTED = "unsupported"
 
 
 class MethodError(PyAgentError):
-    """A control method could not do what was asked; the message goes back to the caller verbatim."""
+    """A control method could not do what was asked; the message goes back to the caller verbatim, with
+    the class's ``code`` when it has one."""
+
+    code: ClassVar[str | None] = None
 
 
 class InvalidParams(MethodError):
     """A control method refused the request's parameters; answered with ``"code": "invalid"``."""
+
+    code = INVALID
+
+
+class PeerUnreachable(MethodError):
+    """The peer a control method needs is unknown or cannot be dialed."""
+
+    code = UNREACHABLE
+
+
+class PeerUnsupported(MethodError):
+    """The peer does not speak the protocol a control method needs."""
+
+    code = UNSUPPORTED
 
 
 async def _socket_in_use(path: Path) -> bool:
@@ -160,11 +181,12 @@ class ControlServer:
             # The core's structured error: its code and data let a client act (follow a leader hint).
             error = exc.error
             return {"id": request_id, "error": error.message, "code": error.code, "data": error.data}
-        except (InvalidParams, ValueError, ConfigError) as exc:
+        except (ValueError, ConfigError) as exc:
             # The caller's input is wrong: a plugin's method raises ValueError (docs/plugins.md).
             return {"id": request_id, "error": str(exc), "code": INVALID}
         except MethodError as exc:
-            return {"id": request_id, "error": str(exc)}
+            coded = {} if exc.code is None else {"code": exc.code}
+            return {"id": request_id, "error": str(exc), **coded}
         except Exception:
             # A bug in a method must not take the daemon down; it is logged with its traceback.
             log.exception("control method %s failed", request["method"])

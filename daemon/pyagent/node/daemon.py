@@ -32,7 +32,15 @@ from pyagent.config import (
 from pyagent.errors import ConfigError
 from pyagent.hookspecs import ControlMethod
 from pyagent.node import kvapi, mesh
-from pyagent.node.control import ControlServer, InvalidParams, Method, MethodError, open_listener
+from pyagent.node.control import (
+    ControlServer,
+    InvalidParams,
+    Method,
+    MethodError,
+    PeerUnreachable,
+    PeerUnsupported,
+    open_listener,
+)
 from pyagent.node.dialer import Dialer
 from pyagent.node.driver import (
     FEEDBACK_MAX,
@@ -43,7 +51,7 @@ from pyagent.node.driver import (
     RequestFailed,
     now_us,
 )
-from pyagent.node.host import DialError, Host, HostConfig
+from pyagent.node.host import STANDARD_PING_PROTOCOL_ID, DialError, Host, HostConfig, RequestError
 from pyagent.node.host_config import FloodLimits
 from pyagent.node.inbox import Inbox
 from pyagent.node.metrics import DaemonMetrics, Metrics, NodeCollector, stats_view
@@ -55,6 +63,7 @@ from pyagent.proto.context import NodeContext
 from pyagent.proto.events import Event, MessageReceived, PeerConnected, PeerDisconnected, SendFailed
 from pyagent.proto.node import NodeCore
 from pyagent.proto.peers import ListPeers, PeerInfo
+from pyagent.proto.ping import PROTOCOL_ID as PING_PROTOCOL_ID
 from pyagent.proto.ping import PingPeer
 from pyagent.proto.wire import Message
 
@@ -64,6 +73,9 @@ log = logging.getLogger("pyagent.daemon")
 CONTROL_ANSWERS_GRACE_S = 1.0
 # After announcing a leave, stay up this many gossip intervals so that the news spreads.
 LEAVE_LINGER_GOSSIP_INTERVALS = 5
+# `pyagent ping` prefers our own ping (it measures the path every PyAgent protocol takes) and falls back
+# to libp2p's standard one, which every libp2p peer serves.
+PING_PROTOCOLS = (PING_PROTOCOL_ID, STANDARD_PING_PROTOCOL_ID)
 
 
 class Node:
@@ -138,7 +150,12 @@ class Node:
             self.daemon_metrics.heard(event.peer, event.protocol, now_us())
         elif isinstance(event, PeerConnected):
             info = next((p for p in self.peers() if p.peer == event.peer), None)
-            if info is not None:
+            mismatch = None if info is None else mesh.version_mismatch(info)
+            if mismatch is not None and self.host.accepted_from(event.peer):
+                # The dialer says why in its own join log; this side counts it and hangs up, so that
+                # an operator on either side sees the reason (issue 15).
+                self.host.refuse(event.peer, "version-mismatch", mismatch)
+            elif info is not None:
                 self.plugins.hook.pyagent_peer_connected(node=self, peer=info)
         elif isinstance(event, PeerDisconnected):
             self.plugins.hook.pyagent_peer_disconnected(node=self, peer=event.peer)
@@ -220,22 +237,23 @@ class Node:
         return {"peer_id": self.peer_id}
 
     async def api_connect(self, params: dict[str, Any]) -> dict[str, Any]:
-        addr = _string_param(params, "addr")
+        return {"peer_id": await self._dial(_string_param(params, "addr"), "connect")}
+
+    async def _dial(self, addr: str, command: str) -> str:
         try:
-            bootstraplist.check_multiaddr(addr, "connect")
+            bootstraplist.check_multiaddr(addr, command)
         except ConfigError as exc:
             raise InvalidParams(str(exc)) from None
         try:
-            peer = await self.host.connect(addr)
+            return await self.host.connect(addr)
         except DialError as exc:
-            raise MethodError(str(exc)) from None
-        return {"peer_id": peer}
+            raise PeerUnreachable(str(exc)) from None
 
     async def api_ping(self, params: dict[str, Any]) -> dict[str, Any]:
         target = _string_param(params, "peer")
         peer = target
         if target.startswith("/"):
-            peer = (await self.api_connect({"addr": target}))["peer_id"]
+            peer = await self._dial(target, "ping")
         else:
             try:
                 bootstraplist.check_peer_id(peer, "ping")
@@ -243,19 +261,42 @@ class Node:
                 raise InvalidParams(
                     f"{exc}; give a peer id (12D3...) or a multiaddr ending in /p2p/<peer id>"
                 ) from None
-        if not target.startswith("/") and peer not in self.host.connected_peers():
-            await self._connect_member(peer)
+            if peer not in self.host.connected_peers():
+                await self._connect_member(peer)
+        protocol = await self._ping_protocol(peer)
         try:
-            rtt_us = await self.request(PingPeer(peer))
-        except RequestFailed as exc:
+            if protocol == PING_PROTOCOL_ID:
+                rtt_us = await self.request(PingPeer(peer))
+            else:
+                rtt_us = round(await self.host.libp2p_ping(peer) * 1_000_000)
+        except (RequestFailed, RequestError) as exc:
             raise MethodError(f"ping {peer}: {exc}") from None
-        return {"peer_id": peer, "rtt_us": rtt_us}
+        return {"peer_id": peer, "rtt_us": rtt_us, "protocol": protocol}
+
+    async def _ping_protocol(self, peer: str) -> str:
+        """Our own ping where the peer speaks it, else libp2p's standard one (any libp2p peer, such as
+        rust-libp2p or kubo, answers it). Identify's list answers without a round trip; until identify
+        has run, multistream-select asks the peer."""
+        peers = await self.request(ListPeers())
+        assert isinstance(peers, list)
+        announced = next((info.protocols for info in peers if info.peer == peer), ())
+        for protocol in PING_PROTOCOLS:
+            if protocol in announced:
+                return protocol
+        try:
+            return await self.host.first_supported(peer, PING_PROTOCOLS)
+        except RequestError as exc:
+            if exc.reason == "refused":
+                raise PeerUnsupported(
+                    f"ping {peer}: it speaks neither {' nor '.join(PING_PROTOCOLS)}"
+                ) from None
+            raise MethodError(f"ping {peer}: {exc}") from None
 
     async def _connect_member(self, peer: str) -> None:
         """Dial a member at the addresses gossip gave for it."""
         record = self.members.member(peer)
         if record is None or not record.addrs:
-            raise MethodError(
+            raise PeerUnreachable(
                 f"{peer} is neither connected nor a known member; give its multiaddr instead of its id"
             )
         errors = []
@@ -265,7 +306,7 @@ class Node:
                 return
             except DialError as exc:
                 errors.append(str(exc))
-        raise MethodError("; ".join(errors))
+        raise PeerUnreachable("; ".join(errors))
 
     async def api_plugins(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         return [asdict(info) for info in pluginhost.describe_plugins(self.plugins)]

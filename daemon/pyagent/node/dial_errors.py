@@ -12,7 +12,7 @@ from typing import Literal
 from libp2p.exceptions import MultiError
 from libp2p.security.exceptions import HandshakeFailure
 from libp2p.security.noise.exceptions import PeerIDMismatchesPubkey
-from libp2p.transport.exceptions import OpenConnectionError, SecurityUpgradeFailure
+from libp2p.transport.exceptions import MuxerUpgradeFailure, OpenConnectionError, SecurityUpgradeFailure
 
 DialReason = Literal["unreachable", "timeout", "wrong-peer-id", "key-mismatch", "security", "refused"]
 
@@ -22,7 +22,7 @@ _REASON_HINTS: dict[str, str] = {
     "wrong-peer-id": "a different peer answered at that address (the /p2p/ id is stale or mistyped)",
     "key-mismatch": "the peer uses a different private-network key",
     "security": "the security handshake failed (not a Noise libp2p peer, or its handshake was bad)",
-    "refused": "the peer or this host refused the connection (connection limits)",
+    "refused": "the peer or this host refused the connection (an allow-list, or connection limits)",
 }
 
 # Where py-libp2p says "the peer's key is not the one we dialed" without a dedicated exception.
@@ -48,11 +48,24 @@ def classify(exc: BaseException) -> DialReason:
         return "key-mismatch"
     if any(any(text in str(e) for text in _LIMIT_TEXTS) for e in chain):
         return "refused"
+    if any(isinstance(e, MuxerUpgradeFailure) for e in chain):
+        # The peer hung up right after the security handshake proved who we are: a PyAgent peer does
+        # that to a peer off its allow-list (py-libp2p has no message to say so).
+        return "refused"
     if any(isinstance(e, OpenConnectionError | OSError) for e in chain):
         return "unreachable"
     if any(isinstance(e, SecurityUpgradeFailure | HandshakeFailure) for e in chain):
         return "security"
     return "unreachable"
+
+
+def detail_of(exc: BaseException) -> str:
+    """What to show after a dial's reason: the root cause, unless the reason says it better."""
+    if any(isinstance(e, MuxerUpgradeFailure) for e in causes(exc)):
+        return "it closed the connection right after the security handshake"
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {exc}"
 
 
 def causes(exc: BaseException) -> Iterator[BaseException]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -34,7 +34,7 @@ from multiaddr.protocols import P_P2P
 from pyagent.errors import ConfigError, RemoteProtocolError
 from pyagent.node import multistream_limit
 from pyagent.node.counters import Counters
-from pyagent.node.dial_errors import DialError, classify
+from pyagent.node.dial_errors import DialError, classify, detail_of
 from pyagent.node.host_config import HostConfig, is_allowed
 from pyagent.node.identify_client import PROTOCOL_ID as IDENTIFY_PROTOCOL_ID
 from pyagent.node.identify_client import install_agent_version, read_identify
@@ -82,7 +82,7 @@ COUNTER_NAMES = (
 # A shutdown that cannot finish in this time has a bug; it must still not hang the daemon forever.
 CLOSE_TIMEOUT_S = 10.0
 
-_PING_PROTOCOL = str(PING_PROTOCOL_ID)
+STANDARD_PING_PROTOCOL_ID = str(PING_PROTOCOL_ID)
 
 
 class Host:
@@ -99,6 +99,8 @@ class Host:
             config,
             lambda: self._counters.add("handler_errors"),
             lambda: self._counters.add("streams_refused"),
+            lambda: self._counters.add("connections_refused", label="key-mismatch"),
+            lambda peer: self._note_refusal(peer, "allow-list", "not on the allow-list"),
             self._guards,
         )
         swarm = self._libp2p.get_network()
@@ -262,10 +264,18 @@ class Host:
             self._config.read_chunk_size_bytes,
         )
 
+    async def first_supported(self, peer: str, protocols: Sequence[str]) -> str:
+        """The first of ``protocols`` that the connected peer speaks, asked by multistream-select on a
+        stream closed at once; raises RequestError (``refused`` when it speaks none of them)."""
+        stream = await self._open_stream(peer, *protocols)
+        with trio.CancelScope(shield=True):
+            await stream.close()
+        return str(stream.get_protocol())
+
     async def libp2p_ping(self, peer: str) -> float:
         """Round-trip time in seconds over the standard ``/ipfs/ping/1.0.0``; raises RequestError."""
         payload = os.urandom(PING_LENGTH)
-        stream = await self._open_stream(peer, _PING_PROTOCOL)
+        stream = await self._open_stream(peer, STANDARD_PING_PROTOCOL_ID)
         try:
             with trio.fail_after(self._config.open_stream_timeout_ms / 1000):
                 start = trio.current_time()
@@ -273,14 +283,14 @@ class Host:
                 echo = await read_exactly(stream, PING_LENGTH)
                 rtt_s = trio.current_time() - start
         except trio.TooSlowError:
-            raise RequestError("timeout", peer, _PING_PROTOCOL) from None
+            raise RequestError("timeout", peer, STANDARD_PING_PROTOCOL_ID) from None
         except Exception as exc:
-            raise RequestError("stream", peer, _PING_PROTOCOL, repr(exc)) from None
+            raise RequestError("stream", peer, STANDARD_PING_PROTOCOL_ID, repr(exc)) from None
         finally:
             with trio.CancelScope(shield=True):
                 await stream.close()
         if echo != payload:
-            raise RequestError("protocol", peer, _PING_PROTOCOL, "echo differs from the payload")
+            raise RequestError("protocol", peer, STANDARD_PING_PROTOCOL_ID, "echo differs from the payload")
         return rtt_s
 
     @property
@@ -314,17 +324,19 @@ class Host:
             reason = classify(exc)
             self._counters.add("dial_errors")
             self._counters.add("dial_outcomes", label=reason)
-            raise DialError(reason, maddr, _root_cause(exc)) from exc
+            raise DialError(reason, maddr, detail_of(exc)) from exc
         self._counters.add("dial_outcomes", label="ok")
 
-    async def _open_stream(self, peer: str, protocol: str) -> NetStream:
+    async def _open_stream(self, peer: str, protocol: str, *alternatives: str) -> NetStream:
+        """A stream on ``protocol``, or on the first of ``alternatives`` the peer speaks instead."""
         peer_id = ID.from_base58(peer)
         # Checked first: py-libp2p's new_stream would otherwise dial by itself, around our deadlines.
         if not self._is_connected(peer_id):
             raise RequestError("not-connected", peer, protocol)
+        offered = [TProtocol(p) for p in (protocol, *alternatives)]
         try:
             with trio.fail_after(self._config.open_stream_timeout_ms / 1000):
-                stream = await self._libp2p.new_stream(peer_id, [TProtocol(protocol)])
+                stream = await self._libp2p.new_stream(peer_id, offered)
         except trio.TooSlowError:
             raise RequestError("timeout", peer, protocol, "opening the stream") from None
         except StreamFailure as exc:
@@ -364,12 +376,28 @@ class Host:
         peer = str(conn.muxed_conn.peer_id)
         if not is_allowed(self._config, peer):
             # Refused at connect: it never becomes a PeerConnected, so it never reaches membership.
-            self._counters.add("connections_refused")
-            logger.warning("refusing connection from %s: not on the allow-list", peer)
-            if self._nursery is not None:
-                self._nursery.start_soon(self._swarm.close_peer, conn.muxed_conn.peer_id)
+            # (Inbound peers are refused earlier, in the handshake; this catches any that race it.)
+            self._note_refusal(peer, "allow-list", "not on the allow-list")
+            self._disconnect_soon(peer)
             return
         self._presence.connected(peer)
+
+    def refuse(self, peer: str, reason: str, why: str) -> None:
+        """Closes the peer's connection for ``reason`` (counted in ``connections_refused`` by reason),
+        with one log line saying ``why``."""
+        self._note_refusal(peer, reason, why)
+        self._disconnect_soon(peer)
+
+    def accepted_from(self, peer: str) -> bool:
+        """Whether the peer dialed us (an inbound connection), rather than we it."""
+        return any(
+            not conn.muxed_conn.secured_conn.is_initiator  # type: ignore[attr-defined]
+            for conn in self._swarm.get_connections(ID.from_base58(peer))
+        )
+
+    def _note_refusal(self, peer: str, reason: str, why: str) -> None:
+        self._counters.add("connections_refused", label=reason)
+        logger.warning("refusing connection from %s: %s", peer, why)
 
     def _peer_disconnected(self, conn: INetConn) -> None:
         self._guards.disconnected(conn)
@@ -447,9 +475,3 @@ def _parse_dial_addr(maddr: str) -> tuple[Multiaddr, ID]:
     if not peer:
         raise ValueError(f"dial address must be a multiaddr ending with /p2p/<peer-id>, got {maddr!r}")
     return parsed.decapsulate_code(P_P2P), ID.from_base58(peer)
-
-
-def _root_cause(exc: BaseException) -> str:
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    return f"{type(exc).__name__}: {exc}"

@@ -2,7 +2,8 @@
 
 - Security: Noise only. The defaults also offer TLS, secio and plaintext, and a plaintext peer can
   claim any peer id.
-- Muxer: yamux only. Transport: TCP only (py-libp2p's QUIC moves 2.7 MB/s), or the pnet TCP wrapper.
+- Muxer: yamux only. Transport: TCP only (py-libp2p's QUIC moves 2.7 MB/s), in the pnet wrapper or
+  the plaintext one that tells a private peer apart (``pnet``).
 - ``max_connections_per_peer=1``: the default 3 makes each dial wait a 250 ms happy-eyeballs timer.
 - No dial retries and no auto-connector: membership decides whom to dial and when.
 - Upgrade and negotiation deadlines from our config (the defaults are 10 s, and the outbound
@@ -18,22 +19,23 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from libp2p import new_host
-from libp2p.abc import INetStream, ITransport
-from libp2p.crypto.keys import KeyPair
+from libp2p.abc import INetStream, IRawConnection, ISecureConn, ITransport
+from libp2p.crypto.keys import KeyPair, PrivateKey
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.host.basic_host import BasicHost
 from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.network.swarm import Swarm
+from libp2p.security.exceptions import HandshakeFailure
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
-from libp2p.transport.tcp.tcp import TCP
 
 from pyagent.node.host_config import HostConfig, is_allowed
 from pyagent.node.limits import FloodGuards
+from pyagent.node.pnet import PlainTCP, PnetTCP
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,8 @@ def build_libp2p_host(
     config: HostConfig,
     on_handler_error: Callable[[], None],
     on_stream_refused: Callable[[], None],
+    on_key_mismatch: Callable[[], None],
+    on_peer_refused: Callable[[str], None],
     guards: FloodGuards,
 ) -> BasicHost:
     upgrade_timeout_s = config.upgrade_timeout_ms / 1000
@@ -68,12 +72,14 @@ def build_libp2p_host(
         inbound_stream_protocol_negotiation_timeout=open_stream_timeout_s,
         outbound_stream_protocol_negotiation_timeout=open_stream_timeout_s,
     )
-    noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    noise = _AllowListedNoise(
+        key_pair, create_x25519_key_pair().private_key, config=config, on_refused=on_peer_refused
+    )
     host = new_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: noise},
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-        transports=[guards.transport(_transport(config.psk, config.upgrade_timeout_ms))],
+        transports=[guards.transport(_transport(config.psk, config.upgrade_timeout_ms, on_key_mismatch))],
         connection_config=connection_config,
         negotiate_timeout=max(1, round(open_stream_timeout_s)),
     )
@@ -87,14 +93,39 @@ def build_libp2p_host(
     return host
 
 
-def _transport(psk: bytes | None, upgrade_timeout_ms: int) -> ITransport:
+def _transport(psk: bytes | None, upgrade_timeout_ms: int, on_key_mismatch: Callable[[], None]) -> ITransport:
+    """TCP, in the private network of ``psk`` if there is one. Even without one, the first bytes are
+    checked: a private peer is then refused as a key mismatch, not as a parse error."""
     if psk is None:
-        return TCP()
-    # Imported lazily: the private-network transport is optional and lives in its own module.
-    from pyagent.node.pnet import PnetTCP
+        return PlainTCP(on_inbound_mismatch=on_key_mismatch)
+    return PnetTCP(psk, nonce_timeout_ms=upgrade_timeout_ms, on_inbound_mismatch=on_key_mismatch)
 
-    transport: ITransport = PnetTCP(psk, nonce_timeout_ms=upgrade_timeout_ms)
-    return transport
+
+class _AllowListedNoise(NoiseTransport):
+    """Noise that refuses an inbound peer the allow-list does not name as soon as the handshake proves
+    who it is. The dialer's upgrade then fails (it reports ``refused``), where a connection closed only
+    after it was established looked like a peer that is not a PyAgent peer (issue 15)."""
+
+    def __init__(
+        self,
+        key_pair: KeyPair,
+        noise_privkey: PrivateKey,
+        *,
+        config: HostConfig,
+        on_refused: Callable[[str], None],
+    ) -> None:
+        super().__init__(key_pair, noise_privkey=noise_privkey)
+        self._config = config
+        self._on_refused = on_refused
+
+    async def secure_inbound(self, conn: IRawConnection) -> ISecureConn:
+        secured = await super().secure_inbound(conn)
+        peer = str(secured.get_remote_peer())
+        if not is_allowed(self._config, peer):
+            self._on_refused(peer)
+            await secured.close()
+            raise HandshakeFailure(f"{peer} is not on this node's allow-list")
+        return secured
 
 
 def _admitted_only(

@@ -5,6 +5,10 @@ On import, ``libp2p.utils.logging.setup_logging`` clears the ``libp2p`` logger's
 daemon configures. And ``swarm_connection`` logs through the module-level ``logging.warning()``
 functions, which log on the root logger and, if the root has no handler yet, silently run
 ``logging.basicConfig()``; a later ``basicConfig`` by the daemon then does nothing.
+
+It also logs, at error level and over several lines, failures that the daemon reports itself in one
+line with their reason (a refused dial, a peer with another swarm key, a stream the peer would not
+open): those records are left out, so an expected refusal is one line in the log (issue 15).
 """
 
 from __future__ import annotations
@@ -16,6 +20,15 @@ from libp2p.network.connection import swarm_connection
 
 LIBP2P_LOGGER_NAME = "libp2p"
 
+# (logger, message start) of py-libp2p's records about failures that reach our code as exceptions:
+# a dial's upgrade (DialError), an inbound upgrade (pnet's key-mismatch line), a stream open
+# (RequestError).
+REPORTED_ELSEWHERE = (
+    ("libp2p.protocol_muxer.multiselect_client", "MultiselectClient handshake: "),
+    ("libp2p.network.swarm", "failed to upgrade security for peer"),
+    ("libp2p.host.basic_host", "Failed to open stream to peer"),
+)
+
 
 def restore_libp2p_logging() -> None:
     """Idempotent. Keeps libp2p's WARNING level (its INFO is chatty) but lets records propagate."""
@@ -24,3 +37,20 @@ def restore_libp2p_logging() -> None:
     # Route swarm_connection's root-level calls to a named child logger: it has the same
     # debug/info/warning/error methods, and a named logger never triggers basicConfig.
     swarm_connection.logging = logging.getLogger(swarm_connection.__name__)  # type: ignore[attr-defined, assignment]
+    for logger_name, message_start in REPORTED_ELSEWHERE:
+        logger = logging.getLogger(logger_name)
+        if not any(isinstance(f, _ReportedElsewhere) for f in logger.filters):
+            logger.addFilter(_ReportedElsewhere(message_start))
+
+
+class _ReportedElsewhere(logging.Filter):
+    """Drops matching records, unless the logger is set to show debug records (then everything shows)."""
+
+    def __init__(self, message_start: str) -> None:
+        super().__init__()
+        self._message_start = message_start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(self._message_start):
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True

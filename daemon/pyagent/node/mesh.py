@@ -106,10 +106,20 @@ def version_problem(info: PeerInfo) -> str | None:
     """Why ``info``'s peer cannot be a membership seed for us, or None if it can."""
     if membership.PROTOCOL_ID in info.protocols:
         return None
+    return version_mismatch(info) or (
+        f"not a pyagent peer (agent {info.agent_version or 'unknown'!r} has no membership protocol)"
+    )
+
+
+def version_mismatch(info: PeerInfo) -> str | None:
+    """What is wrong when ``info``'s peer is a PyAgent peer of an incompatible version, else None (it
+    speaks our membership, or it is some other libp2p peer, which may still ping us)."""
+    if membership.PROTOCOL_ID in info.protocols:
+        return None
     theirs = sorted(p for p in info.protocols if p.startswith(MEMBERSHIP_PROTOCOL_FAMILY))
-    if theirs:
-        return f"version mismatch: it speaks {', '.join(theirs)}, this node speaks {membership.PROTOCOL_ID}"
-    return f"not a pyagent peer (agent {info.agent_version or 'unknown'!r} has no membership protocol)"
+    if not theirs:
+        return None
+    return f"version mismatch: it speaks {', '.join(theirs)}, this node speaks {membership.PROTOCOL_ID}"
 
 
 async def _reach_seed(node: MeshNode, peer: str, addrs: list[str]) -> str | None:

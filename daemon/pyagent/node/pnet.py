@@ -13,12 +13,17 @@ is caught on the first byte (255 times in 256) and surely within 20, and the con
 once with :class:`KeyMismatchError`. A peer without any key is caught even earlier: its plaintext
 header shows up where the nonce should be.
 
+A public node checks the same header in plaintext (:class:`PlainTCP`): a private peer's first bytes
+are its nonce, so a node with no key reports ``key-mismatch`` too, instead of a multistream-select
+parse error about random bytes (issue 15).
+
 Use: ``libp2p.new_host(..., transports=[PnetTCP(psk)])`` and leave py-libp2p's ``psk`` unset.
 """
 
 import logging
 import os
 import pathlib
+from collections.abc import Callable
 
 import trio
 from libp2p.custom_types import THandler
@@ -96,6 +101,24 @@ def load_swarm_key(path: pathlib.Path) -> bytes:
     return key
 
 
+class MultistreamHeaderCheck:
+    """Compares the first bytes a peer sends (after decryption, in a private mesh) with
+    multistream-select's header, as they arrive."""
+
+    def __init__(self) -> None:
+        self._bytes_checked = 0
+
+    def matches(self, data: bytes) -> bool:
+        start = self._bytes_checked
+        if start >= len(MULTISTREAM_HEADER):
+            return True
+        expected = MULTISTREAM_HEADER[start : start + len(data)]
+        if data[: len(expected)] != expected:
+            return False
+        self._bytes_checked += len(expected)
+        return True
+
+
 class PnetStream(ReadWriteCloser):
     """A TCP stream encrypted with the private-network cipher, with the nonce exchange done lazily.
 
@@ -103,8 +126,11 @@ class PnetStream(ReadWriteCloser):
     inbound limits and upgrade timeout rather than needing limits of its own.
     """
 
-    def __init__(self, inner: ReadWriteCloser, psk: bytes, *, nonce_timeout_ms: int) -> None:
+    def __init__(
+        self, inner: ReadWriteCloser, psk: bytes, *, nonce_timeout_ms: int, on_mismatch: Callable[[], None]
+    ) -> None:
         self._inner = inner
+        self._on_mismatch = on_mismatch
         # Read now: once the peer hangs up (as a peer with the wrong key does) the socket cannot say.
         self._peer_address = inner.get_remote_address()
         self._psk = psk
@@ -113,7 +139,7 @@ class PnetStream(ReadWriteCloser):
         self._encrypt = XSalsa20(psk, self._local_nonce)
         self._decrypt: XSalsa20 | None = None
         self._nonce_sent = False
-        self._header_bytes_checked = 0
+        self._header = MultistreamHeaderCheck()
         # Encrypting and sending must happen in keystream order, and yamux writes from many tasks;
         # one lock per direction keeps each direction's keystream and bytes in step.
         self._write_lock = trio.Lock()
@@ -150,25 +176,19 @@ class PnetStream(ReadWriteCloser):
         if not ciphertext:
             return b""
         plaintext = self._decrypt.apply(ciphertext)
-        if self._header_bytes_checked < len(MULTISTREAM_HEADER):
-            self._check_header(plaintext)
+        if not self._header.matches(plaintext):
+            raise self._mismatch("its bytes do not decrypt under our key (it has a different swarm.key)")
         return plaintext
 
-    def _check_header(self, plaintext: bytes) -> None:
-        start = self._header_bytes_checked
-        expected = MULTISTREAM_HEADER[start : start + len(plaintext)]
-        if plaintext[: len(expected)] != expected:
-            raise self._mismatch("its bytes do not decrypt under our key (it has a different swarm.key)")
-        self._header_bytes_checked += len(expected)
-
     async def _read_peer_nonce(self) -> bytes:
+        peer = peer_name(self._peer_address)
         received = bytearray()
         with trio.move_on_after(self._nonce_timeout_ms / 1000):
             while len(received) < NONCE_LEN_BYTES:
                 chunk = await self._inner.read(NONCE_LEN_BYTES - len(received))
                 if not chunk:
                     raise NonceExchangeError(
-                        f"private-network peer {self._peer_name()} closed the connection before sending "
+                        f"private-network peer {peer} closed the connection before sending "
                         "its nonce (it may use a different swarm.key or none)"
                     )
                 received += chunk
@@ -176,20 +196,13 @@ class PnetStream(ReadWriteCloser):
                     raise self._mismatch("it speaks plaintext multistream-select (it has no swarm.key)")
             return bytes(received)
         raise NonceExchangeError(
-            f"private-network peer {self._peer_name()} sent no nonce within {self._nonce_timeout_ms} ms"
+            f"private-network peer {peer} sent no nonce within {self._nonce_timeout_ms} ms"
         )
 
     def _mismatch(self, reason: str) -> KeyMismatchError:
-        message = (
-            f"private-network key does not match peer {self._peer_name()}: {reason}; "
-            f"our key fingerprint is {key_fingerprint(self._psk)}"
-        )
-        logger.warning("%s", message)
-        return KeyMismatchError(message)
-
-    def _peer_name(self) -> str:
-        address = self._peer_address
-        return "(unknown address)" if address is None else f"{address[0]}:{address[1]}"
+        self._on_mismatch()
+        fingerprint = key_fingerprint(self._psk)
+        return key_mismatch(self._peer_address, f"{reason}; our key fingerprint is {fingerprint}")
 
     async def close(self) -> None:
         await self._inner.close()
@@ -198,17 +211,64 @@ class PnetStream(ReadWriteCloser):
         return self._inner.get_remote_address()
 
 
-class PnetTCP(TCP):
-    """py-libp2p's TCP transport with every connection, dialled or accepted, in the private network."""
+class PlainStream(ReadWriteCloser):
+    """A public node's TCP stream that checks the peer's first bytes are multistream-select's header, so
+    that a peer in a private mesh (whose first bytes are its nonce) is a key mismatch at once."""
 
-    def __init__(self, psk: bytes, *, nonce_timeout_ms: int = NONCE_TIMEOUT_MS_DEFAULT) -> None:
+    def __init__(self, inner: ReadWriteCloser, on_mismatch: Callable[[], None]) -> None:
+        self._inner = inner
+        self._peer_address = inner.get_remote_address()
+        self._on_mismatch = on_mismatch
+        self._header = MultistreamHeaderCheck()
+
+    async def read(self, n: int | None = None) -> bytes:
+        data = await self._inner.read(n)
+        if not self._header.matches(data):
+            self._on_mismatch()
+            await self._inner.close()
+            raise key_mismatch(
+                self._peer_address,
+                "its first bytes are not multistream-select "
+                "(it is in a private mesh; this node has no swarm.key)",
+            )
+        return data
+
+    async def write(self, data: bytes) -> None:
+        await self._inner.write(data)
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    def get_remote_address(self) -> tuple[str, int] | None:
+        return self._inner.get_remote_address()
+
+
+def key_mismatch(peer_address: tuple[str, int] | None, reason: str) -> KeyMismatchError:
+    """The error for a peer without our key (or with one when we have none), logged as one line."""
+    message = f"private-network key does not match peer {peer_name(peer_address)}: {reason}"
+    logger.warning("%s", message)
+    return KeyMismatchError(message)
+
+
+def peer_name(peer_address: tuple[str, int] | None) -> str:
+    return "(unknown address)" if peer_address is None else f"{peer_address[0]}:{peer_address[1]}"
+
+
+def _ignore() -> None:
+    return None
+
+
+Wrap = Callable[[ReadWriteCloser, Callable[[], None]], ReadWriteCloser]
+
+
+class _WrappedTCP(TCP):
+    """py-libp2p's TCP transport with every connection, dialled or accepted, wrapped by ``wrap``.
+    ``on_inbound_mismatch`` counts the accepted connections refused for their key."""
+
+    def __init__(self, wrap: Wrap, on_inbound_mismatch: Callable[[], None]) -> None:
         super().__init__()
-        if len(psk) != KEY_LEN_BYTES:
-            raise ValueError(f"private-network key must be {KEY_LEN_BYTES} bytes, got {len(psk)}")
-        if nonce_timeout_ms <= 0:
-            raise ValueError(f"nonce_timeout_ms must be positive, got {nonce_timeout_ms}")
-        self._psk = psk
-        self._nonce_timeout_ms = nonce_timeout_ms
+        self._wrap = wrap
+        self._on_inbound_mismatch = on_inbound_mismatch
 
     async def dial(self, maddr: Multiaddr) -> RawConnection:
         return self._protect(await super().dial(maddr))
@@ -218,15 +278,41 @@ class PnetTCP(TCP):
 
     def create_listener(self, handler_function: THandler) -> TCPListener:
         async def protected_handler(stream: ReadWriteCloser) -> None:
-            await handler_function(self._wrap(stream))
+            await handler_function(self._wrap(stream, self._on_inbound_mismatch))
 
         return super().create_listener(protected_handler)
 
     def _protect(self, connection: object) -> RawConnection:
         # TCP.dial is typed as returning IRawConnection but always builds a RawConnection around the
-        # socket stream; that public ``stream`` attribute is the seam we wrap.
+        # socket stream; that public ``stream`` attribute is the seam we wrap. A dial's mismatch is
+        # counted as its outcome (dial_outcomes), not here.
         assert isinstance(connection, RawConnection), f"TCP.dial returned {type(connection).__name__}"
-        return RawConnection(self._wrap(connection.stream), initiator=True)
+        return RawConnection(self._wrap(connection.stream, _ignore), initiator=True)
 
-    def _wrap(self, stream: ReadWriteCloser) -> PnetStream:
-        return PnetStream(stream, self._psk, nonce_timeout_ms=self._nonce_timeout_ms)
+
+class PnetTCP(_WrappedTCP):
+    """Every connection in the private network of ``psk``."""
+
+    def __init__(
+        self,
+        psk: bytes,
+        *,
+        nonce_timeout_ms: int = NONCE_TIMEOUT_MS_DEFAULT,
+        on_inbound_mismatch: Callable[[], None] = _ignore,
+    ) -> None:
+        if len(psk) != KEY_LEN_BYTES:
+            raise ValueError(f"private-network key must be {KEY_LEN_BYTES} bytes, got {len(psk)}")
+        if nonce_timeout_ms <= 0:
+            raise ValueError(f"nonce_timeout_ms must be positive, got {nonce_timeout_ms}")
+
+        def wrap(stream: ReadWriteCloser, on_mismatch: Callable[[], None]) -> ReadWriteCloser:
+            return PnetStream(stream, psk, nonce_timeout_ms=nonce_timeout_ms, on_mismatch=on_mismatch)
+
+        super().__init__(wrap, on_inbound_mismatch)
+
+
+class PlainTCP(_WrappedTCP):
+    """A public node's TCP: no cipher, but a peer in a private mesh is refused as a key mismatch."""
+
+    def __init__(self, on_inbound_mismatch: Callable[[], None] = _ignore) -> None:
+        super().__init__(PlainStream, on_inbound_mismatch)

@@ -1,6 +1,10 @@
 //! `rust-peer SWARM_KEY_FILE MULTIADDR`: dial MULTIADDR over the libp2p private network of
 //! SWARM_KEY_FILE (tcp, pnet, noise, yamux), then ping. Prints one line and exits 0 on the first
 //! successful ping, 1 when the connection or ping fails, 2 on bad arguments or after 20 s.
+//!
+//! `rust-peer SWARM_KEY_FILE --listen`: listen on 127.0.0.1 and print `LISTENING <multiaddr>/p2p/<id>`,
+//! then serve identify and `/ipfs/ping/1.0.0` (and nothing else) until killed, or for 120 s at most:
+//! the standard libp2p peer that `pyagent ping` must reach.
 use std::{error::Error, str::FromStr, time::Duration};
 
 use futures::StreamExt;
@@ -13,6 +17,9 @@ use libp2p::{
 };
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(20);
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(120);
+// Longer than a test's pings are apart, so that the peer does not drop an idle connection between them.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
@@ -22,7 +29,13 @@ struct Behaviour {
 
 #[tokio::main]
 async fn main() {
-    let code = match tokio::time::timeout(RUN_TIMEOUT, run()).await {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, key_file, flag] = args.as_slice() {
+        if flag == "--listen" {
+            std::process::exit(listen(key_file).await);
+        }
+    }
+    let code = match tokio::time::timeout(RUN_TIMEOUT, run(&args)).await {
         Ok(Ok(outcome)) => {
             println!("{outcome}");
             if outcome.starts_with("PING_OK") {
@@ -43,16 +56,10 @@ async fn main() {
     std::process::exit(code);
 }
 
-async fn run() -> Result<String, Box<dyn Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let [_, key_file, address] = args.as_slice() else {
-        return Err("usage: rust-peer SWARM_KEY_FILE MULTIADDR".into());
-    };
+fn build_swarm(key_file: &str) -> Result<libp2p::Swarm<Behaviour>, Box<dyn Error>> {
     let psk = PreSharedKey::from_str(&std::fs::read_to_string(key_file)?)?;
     eprintln!("swarm key fingerprint {}", psk.fingerprint());
-    let address = Multiaddr::from_str(address)?;
-
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+    Ok(libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_other_transport(|key| {
             let noise = noise::Config::new(key)?;
@@ -74,7 +81,47 @@ async fn run() -> Result<String, Box<dyn Error>> {
                 ping::Config::new().with_interval(Duration::from_millis(200)),
             ),
         })?
-        .build();
+        .with_swarm_config(|config| config.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build())
+}
+
+/// Serves until killed (the test that started it is done), or for LISTEN_TIMEOUT at most.
+async fn listen(key_file: &str) -> i32 {
+    let mut swarm = match build_swarm(key_file) {
+        Ok(swarm) => swarm,
+        Err(error) => {
+            println!("ERROR {error}");
+            return 2;
+        }
+    };
+    let local_peer = *swarm.local_peer_id();
+    if let Err(error) = swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr"))
+    {
+        println!("ERROR {error}");
+        return 2;
+    }
+    let deadline = tokio::time::sleep(LISTEN_TIMEOUT);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            event = swarm.select_next_some() => {
+                if let SwarmEvent::NewListenAddr { address, .. } = event {
+                    println!("LISTENING {address}/p2p/{local_peer}");
+                }
+            }
+            _ = &mut deadline => return 0,
+        }
+    }
+}
+
+async fn run(args: &[String]) -> Result<String, Box<dyn Error>> {
+    let [_, key_file, address] = args else {
+        return Err(
+            "usage: rust-peer SWARM_KEY_FILE MULTIADDR | rust-peer SWARM_KEY_FILE --listen".into(),
+        );
+    };
+    let address = Multiaddr::from_str(address)?;
+    let mut swarm = build_swarm(key_file)?;
     swarm.dial(address)?;
 
     loop {
