@@ -119,6 +119,11 @@ class Node:
         assert record is not None, "the local node is always a member of its own table"
         return record.metadata
 
+    def local_addrs(self) -> tuple[str, ...]:
+        record = self.members.member(self.peer_id)
+        assert record is not None, "the local node is always a member of its own table"
+        return record.addrs
+
     async def leave(self) -> None:
         """Tell the mesh this node is leaving (state "left", not "dead") and let the news spread."""
         if self._left:
@@ -157,7 +162,9 @@ class Node:
     async def api_id(self, params: dict[str, Any]) -> dict[str, Any]:
         return {
             "peer_id": self.peer_id,
-            "addrs": self.host.listen_addrs(),
+            "addrs": self.host.announced_addrs(),
+            "listen_addrs": self.host.listen_addrs(),
+            "running": True,
             "agent_version": f"pyagent/{__version__}",
             "protocols": sorted(self.core.protocols),
             "metrics_url": self.metrics_url,
@@ -321,6 +328,8 @@ def _string_param(params: dict[str, Any], name: str) -> str:
 def host_config(config: Config, psk: bytes | None) -> HostConfig:
     return HostConfig(
         listen_addrs=list(config.node.listen),
+        announce=list(config.node.announce),
+        no_announce=list(config.node.no_announce),
         dial_timeout_ms=config.host.dial_timeout_ms,
         upgrade_timeout_ms=config.host.upgrade_timeout_ms,
         open_stream_timeout_ms=config.host.open_stream_timeout_ms,
@@ -470,7 +479,7 @@ async def run(home: Path, config: Config) -> None:
             list(core.protocols),
             pluginhost.collect_metadata(plugins),
         )
-        await node.request(membership.UpdateLocalMetadata(metadata, tuple(host.listen_addrs())))
+        await node.request(membership.UpdateLocalMetadata(metadata, tuple(host.announced_addrs())))
         plugins.hook.pyagent_add_metrics(metrics=node.metrics, node=node)
         if config.metrics.listen:
             node.metrics_url = await nursery.start(serve_metrics, config.metrics.listen, node.metrics)
@@ -480,10 +489,11 @@ async def run(home: Path, config: Config) -> None:
         plugins.hook.pyagent_startup(node=node, nursery=nursery)
         log.info(
             "daemon ready",
-            extra={"peer_id": peer_id, "addrs": ",".join(host.listen_addrs()), "private": psk is not None},
+            extra={"peer_id": peer_id, "addrs": ",".join(host.announced_addrs()), "private": psk is not None},
         )
         nursery.start_soon(mesh.join_mesh, node, seeds, rng, lambda: node.request(kv.FoundShards()))
         nursery.start_soon(mesh.refresh_load, node.request, node.local_metadata, members.live_count)
+        nursery.start_soon(mesh.refresh_addrs, node.request, host.announced_addrs, node.local_addrs)
         nursery.start_soon(_handle_signals, node.stop)
         await node.stop.wait()
         await node.leave()

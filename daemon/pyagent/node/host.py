@@ -9,6 +9,7 @@ results as events (``presence``), and a shutdown that frees the port and leaves 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +29,7 @@ from libp2p.io.utils import read_exactly
 from libp2p.network.stream.net_stream import NetStream
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
+from libp2p.rcmgr import Direction
 from multiaddr import Multiaddr
 from multiaddr.protocols import P_P2P
 
@@ -40,6 +42,7 @@ from pyagent.node.identify_client import PROTOCOL_ID as IDENTIFY_PROTOCOL_ID
 from pyagent.node.identify_client import install_agent_version, read_identify
 from pyagent.node.inbound import InboundStreams, message_handler
 from pyagent.node.inbox import EventSender
+from pyagent.node.interfaces import announced_addrs
 from pyagent.node.libp2p_factory import StreamHandler, build_libp2p_host
 from pyagent.node.libp2p_logging import restore_libp2p_logging
 from pyagent.node.limits import COUNTER_NAMES as FLOOD_COUNTER_NAMES
@@ -48,6 +51,7 @@ from pyagent.node.outbound import OutboundQueues
 from pyagent.node.presence import PeerPresence
 from pyagent.node.request_response import RequestError, RequestHandler, request, request_handler
 from pyagent.node.streams import finish_stream
+from pyagent.proto import addresses
 from pyagent.proto.events import Event, PeerConnected
 from pyagent.proto.wire import DEFAULT_LIMITS, Limits, Message, encode_frame
 
@@ -94,12 +98,15 @@ class Host:
         self._events = events
         self._counters = Counters(COUNTER_NAMES)
         self._guards = FloodGuards(config.flood_limits, self._counters.add, self._disconnect_soon)
+        self._no_announce = addresses.NoAnnounce.parse(config.no_announce)
+        self._observed = addresses.ObservedAddrs()
         self._libp2p = build_libp2p_host(
             key_pair,
             config,
             lambda: self._counters.add("handler_errors"),
             lambda: self._counters.add("streams_refused"),
             self._guards,
+            self._identify_addrs,
         )
         swarm = self._libp2p.get_network()
         assert isinstance(swarm, Swarm)
@@ -125,8 +132,30 @@ class Host:
         return self._libp2p
 
     def listen_addrs(self) -> list[str]:
+        """The addresses the listeners are bound to (``0.0.0.0`` stays as is; port 0 is resolved)."""
         suffix = f"/p2p/{self.peer_id}"
-        return [str(a) if str(a).endswith(suffix) else f"{a}{suffix}" for a in self._libp2p.get_addrs()]
+        return [f"{a}{suffix}" for a in self._libp2p.get_transport_addrs()]
+
+    def announced_addrs(self) -> list[str]:
+        """What peers are told to dial, by identify and by membership gossip: ``announce`` if set, else
+        the bound addresses with 0.0.0.0 and :: expanded into the interface addresses plus observed
+        addresses that peers confirmed; without ``no_announce``'s, and without loopback unless loopback
+        is all there is (``addresses.for_remote_peers``)."""
+        suffix = f"/p2p/{self.peer_id}"
+        return [f"{addr}{suffix}" for addr in self._announced(self._libp2p.get_transport_addrs())]
+
+    def _announced(self, bound: list[Multiaddr]) -> list[str]:
+        return announced_addrs(
+            [str(addr) for addr in bound],
+            self._config.announce,
+            self._no_announce,
+            self._observed.confirmed(),
+        )
+
+    def _identify_addrs(self, bound: list[Multiaddr]) -> list[Multiaddr]:
+        # Called by py-libp2p (with the bound addresses) for every identify answer, and once while
+        # the host is built, before self._libp2p exists.
+        return [Multiaddr(addr) for addr in self._announced(bound)]
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Host]:
@@ -134,8 +163,7 @@ class Host:
         listen = [_parse_listen_addr(addr) for addr in self._config.listen_addrs]
         async with self._libp2p.run(listen_addrs=listen):
             try:
-                if not self._swarm.listeners or not self._libp2p.get_addrs():
-                    raise ConfigError(f"cannot listen on {', '.join(self._config.listen_addrs)}")
+                self._check_listening()
                 async with trio.open_nursery() as nursery:
                     self._outbound.attach(nursery)
                     self._presence.attach(nursery)
@@ -151,6 +179,17 @@ class Host:
                 # port accepting. Shielded so that a cancelled daemon still frees its port.
                 with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT_S):
                     await self._libp2p.close()
+
+    def _check_listening(self) -> None:
+        """Every listen address must be ours alone: a daemon that runs on part of its addresses, or
+        shares a port with another, is reached by peers that meant someone else."""
+        for addr in self._config.listen_addrs:
+            if addr not in self._swarm.listeners:
+                reason = self._guards.listeners.listen_errors.get(addr, "no transport accepted it")
+                hint = ""
+                if reason == os.strerror(errno.EADDRINUSE):
+                    hint = "; another program holds that port: stop it, or pick another port in [node] listen"
+                raise ConfigError(f"cannot listen on {addr}: {reason.lower()}{hint}")
 
     def register_protocol(self, protocol_id: str, limits: Limits) -> None:
         """Inbound frames on ``protocol_id`` become MessageReceived events; outbound ones obey ``limits``."""
@@ -344,7 +383,16 @@ class Host:
         finally:
             with trio.CancelScope(shield=True):
                 await stream.close()
+        # Only a peer that dialed our listener saw our listening port; an outbound connection's source
+        # port is an ephemeral one that nobody can dial back.
+        inbound = self._is_inbound(stream)
+        if info.observed_addr and inbound and self._observed.record(peer, info.observed_addr):
+            logger.info("peers observe this node at %s; announcing it", info.observed_addr)
         return PeerConnected(peer, info.addrs, info.protocols, info.agent_version)
+
+    def _is_inbound(self, stream: NetStream) -> bool:
+        conns = self._swarm.get_connections(stream.muxed_conn.peer_id)
+        return bool(conns) and all(conn.direction == Direction.INBOUND for conn in conns)
 
     def _known_info(self, peer: str) -> PeerConnected:
         peer_id = ID.from_base58(peer)
