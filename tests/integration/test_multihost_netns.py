@@ -1,0 +1,74 @@
+"""Three daemons on three namespaced hosts, each with the default config (listen /ip4/0.0.0.0/tcp/4001)
+and nothing else but a bootstrap address: the mesh forms, every member holds every other at its real
+address, and a ping by peer id between any two works (issue 15: with 0.0.0.0 gossiped, each dialed
+itself)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from itertools import permutations
+from pathlib import Path
+
+import pytest
+
+from pyagent.config import DEFAULT_LISTEN
+from pyagent.localmesh import (
+    LocalPeer,
+    Placement,
+    converged,
+    logs_on_failure,
+    start_mesh,
+    stop_all,
+    wait_until,
+)
+from pyagent.testing.netns import Network
+
+pytestmark = pytest.mark.netns
+
+HOST_COUNT = 3
+CONVERGE_TIMEOUT_S = 30.0
+
+
+@pytest.fixture
+def net(netns: Callable[[int], Network]) -> Network:
+    return netns(HOST_COUNT)
+
+
+@pytest.fixture
+def daemons(tmp_path: Path, net: Network) -> Iterator[list[LocalPeer]]:
+    placements = [Placement(DEFAULT_LISTEN, tuple(host.command([]))) for host in net.hosts]
+    peers = start_mesh(tmp_path, HOST_COUNT, placements=placements)
+    try:
+        yield peers
+    finally:
+        stop_all(peers)
+
+
+def real_addr(net: Network, index: int, peer: LocalPeer) -> str:
+    return f"/ip4/{net.hosts[index].address}/tcp/4001/p2p/{peer.peer_id}"
+
+
+@pytest.mark.timeout(120)
+def test_default_config_meshes_across_hosts_at_real_addresses(net: Network, daemons: list[LocalPeer]) -> None:
+    peers = daemons
+    with logs_on_failure(peers):
+        for index, peer in enumerate(peers):
+            # What `pyagent id` shows, and what the others bootstrapped from, is the veth address.
+            assert peer.call("id")["addrs"] == [real_addr(net, index, peer)]
+        wait_until(lambda: converged(peers), CONVERGE_TIMEOUT_S, "the mesh over three hosts")
+        for viewer in peers:
+            listed = {m["peer"]: m["addrs"] for m in viewer.call("members")}
+            for index, peer in enumerate(peers):
+                assert listed[peer.peer_id] == [real_addr(net, index, peer)], viewer.name
+        for pinger, target in permutations(range(HOST_COUNT), 2):
+            # The CLI in the pinger's namespace, by peer id: it dials what gossip says, if not connected.
+            command = net.hosts[pinger].command(
+                [sys.executable, "-m", "pyagent.cli", "--home", str(peers[pinger].home), "ping"]
+            )
+            done = subprocess.run(
+                [*command, peers[target].peer_id], capture_output=True, text=True, timeout=30
+            )
+            assert done.returncode == 0, done.stderr
+            assert f"pong from {peers[target].peer_id}" in done.stdout
