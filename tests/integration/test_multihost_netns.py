@@ -1,7 +1,8 @@
 """Three daemons on three namespaced hosts, each with the default config (listen /ip4/0.0.0.0/tcp/4001)
 and nothing else but a bootstrap address: the mesh forms, every member holds every other at its real
 address, and a ping by peer id between any two works (issue 15: with 0.0.0.0 gossiped, each dialed
-itself)."""
+itself). A fourth daemon on the first host listens on loopback only: its neighbour on that host holds it
+at its loopback address, and no other host is ever told that address."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from pyagent.testing.netns import Network
 pytestmark = pytest.mark.netns
 
 HOST_COUNT = 3
+LOOPBACK_ONLY = "/ip4/127.0.0.1/tcp/4002"
 CONVERGE_TIMEOUT_S = 30.0
 
 
@@ -39,7 +41,8 @@ def net(netns: Callable[[int], Network]) -> Network:
 @pytest.fixture
 def daemons(tmp_path: Path, net: Network) -> Iterator[list[LocalPeer]]:
     placements = [Placement(DEFAULT_LISTEN, tuple(host.command([]))) for host in net.hosts]
-    peers = start_mesh(tmp_path, HOST_COUNT, placements=placements)
+    placements.append(Placement(LOOPBACK_ONLY, tuple(net.hosts[0].command([]))))
+    peers = start_mesh(tmp_path, len(placements), placements=placements)
     try:
         yield peers
     finally:
@@ -52,16 +55,20 @@ def real_addr(net: Network, index: int, peer: LocalPeer) -> str:
 
 @pytest.mark.timeout(120)
 def test_default_config_meshes_across_hosts_at_real_addresses(net: Network, daemons: list[LocalPeer]) -> None:
-    peers = daemons
-    with logs_on_failure(peers):
+    *peers, loopback_only = daemons
+    with logs_on_failure(daemons):
         for index, peer in enumerate(peers):
             # What `pyagent id` shows, and what the others bootstrapped from, is the veth address.
             assert peer.call("id")["addrs"] == [real_addr(net, index, peer)]
-        wait_until(lambda: converged(peers), CONVERGE_TIMEOUT_S, "the mesh over three hosts")
-        for viewer in peers:
+        wait_until(lambda: converged(daemons), CONVERGE_TIMEOUT_S, "the mesh over three hosts")
+        for viewer in daemons:
             listed = {m["peer"]: m["addrs"] for m in viewer.call("members")}
             for index, peer in enumerate(peers):
                 assert listed[peer.peer_id] == [real_addr(net, index, peer)], viewer.name
+        loopback_addr = f"{LOOPBACK_ONLY}/p2p/{loopback_only.peer_id}"
+        assert loopback_only.call("id")["addrs"] == [loopback_addr]
+        held = [{m["peer"]: m["addrs"] for m in p.call("members")}[loopback_only.peer_id] for p in peers]
+        assert held == [[loopback_addr], [], []], "loopback reaches the same host's daemon, and only it"
         for pinger, target in permutations(range(HOST_COUNT), 2):
             # The CLI in the pinger's namespace, by peer id: it dials what gossip says, if not connected.
             command = net.hosts[pinger].command(

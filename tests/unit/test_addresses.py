@@ -14,6 +14,8 @@ from pyagent.errors import ConfigError
 from pyagent.node.interfaces import interface_ips
 from pyagent.proto import addresses
 from pyagent.proto.addresses import NoAnnounce, ObservedAddrs
+from pyagent.proto.membership import codec
+from pyagent.proto.membership.records import Entry, State
 
 IFACES = ["127.0.0.1", "10.0.0.5", "192.168.1.9", "::1", "fd00::5", "fe80::1"]
 NOTHING_HIDDEN = NoAnnounce.parse([])
@@ -163,3 +165,35 @@ def test_the_rendered_config_carries_announce_and_no_announce() -> None:
     rendered = parse(tomllib.loads(render([DEFAULT_LISTEN], "", ["/ip4/203.0.113.7/tcp/4001"])), "init")
     assert rendered.node.announce == ["/ip4/203.0.113.7/tcp/4001"]
     assert rendered.node.no_announce == []
+
+
+LOOPBACK = "/ip4/127.0.0.1/tcp/4002"
+ROUTABLE = "/ip4/10.0.0.5/tcp/4001"
+
+
+def entry(peer: str, addrs: list[str]) -> list[object]:
+    return codec.encode_entry(Entry(peer, State.ALIVE, 1, 1, tuple(addrs)))
+
+
+def test_a_message_without_loopback_addresses_goes_to_another_host_as_it_is() -> None:
+    message = codec.push_pull([entry("a", [ROUTABLE]), entry("b", [])], False, True, False)
+    assert codec.for_another_host(message) is message
+
+
+def test_loopback_addresses_never_reach_another_host_in_entries_or_ping_req_targets() -> None:
+    kept = entry("c", [ROUTABLE])
+    updates = [entry("a", [LOOPBACK, ROUTABLE]), entry("b", [LOOPBACK]), kept]
+    for message in (
+        codec.gossip(updates),
+        codec.push_pull(updates, True, False, False),
+        codec.ping(7, updates),
+        codec.ping_req(7, "b", (LOOPBACK,), True, 100, updates),
+    ):
+        scrubbed = codec.for_another_host(message)
+        decoded = codec.decode(scrubbed, 1024)
+        entries = decoded.entries if isinstance(decoded, codec.PushPull) else decoded.updates
+        assert {e.peer: e.addrs for e in entries} == {"a": (ROUTABLE,), "b": (), "c": (ROUTABLE,)}
+        if isinstance(decoded, codec.PingReq):
+            assert decoded.addrs == ()
+        assert message != scrubbed, "the original, for peers on this host, is left as it was"
+        assert kept in scrubbed.get("u", scrubbed.get("e"))

@@ -454,6 +454,8 @@ async def run(home: Path, config: Config) -> None:
     host = Host(key_pair, host_config(config, psk), inbox)
     for protocol_id, limits in core.protocols.items():
         host.register_protocol(protocol_id, limits)
+    # Gossip relays a member's addresses to hosts it never met: loopback ones only reach peers on ours.
+    host.set_remote_view(membership.PROTOCOL_ID, membership.codec.for_another_host)
 
     async with host.running(), trio.open_nursery() as nursery:
         dialer = Dialer(host)

@@ -10,6 +10,7 @@ results as events (``presence``), and a shutdown that frees the port and leaves 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -42,7 +43,7 @@ from pyagent.node.identify_client import PROTOCOL_ID as IDENTIFY_PROTOCOL_ID
 from pyagent.node.identify_client import install_agent_version, read_identify
 from pyagent.node.inbound import InboundStreams, message_handler
 from pyagent.node.inbox import EventSender
-from pyagent.node.interfaces import announced_addrs
+from pyagent.node.interfaces import announced_addrs, interface_ips
 from pyagent.node.libp2p_factory import StreamHandler, build_libp2p_host
 from pyagent.node.libp2p_logging import restore_libp2p_logging
 from pyagent.node.limits import COUNTER_NAMES as FLOOD_COUNTER_NAMES
@@ -100,6 +101,10 @@ class Host:
         self._guards = FloodGuards(config.flood_limits, self._counters.add, self._disconnect_soon)
         self._no_announce = addresses.NoAnnounce.parse(config.no_announce)
         self._observed = addresses.ObservedAddrs()
+        # Per protocol, the message as a peer on another host may receive it (`set_remote_view`); and
+        # per connected peer, whether its connection comes from this machine.
+        self._remote_views: dict[str, Callable[[Message], Message]] = {}
+        self._same_host: dict[str, bool] = {}
         self._libp2p = build_libp2p_host(
             key_pair,
             config,
@@ -204,6 +209,12 @@ class Host:
         )
         self._libp2p.set_stream_handler(TProtocol(protocol_id), handler)
 
+    def set_remote_view(self, protocol_id: str, view: Callable[[Message], Message]) -> None:
+        """Messages `send` sends on ``protocol_id`` to a peer on another host go through ``view`` first
+        (membership's ``codec.for_another_host`` leaves loopback addresses out). A peer is on this host
+        when its connection comes from a loopback address or one of this machine's own."""
+        self._remote_views[protocol_id] = view
+
     def register_request_handler(self, protocol_id: str, limits: Limits, handler: RequestHandler) -> None:
         self._limits[protocol_id] = limits
         stream_handler = request_handler(
@@ -270,6 +281,9 @@ class Host:
     def send(self, peer: str, protocol_id: str, message: Message) -> None:
         """Best effort, never blocks: queued for the peer's long-lived stream on this protocol, or
         dropped (and counted) when the peer is not connected or its queue is full."""
+        view = self._remote_views.get(protocol_id)
+        if view is not None and not self._same_host.get(peer, False):
+            message = view(message)
         frame = encode_frame(message, self._limits.get(protocol_id, DEFAULT_LIMITS))
         if not self._is_connected(ID.from_base58(peer)):
             self._counters.add("send_dropped_not_connected")
@@ -417,6 +431,7 @@ class Host:
             if self._nursery is not None:
                 self._nursery.start_soon(self._swarm.close_peer, conn.muxed_conn.peer_id)
             return
+        self._same_host[peer] = _comes_from_this_host(conn)
         self._presence.connected(peer)
 
     def _peer_disconnected(self, conn: INetConn) -> None:
@@ -424,6 +439,7 @@ class Host:
         peer_id = conn.muxed_conn.peer_id
         if self._is_connected(peer_id) or not is_allowed(self._config, str(peer_id)):
             return
+        self._same_host.pop(str(peer_id), None)
         self._presence.disconnected(str(peer_id))
         self._outbound.drop_peer(str(peer_id))
 
@@ -473,6 +489,18 @@ def _contained(protocol_id: str, handler: StreamHandler, counters: Counters) -> 
         await finish_stream(stream, reset=True)
 
     return contained
+
+
+def _comes_from_this_host(conn: INetConn) -> bool:
+    """Unknown counts as another host: the safe side, as it only withholds loopback addresses."""
+    try:
+        remote = conn.muxed_conn.get_remote_address()
+    except Exception:
+        return False
+    if remote is None:
+        return False
+    ip = ipaddress.ip_address(remote[0])
+    return ip.is_loopback or str(ip) in interface_ips()
 
 
 def _parse_listen_addr(addr: str) -> Multiaddr:
