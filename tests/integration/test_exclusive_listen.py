@@ -5,8 +5,6 @@ Now the second daemon stops at start, naming the reason, and the first keeps eve
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from pyagent.localmesh import (
     stop_all,
     wait_until,
 )
+from pyagent.testing.cli import run_cli
 
 
 def free_port() -> int:
@@ -51,13 +50,7 @@ def test_a_second_daemon_on_a_taken_port_stops_at_start_and_the_first_keeps_its_
         port = first.addr.split("/")[4]
         home = tmp_path / "second"
         init_home(home, listen=f"/ip4/{ip}/tcp/{port}")
-        second = subprocess.run(
-            [sys.executable, "-m", "pyagent.cli", "--home", str(home), "daemon"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            stdin=subprocess.DEVNULL,
-        )
+        second = run_cli(home, "daemon")
         assert second.returncode == 2, second.stderr
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1, second.stderr
