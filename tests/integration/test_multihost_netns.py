@@ -6,6 +6,7 @@ at its loopback address, and no other host is ever told that address."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from pyagent.localmesh import (
     LocalPeer,
     Placement,
     converged,
+    init_home,
     logs_on_failure,
     start_mesh,
     stop_all,
@@ -30,6 +32,8 @@ pytestmark = pytest.mark.netns
 
 HOST_COUNT = 3
 LOOPBACK_ONLY = "/ip4/127.0.0.1/tcp/4002"
+# The last byte of the port-forward's public address on the test subnet (hosts are .1, .2, ...).
+PUBLIC_INDEX = 100
 CONVERGE_TIMEOUT_S = 30.0
 
 
@@ -79,3 +83,53 @@ def test_default_config_meshes_across_hosts_at_real_addresses(net: Network, daem
             )
             assert done.returncode == 0, done.stderr
             assert f"pong from {peers[target].peer_id}" in done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_an_address_two_peers_observe_behind_a_port_forward_is_announced(
+    tmp_path: Path, net: Network
+) -> None:
+    if shutil.which("nft") is None:
+        pytest.skip("nftables is not installed (apt-get install -y nftables)")
+    behind, *outside = net.hosts
+    public = net.port_forward(behind, PUBLIC_INDEX, 4001)
+    # The forwarded daemon listens on its own address only, so the public one can come from nothing but
+    # what its peers observe; the other two dial it through the forward.
+    placements = [Placement(f"/ip4/{behind.address}/tcp/4001", tuple(behind.command([])))]
+    placements += [Placement(DEFAULT_LISTEN, tuple(host.command([]))) for host in outside]
+    first = start_mesh(tmp_path, 1, placements=placements[:1])[0]
+    forwarded = f"/ip4/{public}/tcp/4001/p2p/{first.peer_id}"
+    others = [
+        LocalPeer(
+            f"outside-{index}",
+            tmp_path / f"outside-{index}",
+            ["--bootstrap", forwarded],
+            list(p.command_prefix),
+        )
+        for index, p in enumerate(placements[1:], start=1)
+    ]
+    peers = [first, *others]
+    try:
+        for peer, placement in zip(others, placements[1:], strict=True):
+            init_home(peer.home, listen=placement.listen)
+            peer.start()
+        for peer in others:
+            peer.wait_ready()
+        with logs_on_failure(peers):
+            assert first.call("id")["addrs"] == [real_addr(net, 0, first)]
+            wait_until(
+                lambda: forwarded in first.call("id")["addrs"], CONVERGE_TIMEOUT_S, "the observed address"
+            )
+            # Gossiped at the next re-announcement: every member then holds both addresses.
+            both = [real_addr(net, 0, first), forwarded]
+            wait_until(
+                lambda: all(sorted(members_addrs(p)[first.peer_id]) == sorted(both) for p in peers),
+                CONVERGE_TIMEOUT_S,
+                "the observed address gossiped to every member",
+            )
+    finally:
+        stop_all(peers)
+
+
+def members_addrs(peer: LocalPeer) -> dict[str, list[str]]:
+    return {m["peer"]: m["addrs"] for m in peer.call("members")}
