@@ -189,8 +189,9 @@ class Host:
         """Every listen address must be ours alone: a daemon that runs on part of its addresses, or
         shares a port with another, is reached by peers that meant someone else."""
         for addr in self._config.listen_addrs:
-            if addr not in self._swarm.listeners:
-                reason = self._guards.listeners.listen_errors.get(addr, "no transport accepted it")
+            key = str(_parse_listen_addr(addr))  # as the swarm and the listener spell it
+            if key not in self._swarm.listeners:
+                reason = self._guards.listeners.listen_errors.get(key, "no transport accepted it")
                 hint = ""
                 if reason == os.strerror(errno.EADDRINUSE):
                     hint = "; another program holds that port: stop it, or pick another port in [node] listen"
