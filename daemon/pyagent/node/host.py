@@ -27,10 +27,12 @@ from libp2p.host.ping import ID as PING_PROTOCOL_ID
 from libp2p.host.ping import PING_LENGTH
 from libp2p.io.exceptions import IOException
 from libp2p.io.utils import read_exactly
+from libp2p.network.connection.swarm_connection import SwarmConn
 from libp2p.network.stream.net_stream import NetStream
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.rcmgr import Direction
+from libp2p.stream_muxer.yamux.yamux import Yamux
 from multiaddr import Multiaddr
 from multiaddr.protocols import P_P2P
 
@@ -407,7 +409,9 @@ class Host:
 
     def _is_inbound(self, stream: NetStream) -> bool:
         conns = self._swarm.get_connections(stream.muxed_conn.peer_id)
-        return bool(conns) and all(conn.direction == Direction.INBOUND for conn in conns)
+        return bool(conns) and all(
+            isinstance(conn, SwarmConn) and conn.direction == Direction.INBOUND for conn in conns
+        )
 
     def _known_info(self, peer: str) -> PeerConnected:
         peer_id = ID.from_base58(peer)
@@ -494,10 +498,8 @@ def _contained(protocol_id: str, handler: StreamHandler, counters: Counters) -> 
 
 def _comes_from_this_host(conn: INetConn) -> bool:
     """Unknown counts as another host: the safe side, as it only withholds loopback addresses."""
-    try:
-        remote = conn.muxed_conn.get_remote_address()
-    except Exception:
-        return False
+    muxed = conn.muxed_conn
+    remote = muxed.get_remote_address() if isinstance(muxed, Yamux) else None
     if remote is None:
         return False
     ip = ipaddress.ip_address(remote[0])
