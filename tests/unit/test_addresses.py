@@ -197,3 +197,10 @@ def test_loopback_addresses_never_reach_another_host_in_entries_or_ping_req_targ
             assert decoded.addrs == ()
         assert message != scrubbed, "the original, for peers on this host, is left as it was"
         assert kept in scrubbed.get("u", scrubbed.get("e"))
+
+
+def test_fit_keeps_the_leading_addresses_within_the_count_and_the_bytes() -> None:
+    addrs = [f"/ip4/10.0.0.{index}/tcp/4001" for index in range(10)]
+    assert addresses.fit(addrs, 8, 10_000) == addrs[:8]
+    assert addresses.fit(addrs, 8, 3 * len(addrs[0])) == addrs[:3]
+    assert addresses.fit(addrs, 8, len(addrs[0]) - 1) == []

@@ -49,10 +49,11 @@ from pyagent.node.inbox import Inbox
 from pyagent.node.metrics import DaemonMetrics, Metrics, NodeCollector, stats_view
 from pyagent.node.storage import StorageHandle
 from pyagent.node.transfer import TransferService
-from pyagent.proto import kv, membership
+from pyagent.proto import addresses, kv, membership
 from pyagent.proto.component import Component
 from pyagent.proto.context import NodeContext
 from pyagent.proto.events import Event, MessageReceived, PeerConnected, PeerDisconnected, SendFailed
+from pyagent.proto.membership import limits as membership_limits
 from pyagent.proto.node import NodeCore
 from pyagent.proto.peers import ListPeers, PeerInfo
 from pyagent.proto.ping import PingPeer
@@ -98,6 +99,7 @@ class Node:
         self.daemon_metrics = DaemonMetrics(self.metrics, membership.PROTOCOL_ID, members.config.members_max)
         self.metrics.register(NodeCollector(self, self.metrics))
         self.metrics_url: str | None = None
+        self._addrs_cut_logged: tuple[int, int] | None = None
 
     def peers(self) -> list[PeerInfo]:
         table = self.core.component("peers")
@@ -118,6 +120,23 @@ class Node:
         record = self.members.member(self.peer_id)
         assert record is not None, "the local node is always a member of its own table"
         return record.metadata
+
+    def addrs_to_gossip(self) -> tuple[str, ...]:
+        """What the host announces, cut to what membership gossips per member."""
+        announced = self.host.announced_addrs()
+        fitted = addresses.fit(announced, membership_limits.ADDRS_MAX, self.members.config.addrs_bytes_max)
+        cut = (len(fitted), len(announced))
+        if len(fitted) < len(announced) and cut != self._addrs_cut_logged:
+            # Once per change, not at every refresh.
+            self._addrs_cut_logged = cut
+            log.warning(
+                "gossiping %d of %d addresses (membership's addrs_bytes_max is %d bytes); list the ones "
+                "others need in [node] announce, or hide the rest with [node] no_announce",
+                len(fitted),
+                len(announced),
+                self.members.config.addrs_bytes_max,
+            )
+        return tuple(fitted)
 
     def local_addrs(self) -> tuple[str, ...]:
         record = self.members.member(self.peer_id)
@@ -481,7 +500,7 @@ async def run(home: Path, config: Config) -> None:
             list(core.protocols),
             pluginhost.collect_metadata(plugins),
         )
-        await node.request(membership.UpdateLocalMetadata(metadata, tuple(host.announced_addrs())))
+        await node.request(membership.UpdateLocalMetadata(metadata, node.addrs_to_gossip()))
         plugins.hook.pyagent_add_metrics(metrics=node.metrics, node=node)
         if config.metrics.listen:
             node.metrics_url = await nursery.start(serve_metrics, config.metrics.listen, node.metrics)
@@ -495,7 +514,7 @@ async def run(home: Path, config: Config) -> None:
         )
         nursery.start_soon(mesh.join_mesh, node, seeds, rng, lambda: node.request(kv.FoundShards()))
         nursery.start_soon(mesh.refresh_load, node.request, node.local_metadata, members.live_count)
-        nursery.start_soon(mesh.refresh_addrs, node.request, host.announced_addrs, node.local_addrs)
+        nursery.start_soon(mesh.refresh_addrs, node.request, node.addrs_to_gossip, node.local_addrs)
         nursery.start_soon(_handle_signals, node.stop)
         await node.stop.wait()
         await node.leave()

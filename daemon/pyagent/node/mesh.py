@@ -313,7 +313,7 @@ async def refresh_addrs(
     announced: Callable[[], list[str]],
     gossiped: Callable[[], tuple[str, ...]],
 ) -> None:
-    """Gossip this node's addresses anew whenever what it announces changes."""
+    """Gossip this node's addresses anew whenever what it announces changes (``announced``)."""
     while True:
         await trio.sleep(ADDRS_REFRESH_INTERVAL_S)
         addrs = tuple(announced())

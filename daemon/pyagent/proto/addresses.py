@@ -153,6 +153,21 @@ def for_remote_peers(addrs: Sequence[str]) -> list[str]:
     return [addr for addr in addrs if not is_unspecified(addr)]
 
 
+def fit(addrs: Sequence[str], count_max: int, bytes_max: int) -> list[str]:
+    """The addresses, in order, that fit in a budget of ``count_max`` addresses and ``bytes_max`` bytes
+    (membership gossips at most that much per member): a machine with many interfaces announces its
+    first ones rather than fail."""
+    fitted: list[str] = []
+    used_bytes = 0
+    for addr in addrs:
+        size = len(addr.encode())
+        if len(fitted) == count_max or used_bytes + size > bytes_max:
+            break
+        fitted.append(addr)
+        used_bytes += size
+    return fitted
+
+
 class ObservedAddrs:
     """The addresses peers tell us they see us at (identify's ``observed_addr``), each with the distinct
     peers that reported it; confirmed once ``OBSERVERS_TO_CONFIRM`` of them agree. Bounded: the oldest
