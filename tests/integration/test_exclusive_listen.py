@@ -10,16 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pyagent.localmesh import (
-    LocalPeer,
-    Placement,
-    converged,
-    init_home,
-    logs_on_failure,
-    start_mesh,
-    stop_all,
-    wait_until,
-)
+from pyagent import localmesh
+from pyagent.localmesh import LocalPeer, Placement
 from pyagent.testing.cli import run_cli
 
 
@@ -33,11 +25,11 @@ def free_port() -> int:
 def first_two(tmp_path: Path) -> Iterator[list[LocalPeer]]:
     """Two daemons in one mesh; the first on a port the test knows."""
     placements = [Placement(f"/ip4/127.0.0.1/tcp/{free_port()}"), Placement()]
-    peers = start_mesh(tmp_path, 2, placements=placements)
+    peers = localmesh.start_mesh(tmp_path, 2, placements=placements)
     try:
         yield peers
     finally:
-        stop_all(peers)
+        localmesh.stop_all(peers)
 
 
 @pytest.mark.parametrize("ip", ["127.0.0.1", "0.0.0.0"])
@@ -45,11 +37,11 @@ def test_a_second_daemon_on_a_taken_port_stops_at_start_and_the_first_keeps_its_
     tmp_path: Path, first_two: list[LocalPeer], ip: str
 ) -> None:
     first, other = first_two
-    with logs_on_failure(first_two):
-        wait_until(lambda: converged(first_two), 30.0, "the two-daemon mesh")
+    with localmesh.logs_on_failure(first_two):
+        localmesh.wait_until(lambda: localmesh.converged(first_two), 30.0, "the two-daemon mesh")
         port = first.addr.split("/")[4]
         home = tmp_path / "second"
-        init_home(home, listen=f"/ip4/{ip}/tcp/{port}")
+        localmesh.init_home(home, listen=f"/ip4/{ip}/tcp/{port}")
         second = run_cli(home, "daemon")
         assert second.returncode == 2, second.stderr
         lines = second.stderr.strip().splitlines()
@@ -60,4 +52,4 @@ def test_a_second_daemon_on_a_taken_port_stops_at_start_and_the_first_keeps_its_
         assert other.peer_id in {p["peer"] for p in first.call("peers")}
         assert other.call("ping", peer=first.peer_id)["peer_id"] == first.peer_id
         assert first.call("ping", peer=other.peer_id)["peer_id"] == other.peer_id
-        assert converged(first_two)
+        assert localmesh.converged(first_two)
