@@ -72,6 +72,9 @@ def format_rtt(rtt_us: int | None) -> str:
     return "-" if rtt_us is None else f"{rtt_us / 1000:.2f} ms"
 
 
+_ANNOUNCE_HELP = "address peers should dial, e.g. a port forward's /ip4/203.0.113.7/tcp/4001 (repeatable)"
+
+
 # ---- commands ---------------------------------------------------------------------------------------
 
 
@@ -85,6 +88,8 @@ def cmd_init(args: argparse.Namespace, ctx: CliContext) -> int:
     # Everything written is checked first, so that a bad value fails here rather than at `pyagent daemon`.
     for addr in args.listen or []:
         config.check_listen_addr(addr, "--listen")
+    for addr in args.announce or []:
+        config.check_announce_addr(addr, "--announce")
     if args.swarm_key:
         from pyagent.node import pnet
 
@@ -93,7 +98,9 @@ def cmd_init(args: argparse.Namespace, ctx: CliContext) -> int:
     key_pair = identity.create(key_path)
     config_path = home / CONFIG_FILE
     if not config_path.exists():
-        config_path.write_text(config.render(args.listen or [config.DEFAULT_LISTEN], args.swarm_key or ""))
+        config_path.write_text(
+            config.render(args.listen or [config.DEFAULT_LISTEN], args.swarm_key or "", args.announce or [])
+        )
     print(f"initialized {home}")
     print(f"peer id: {identity.peer_id_of(key_pair)}")
     return EXIT_OK
@@ -111,6 +118,10 @@ def cmd_daemon(args: argparse.Namespace, ctx: CliContext) -> int:
         config.check_listen_addr(addr, "--listen")
     for addr in args.bootstrap or []:
         bootstraplist.check_multiaddr(addr, "--bootstrap")
+    for addr in args.announce or []:
+        config.check_announce_addr(addr, "--announce")
+    if args.announce:
+        cfg.node.announce = list(args.announce)
     if args.metrics is not None:
         config.parse_metrics_listen(args.metrics, "--metrics")
         cfg.metrics.listen = args.metrics
@@ -149,17 +160,47 @@ def _first_leaf(group: BaseExceptionGroup[_Leaf]) -> _Leaf:
 
 
 def cmd_id(args: argparse.Namespace, ctx: CliContext) -> int:
-    info = ctx.call("id")
+    try:
+        info = ctx.call("id")
+    except DaemonNotRunning:
+        # As `ipfs id` offline: what the identity file and the config say this node would announce.
+        info = _offline_id(ctx.home)
     if args.json:
         _print_json(info)
         return EXIT_OK
     print(f"peer id: {info['peer_id']}")
     print(f"agent:   {info['agent_version']}")
+    if not info["running"]:
+        print("daemon:  not running (addresses from the config)")
     for addr in info["addrs"]:
         print(f"addr:    {addr}")
     if info.get("metrics_url"):
         print(f"metrics: {info['metrics_url']}")
     return EXIT_OK
+
+
+def _offline_id(home: Path) -> dict[str, Any]:
+    key_path = home / IDENTITY_FILE
+    if not key_path.exists():
+        raise ConfigError(f"{home} has no identity and no daemon runs there; create one with `pyagent init`")
+    # Only now: reading the key imports libp2p, which a plain CLI start must not pay for.
+    from pyagent import config, identity
+    from pyagent.node.interfaces import announced_addrs
+    from pyagent.proto.addresses import NoAnnounce
+
+    peer_id = identity.peer_id_of(identity.load(key_path))
+    cfg = config.load(home)
+    no_announce = NoAnnounce.parse(cfg.node.no_announce)
+    addrs = announced_addrs(cfg.node.listen, cfg.node.announce, no_announce)
+    return {
+        "peer_id": peer_id,
+        "addrs": [f"{addr}/p2p/{peer_id}" for addr in addrs],
+        "listen_addrs": [f"{addr}/p2p/{peer_id}" for addr in cfg.node.listen],
+        "running": False,
+        "agent_version": f"pyagent/{__version__}",
+        "protocols": [],
+        "metrics_url": None,
+    }
 
 
 def cmd_peers(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -428,9 +469,16 @@ def build_parser(plugins: Any = None, epilog: str | None = None) -> OneLineParse
     p = _command(sub, "init", "create an identity and a config in the home directory", cmd_init)
     p.add_argument("--listen", action="append", metavar="MULTIADDR", help="listen address (repeatable)")
     p.add_argument("--swarm-key", metavar="FILE", help="join the private mesh of this swarm.key")
+    p.add_argument("--announce", action="append", metavar="MULTIADDR", help=_ANNOUNCE_HELP)
 
     p = _command(sub, "daemon", "run the peer in the foreground (Ctrl-C or SIGTERM stops it)", cmd_daemon)
     p.add_argument("--listen", action="append", metavar="MULTIADDR", help="override [node] listen")
+    p.add_argument(
+        "--announce",
+        action="append",
+        metavar="MULTIADDR",
+        help=f"{_ANNOUNCE_HELP}; overrides [node] announce",
+    )
     p.add_argument(
         "--bootstrap", action="append", metavar="MULTIADDR", help="peer to join at start (repeatable)"
     )

@@ -51,6 +51,12 @@ def resolve_home(flag: str | None) -> Path:
 @dataclass(slots=True)
 class NodeSection:
     listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
+    # What this node advertises instead of its listen addresses (kubo's Addresses.Announce): the
+    # address others reach it at behind a NAT or a port forward. Empty: the listen addresses, with
+    # 0.0.0.0 and :: expanded into the interfaces' addresses.
+    announce: list[str] = field(default_factory=list)
+    # Never advertised: exact addresses, or ranges such as /ip4/10.0.0.0/ipcidr/8.
+    no_announce: list[str] = field(default_factory=list)
     bootstrap: list[str] = field(default_factory=list)
     # A bootstrap list file (see bootstrap/example.txt); relative paths are relative to the home.
     bootstrap_file: str = ""
@@ -272,6 +278,9 @@ def _validate(config: Config, source: str) -> None:
 
     for addr in config.node.listen:
         check_listen_addr(addr, f"{source}: [node] listen")
+    for addr in config.node.announce:
+        check_announce_addr(addr, f"{source}: [node] announce")
+    check_no_announce(config.node.no_announce, f"{source}: [node] no_announce")
 
     for addr in config.node.bootstrap:
         bootstraplist.check_multiaddr(addr, f"{source}: [node] bootstrap")
@@ -322,14 +331,47 @@ def check_listen_addr(addr: str, where: str) -> None:
         raise ConfigError(f"{where}: '{addr}' is not a TCP listen address; write it like {DEFAULT_LISTEN}")
 
 
-def render(listen: list[str], swarm_key_file: str = "") -> str:
+def check_announce_addr(addr: str, where: str) -> None:
+    """A ``ConfigError`` naming ``where`` unless others could dial ``addr``."""
+    from pyagent.proto import addresses
+
+    parsed = addresses.parse_ip_tcp(addr)
+    if parsed is None or "/p2p/" in addr:
+        raise ConfigError(
+            f"{where}: '{addr}' is not an address to dial; write it like /ip4/203.0.113.7/tcp/4001"
+        )
+    if parsed.ip.is_unspecified or parsed.port == 0:
+        raise ConfigError(
+            f"{where}: '{addr}' cannot be dialed (unspecified IP or port 0); announce the IP and port "
+            "others reach this node at, like /ip4/203.0.113.7/tcp/4001"
+        )
+
+
+def check_no_announce(entries: list[str], where: str) -> None:
+    from pyagent.proto import addresses
+
+    try:
+        addresses.NoAnnounce.parse(entries)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def render(listen: list[str], swarm_key_file: str = "", announce: list[str] | None = None) -> str:
     """The commented config that ``pyagent init`` writes."""
     listen_toml = ", ".join(f'"{addr}"' for addr in listen)
+    announce_toml = ", ".join(f'"{addr}"' for addr in announce or [])
     return f"""# PyAgent daemon configuration. Every key is optional; these are the defaults unless noted.
 
 [node]
-# Multiaddrs to listen on. Port 0 picks a free port at each start.
+# Multiaddrs to listen on. Port 0 picks a free port at each start. A daemon never shares a port:
+# one that is taken stops the start with "address already in use".
 listen = [{listen_toml}]
+# What this node tells others to dial. Empty: the listen addresses, with 0.0.0.0 and :: expanded into
+# this machine's interface addresses, plus an address that two or more peers observe for it (a NAT's
+# public side). Set it behind a port forward, e.g. ["/ip4/203.0.113.7/tcp/4001"] (docs/meshes.md).
+announce = [{announce_toml}]
+# Never advertised: exact addresses, or ranges such as "/ip4/172.17.0.0/ipcidr/16" (a container bridge).
+no_announce = []
 # Peers to join the mesh through at start, as multiaddrs ending in /p2p/<peer id>,
 # and/or a bootstrap list file (one multiaddr per line; see bootstrap/example.txt).
 bootstrap = []

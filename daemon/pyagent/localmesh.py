@@ -11,7 +11,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from pyagent.controlclient import ControlClient, DaemonNotRunning
 STARTUP_TIMEOUT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 10.0
 LOOPBACK_ANY_PORT = "/ip4/127.0.0.1/tcp/0"
+LOG_TAIL_LINES = 40
 
 
 def init_home(home: Path, listen: str = LOOPBACK_ANY_PORT, swarm_key_file: str = "") -> str:
@@ -191,3 +193,15 @@ def stop_all(peers: list[LocalPeer]) -> list[int]:
     for peer in peers:
         peer.terminate()
     return [peer.wait_stopped() for peer in peers]
+
+
+@contextmanager
+def logs_on_failure(peers: Sequence[LocalPeer]) -> Iterator[None]:
+    """Print the tail of every daemon's log when the block fails: what the test saw is not enough."""
+    try:
+        yield
+    except BaseException:
+        for peer in peers:
+            tail = peer.log_text().splitlines()[-LOG_TAIL_LINES:]
+            print(f"----- {peer.name} ({peer.peer_id}) log tail -----", *tail, sep="\n")
+        raise

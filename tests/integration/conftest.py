@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from pyagent.localmesh import LocalPeer, start_mesh, stop_all
+from pyagent.testing.netns import NetnsUnavailable, Network, check_available, network
 
 DAEMONKIT = Path(__file__).resolve().parents[1] / "daemonkit"
 RUST_PEER_DIR = Path(__file__).resolve().parents[2] / "interop" / "rust-peer"
@@ -53,3 +55,15 @@ def rust_peer() -> Path:
         env={**os.environ, "CARGO_TARGET_DIR": str(target_dir)},
     )
     return target_dir / "debug" / "pyagent-interop-rust-peer"
+
+
+@pytest.fixture
+def netns() -> Iterator[Callable[[int], Network]]:
+    """Make a network of N namespaced hosts on one bridge (skips where namespaces cannot be made);
+    every one is removed at teardown."""
+    try:
+        check_available()
+    except NetnsUnavailable as reason:
+        pytest.skip(str(reason))
+    with ExitStack() as stack:
+        yield lambda host_count: stack.enter_context(network(host_count))

@@ -51,7 +51,7 @@ def test_help_and_builtin_commands_work_and_import_no_plugin(marker: Path, tmp_p
     top = run_cli(tmp_path, "--help")
     assert top.returncode == 0 and top.stderr == ""
     assert "failing" in top.stdout and "typo" in top.stdout  # named from metadata, not imported
-    no_daemon = run_cli(tmp_path, "id")
+    no_daemon = run_cli(tmp_path, "peers")
     assert no_daemon.returncode == 1 and len(no_daemon.stderr.splitlines()) == 1
     assert imported(marker) == set()
 

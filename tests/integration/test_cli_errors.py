@@ -47,6 +47,14 @@ CASES = [
     (["daemon", "--bootstrap", "foo"], "--bootstrap: 'foo' is not a multiaddr"),
     (["daemon", "--bootstrap", f"/ip4/999.0.0.1/tcp/1/p2p/{PEER_ID}"], "is not a valid multiaddr"),
     (["daemon", "--listen", "bogus"], "'bogus' is not a multiaddr"),
+    (
+        ["daemon", "--announce", "/ip4/0.0.0.0/tcp/4001"],
+        "--announce: '/ip4/0.0.0.0/tcp/4001' cannot be dialed",
+    ),
+    (
+        ["init", "--announce", "/dns4/example.com/tcp/1"],
+        "--announce: '/dns4/example.com/tcp/1' is not an address",
+    ),
     (["connect", f"/ip4/999.0.0.1/tcp/1/p2p/{PEER_ID}"], "is not a valid multiaddr"),
     (["connect", "/ip4/1.2.3.4/tcp/1/p2p/notapeer"], "'notapeer' is not a valid peer id"),
     (["ping", "notapeer"], "'notapeer' is not a valid peer id"),

@@ -56,7 +56,25 @@ def test_clean_shutdown_leaves_no_listener(mesh: Callable[..., list[LocalPeer]])
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
     assert not (first.home / "control.sock").exists()
-    assert run_cli(first.home, "id").returncode == 1
+    offline = run_cli(first.home, "id")
+    assert offline.returncode == 0 and "not running" in offline.stdout
+
+
+def test_id_without_a_daemon_shows_the_identity_and_what_the_config_announces(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    peer_id = init_home(home, listen="/ip4/0.0.0.0/tcp/4001")
+    result = run_cli(home, "id", "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["peer_id"] == peer_id and info["running"] is False
+    assert info["addrs"], "a machine with an interface up has something to announce"
+    assert not any("/0.0.0.0/" in addr for addr in info["addrs"])
+    assert all(addr.endswith(f"/tcp/4001/p2p/{peer_id}") for addr in info["addrs"])
+    (home / "config.toml").write_text('[node]\nannounce = ["/ip4/203.0.113.7/tcp/4001"]\n')
+    announced = json.loads(run_cli(home, "id", "--json").stdout)["addrs"]
+    assert announced == [f"/ip4/203.0.113.7/tcp/4001/p2p/{peer_id}"]
+    no_home = run_cli(tmp_path / "nothing", "id")
+    assert no_home.returncode == 2 and "pyagent init" in no_home.stderr
 
 
 def test_cli_without_a_daemon_says_how_to_start_one(tmp_path: Path) -> None:

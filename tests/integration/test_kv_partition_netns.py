@@ -19,8 +19,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,9 @@ import pytest
 import trio
 
 from pyagent.client import KvClient, KvError
-from pyagent.localmesh import LocalPeer, start_mesh, stop_all, wait_until
+from pyagent.localmesh import LocalPeer, logs_on_failure, start_mesh, stop_all, wait_until
 from pyagent.proto.kv.placement import shard_of
-from pyagent.testing.netns import NetnsUnavailable, Network, check_available, network
+from pyagent.testing.netns import Network
 from pyagent_simnet.linearizability import HistoryRecorder, Operation, check
 
 pytestmark = pytest.mark.netns
@@ -61,7 +60,6 @@ HEAL_CONVERGE_TIMEOUT_S = 75.0
 AFTER_MIN_S = 5.0
 AFTER_MAX_S = 30.0
 A_CLIENTS = 3
-LOG_TAIL_LINES = 40
 # Above the sum of this test's own deadlines (plus daemon start-up, final reads and shutdown), so that
 # one of them, which says what did not happen, fires first.
 TEST_TIMEOUT_S = int(
@@ -76,13 +74,8 @@ TEST_TIMEOUT_S = int(
 
 
 @pytest.fixture
-def net() -> Iterator[Network]:
-    try:
-        check_available()
-    except NetnsUnavailable as reason:
-        pytest.skip(str(reason))
-    with network(HOST_COUNT) as made:
-        yield made
+def net(netns: Callable[[int], Network]) -> Network:
+    return netns(HOST_COUNT)
 
 
 @pytest.fixture
@@ -94,17 +87,6 @@ def daemons(tmp_path: Path, net: Network) -> Iterator[list[LocalPeer]]:
         yield peers
     finally:
         stop_all(peers)
-
-
-@contextmanager
-def logs_on_failure(peers: Sequence[LocalPeer]) -> Iterator[None]:
-    try:
-        yield
-    except BaseException:
-        for peer in peers:
-            tail = peer.log_text().splitlines()[-LOG_TAIL_LINES:]
-            print(f"----- {peer.name} ({peer.peer_id}) log tail -----", *tail, sep="\n")
-        raise
 
 
 # --- shard status --------------------------------------------------------------------------------------

@@ -8,16 +8,23 @@ control socket (a unix socket in its home, reachable from the root namespace).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from pyagent.localmesh import LocalPeer, converged, member_states, start_mesh, stop_all, wait_until
+from pyagent.localmesh import (
+    LocalPeer,
+    converged,
+    logs_on_failure,
+    member_states,
+    start_mesh,
+    stop_all,
+    wait_until,
+)
 from pyagent.proto import membership
-from pyagent.testing.netns import NetnsUnavailable, Network, check_available, network
+from pyagent.testing.netns import Network
 
 pytestmark = pytest.mark.netns
 
@@ -29,7 +36,6 @@ LISTEN_PORT = 4001
 BOUND_SLACK = 1.5
 CONVERGE_TIMEOUT_S = 30.0
 POLL_S = 0.2
-LOG_TAIL_LINES = 40
 
 
 @dataclass
@@ -56,13 +62,8 @@ def heal_timeout_s() -> float:
 
 
 @pytest.fixture
-def net() -> Iterator[Network]:
-    try:
-        check_available()
-    except NetnsUnavailable as reason:
-        pytest.skip(str(reason))
-    with network(HOST_COUNT) as made:
-        yield made
+def net(netns: Callable[[int], Network]) -> Network:
+    return netns(HOST_COUNT)
 
 
 @pytest.fixture
@@ -73,17 +74,6 @@ def daemons(tmp_path: Path, net: Network) -> Iterator[list[LocalPeer]]:
         yield peers
     finally:
         stop_all(peers)
-
-
-@contextmanager
-def logs_on_failure(peers: Sequence[LocalPeer]) -> Iterator[None]:
-    try:
-        yield
-    except BaseException:
-        for peer in peers:
-            tail = peer.log_text().splitlines()[-LOG_TAIL_LINES:]
-            print(f"----- {peer.name} ({peer.peer_id}) log tail -----", *tail, sep="\n")
-        raise
 
 
 View = dict[str, str]

@@ -57,10 +57,11 @@ from pyagent.node.inbox import Inbox
 from pyagent.node.metrics import DaemonMetrics, Metrics, NodeCollector, stats_view
 from pyagent.node.storage import StorageHandle
 from pyagent.node.transfer import TransferService
-from pyagent.proto import kv, membership
+from pyagent.proto import addresses, kv, membership
 from pyagent.proto.component import Component
 from pyagent.proto.context import NodeContext
 from pyagent.proto.events import Event, MessageReceived, PeerConnected, PeerDisconnected, SendFailed
+from pyagent.proto.membership import limits as membership_limits
 from pyagent.proto.node import NodeCore
 from pyagent.proto.peers import ListPeers, PeerInfo
 from pyagent.proto.ping import PROTOCOL_ID as PING_PROTOCOL_ID
@@ -112,6 +113,7 @@ class Node:
         self.daemon_metrics = DaemonMetrics(self.metrics, membership.PROTOCOL_ID, members.config.members_max)
         self.metrics.register(NodeCollector(self, self.metrics))
         self.metrics_url: str | None = None
+        self._addrs_cut_logged: tuple[int, int] | None = None
 
     def peers(self) -> list[PeerInfo]:
         table = self.core.component("peers")
@@ -132,6 +134,28 @@ class Node:
         record = self.members.member(self.peer_id)
         assert record is not None, "the local node is always a member of its own table"
         return record.metadata
+
+    def addrs_to_gossip(self) -> tuple[str, ...]:
+        """What the host announces, cut to what membership gossips per member."""
+        announced = self.host.announced_addrs()
+        fitted = addresses.fit(announced, membership_limits.ADDRS_MAX, self.members.config.addrs_bytes_max)
+        cut = (len(fitted), len(announced))
+        if len(fitted) < len(announced) and cut != self._addrs_cut_logged:
+            # Once per change, not at every refresh.
+            self._addrs_cut_logged = cut
+            log.warning(
+                "gossiping %d of %d addresses (membership's addrs_bytes_max is %d bytes); list the ones "
+                "others need in [node] announce, or hide the rest with [node] no_announce",
+                len(fitted),
+                len(announced),
+                self.members.config.addrs_bytes_max,
+            )
+        return tuple(fitted)
+
+    def local_addrs(self) -> tuple[str, ...]:
+        record = self.members.member(self.peer_id)
+        assert record is not None, "the local node is always a member of its own table"
+        return record.addrs
 
     async def leave(self) -> None:
         """Tell the mesh this node is leaving (state "left", not "dead") and let the news spread."""
@@ -176,7 +200,9 @@ class Node:
     async def api_id(self, params: dict[str, Any]) -> dict[str, Any]:
         return {
             "peer_id": self.peer_id,
-            "addrs": self.host.listen_addrs(),
+            "addrs": self.host.announced_addrs(),
+            "listen_addrs": self.host.listen_addrs(),
+            "running": True,
             "agent_version": f"pyagent/{__version__}",
             "protocols": sorted(self.core.protocols),
             "metrics_url": self.metrics_url,
@@ -364,6 +390,8 @@ def _string_param(params: dict[str, Any], name: str) -> str:
 def host_config(config: Config, psk: bytes | None) -> HostConfig:
     return HostConfig(
         listen_addrs=list(config.node.listen),
+        announce=list(config.node.announce),
+        no_announce=list(config.node.no_announce),
         dial_timeout_ms=config.host.dial_timeout_ms,
         upgrade_timeout_ms=config.host.upgrade_timeout_ms,
         open_stream_timeout_ms=config.host.open_stream_timeout_ms,
@@ -488,6 +516,8 @@ async def run(home: Path, config: Config) -> None:
     host = Host(key_pair, host_config(config, psk), inbox)
     for protocol_id, limits in core.protocols.items():
         host.register_protocol(protocol_id, limits)
+    # Gossip relays a member's addresses to hosts it never met: loopback ones only reach peers on ours.
+    host.set_remote_view(membership.PROTOCOL_ID, membership.codec.for_another_host)
 
     async with host.running(), trio.open_nursery() as nursery:
         dialer = Dialer(host)
@@ -513,7 +543,7 @@ async def run(home: Path, config: Config) -> None:
             list(core.protocols),
             pluginhost.collect_metadata(plugins),
         )
-        await node.request(membership.UpdateLocalMetadata(metadata, tuple(host.listen_addrs())))
+        await node.request(membership.UpdateLocalMetadata(metadata, node.addrs_to_gossip()))
         plugins.hook.pyagent_add_metrics(metrics=node.metrics, node=node)
         if config.metrics.listen:
             node.metrics_url = await nursery.start(serve_metrics, config.metrics.listen, node.metrics)
@@ -523,10 +553,11 @@ async def run(home: Path, config: Config) -> None:
         plugins.hook.pyagent_startup(node=node, nursery=nursery)
         log.info(
             "daemon ready",
-            extra={"peer_id": peer_id, "addrs": ",".join(host.listen_addrs()), "private": psk is not None},
+            extra={"peer_id": peer_id, "addrs": ",".join(host.announced_addrs()), "private": psk is not None},
         )
         nursery.start_soon(mesh.join_mesh, node, seeds, rng, lambda: node.request(kv.FoundShards()))
         nursery.start_soon(mesh.refresh_load, node.request, node.local_metadata, members.live_count)
+        nursery.start_soon(mesh.refresh_addrs, node.request, node.addrs_to_gossip, node.local_addrs)
         nursery.start_soon(_handle_signals, node.stop)
         await node.stop.wait()
         await node.leave()

@@ -9,6 +9,8 @@ results as events (``presence``), and a shutdown that frees the port and leaves 
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -25,9 +27,12 @@ from libp2p.host.ping import ID as PING_PROTOCOL_ID
 from libp2p.host.ping import PING_LENGTH
 from libp2p.io.exceptions import IOException
 from libp2p.io.utils import read_exactly
+from libp2p.network.connection.swarm_connection import SwarmConn
 from libp2p.network.stream.net_stream import NetStream
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
+from libp2p.rcmgr import Direction
+from libp2p.stream_muxer.yamux.yamux import Yamux
 from multiaddr import Multiaddr
 from multiaddr.protocols import P_P2P
 
@@ -40,6 +45,7 @@ from pyagent.node.identify_client import PROTOCOL_ID as IDENTIFY_PROTOCOL_ID
 from pyagent.node.identify_client import install_agent_version, read_identify
 from pyagent.node.inbound import InboundStreams, message_handler
 from pyagent.node.inbox import EventSender
+from pyagent.node.interfaces import announced_addrs, interface_ips
 from pyagent.node.libp2p_factory import StreamHandler, build_libp2p_host
 from pyagent.node.libp2p_logging import restore_libp2p_logging
 from pyagent.node.limits import COUNTER_NAMES as FLOOD_COUNTER_NAMES
@@ -48,6 +54,7 @@ from pyagent.node.outbound import OutboundQueues
 from pyagent.node.presence import PeerPresence
 from pyagent.node.request_response import RequestError, RequestHandler, request, request_handler
 from pyagent.node.streams import finish_stream
+from pyagent.proto import addresses
 from pyagent.proto.events import Event, PeerConnected
 from pyagent.proto.wire import DEFAULT_LIMITS, Limits, Message, encode_frame
 
@@ -94,6 +101,12 @@ class Host:
         self._events = events
         self._counters = Counters(COUNTER_NAMES)
         self._guards = FloodGuards(config.flood_limits, self._counters.add, self._disconnect_soon)
+        self._no_announce = addresses.NoAnnounce.parse(config.no_announce)
+        self._observed = addresses.ObservedAddrs()
+        # Per protocol, the message as a peer on another host may receive it (`set_remote_view`); and
+        # per connected peer, whether its connection comes from this machine.
+        self._remote_views: dict[str, Callable[[Message], Message]] = {}
+        self._same_host: dict[str, bool] = {}
         self._libp2p = build_libp2p_host(
             key_pair,
             config,
@@ -102,6 +115,7 @@ class Host:
             lambda: self._counters.add("connections_refused", label="key-mismatch"),
             lambda peer: self._note_refusal(peer, "allow-list", "not on the allow-list"),
             self._guards,
+            self._identify_addrs,
         )
         swarm = self._libp2p.get_network()
         assert isinstance(swarm, Swarm)
@@ -127,8 +141,30 @@ class Host:
         return self._libp2p
 
     def listen_addrs(self) -> list[str]:
+        """The addresses the listeners are bound to (``0.0.0.0`` stays as is; port 0 is resolved)."""
         suffix = f"/p2p/{self.peer_id}"
-        return [str(a) if str(a).endswith(suffix) else f"{a}{suffix}" for a in self._libp2p.get_addrs()]
+        return [f"{a}{suffix}" for a in self._libp2p.get_transport_addrs()]
+
+    def announced_addrs(self) -> list[str]:
+        """What peers are told to dial, by identify and by membership gossip: ``announce`` if set, else
+        the bound addresses with 0.0.0.0 and :: expanded into the interface addresses plus observed
+        addresses that peers confirmed; without ``no_announce``'s, and without loopback unless loopback
+        is all there is (``addresses.for_remote_peers``)."""
+        suffix = f"/p2p/{self.peer_id}"
+        return [f"{addr}{suffix}" for addr in self._announced(self._libp2p.get_transport_addrs())]
+
+    def _announced(self, bound: list[Multiaddr]) -> list[str]:
+        return announced_addrs(
+            [str(addr) for addr in bound],
+            self._config.announce,
+            self._no_announce,
+            self._observed.confirmed(),
+        )
+
+    def _identify_addrs(self, bound: list[Multiaddr]) -> list[Multiaddr]:
+        # Called by py-libp2p (with the bound addresses) for every identify answer, and once while
+        # the host is built, before self._libp2p exists.
+        return [Multiaddr(addr) for addr in self._announced(bound)]
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Host]:
@@ -136,8 +172,7 @@ class Host:
         listen = [_parse_listen_addr(addr) for addr in self._config.listen_addrs]
         async with self._libp2p.run(listen_addrs=listen):
             try:
-                if not self._swarm.listeners or not self._libp2p.get_addrs():
-                    raise ConfigError(f"cannot listen on {', '.join(self._config.listen_addrs)}")
+                self._check_listening()
                 async with trio.open_nursery() as nursery:
                     self._outbound.attach(nursery)
                     self._presence.attach(nursery)
@@ -154,6 +189,18 @@ class Host:
                 with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT_S):
                     await self._libp2p.close()
 
+    def _check_listening(self) -> None:
+        """Every listen address must be ours alone: a daemon that runs on part of its addresses, or
+        shares a port with another, is reached by peers that meant someone else."""
+        for addr in self._config.listen_addrs:
+            key = str(_parse_listen_addr(addr))  # as the swarm and the listener spell it
+            if key not in self._swarm.listeners:
+                reason = self._guards.listeners.listen_errors.get(key, "no transport accepted it")
+                hint = ""
+                if reason == os.strerror(errno.EADDRINUSE):
+                    hint = "; another program holds that port: stop it, or pick another port in [node] listen"
+                raise ConfigError(f"cannot listen on {addr}: {reason.lower()}{hint}")
+
     def register_protocol(self, protocol_id: str, limits: Limits) -> None:
         """Inbound frames on ``protocol_id`` become MessageReceived events; outbound ones obey ``limits``."""
         self._limits[protocol_id] = limits
@@ -166,6 +213,12 @@ class Host:
             self._inbound,
         )
         self._libp2p.set_stream_handler(TProtocol(protocol_id), handler)
+
+    def set_remote_view(self, protocol_id: str, view: Callable[[Message], Message]) -> None:
+        """Messages `send` sends on ``protocol_id`` to a peer on another host go through ``view`` first
+        (membership's ``codec.for_another_host`` leaves loopback addresses out). A peer is on this host
+        when its connection comes from a loopback address or one of this machine's own."""
+        self._remote_views[protocol_id] = view
 
     def register_request_handler(self, protocol_id: str, limits: Limits, handler: RequestHandler) -> None:
         self._limits[protocol_id] = limits
@@ -233,6 +286,9 @@ class Host:
     def send(self, peer: str, protocol_id: str, message: Message) -> None:
         """Best effort, never blocks: queued for the peer's long-lived stream on this protocol, or
         dropped (and counted) when the peer is not connected or its queue is full."""
+        view = self._remote_views.get(protocol_id)
+        if view is not None and not self._same_host.get(peer, False):
+            message = view(message)
         frame = encode_frame(message, self._limits.get(protocol_id, DEFAULT_LIMITS))
         if not self._is_connected(ID.from_base58(peer)):
             self._counters.add("send_dropped_not_connected")
@@ -356,7 +412,18 @@ class Host:
         finally:
             with trio.CancelScope(shield=True):
                 await stream.close()
+        # Only a peer that dialed our listener saw our listening port; an outbound connection's source
+        # port is an ephemeral one that nobody can dial back.
+        inbound = self._is_inbound(stream)
+        if info.observed_addr and inbound and self._observed.record(peer, info.observed_addr):
+            logger.info("peers observe this node at %s; announcing it", info.observed_addr)
         return PeerConnected(peer, info.addrs, info.protocols, info.agent_version)
+
+    def _is_inbound(self, stream: NetStream) -> bool:
+        conns = self._swarm.get_connections(stream.muxed_conn.peer_id)
+        return bool(conns) and all(
+            isinstance(conn, SwarmConn) and conn.direction == Direction.INBOUND for conn in conns
+        )
 
     def _known_info(self, peer: str) -> PeerConnected:
         peer_id = ID.from_base58(peer)
@@ -380,6 +447,7 @@ class Host:
             self._note_refusal(peer, "allow-list", "not on the allow-list")
             self._disconnect_soon(peer)
             return
+        self._same_host[peer] = _comes_from_this_host(conn)
         self._presence.connected(peer)
 
     def refuse(self, peer: str, reason: str, why: str) -> None:
@@ -404,6 +472,7 @@ class Host:
         peer_id = conn.muxed_conn.peer_id
         if self._is_connected(peer_id) or not is_allowed(self._config, str(peer_id)):
             return
+        self._same_host.pop(str(peer_id), None)
         self._presence.disconnected(str(peer_id))
         self._outbound.drop_peer(str(peer_id))
 
@@ -453,6 +522,16 @@ def _contained(protocol_id: str, handler: StreamHandler, counters: Counters) -> 
         await finish_stream(stream, reset=True)
 
     return contained
+
+
+def _comes_from_this_host(conn: INetConn) -> bool:
+    """Unknown counts as another host: the safe side, as it only withholds loopback addresses."""
+    muxed = conn.muxed_conn
+    remote = muxed.get_remote_address() if isinstance(muxed, Yamux) else None
+    if remote is None:
+        return False
+    ip = ipaddress.ip_address(remote[0])
+    return ip.is_loopback or str(ip) in interface_ips()
 
 
 def _parse_listen_addr(addr: str) -> Multiaddr:

@@ -45,6 +45,9 @@ class FloodLimits:
 @dataclass
 class HostConfig:
     listen_addrs: list[str] = field(default_factory=lambda: list(DEFAULT_LISTEN_ADDRS))
+    # What to advertise instead of the listen addresses, and what never to advertise (config.NodeSection).
+    announce: list[str] = field(default_factory=list)
+    no_announce: list[str] = field(default_factory=list)
     dial_timeout_ms: int = 5_000
     # The whole connection upgrade (pnet + noise + yamux), inbound and outbound.
     upgrade_timeout_ms: int = 5_000

@@ -43,6 +43,8 @@ class IdentifyInfo:
     addrs: tuple[str, ...]
     protocols: tuple[str, ...]
     agent_version: str
+    # Where the peer sees this connection coming from ("" if it did not say or it does not parse).
+    observed_addr: str = ""
 
 
 async def read_identify(stream: INetStream) -> IdentifyInfo:
@@ -63,4 +65,12 @@ async def read_identify(stream: INetStream) -> IdentifyInfo:
         addrs=tuple(addrs),
         protocols=tuple(message.protocols[:IDENTIFY_PROTOCOLS_MAX]),
         agent_version=message.agent_version[:AGENT_VERSION_CHARS_MAX],
+        observed_addr=_multiaddr_or_empty(message.observed_addr),
     )
+
+
+def _multiaddr_or_empty(raw: bytes) -> str:
+    try:
+        return str(Multiaddr(raw)) if raw else ""
+    except Exception:
+        return ""

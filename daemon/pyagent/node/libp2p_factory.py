@@ -32,6 +32,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from multiaddr import Multiaddr
 
 from pyagent.node.host_config import HostConfig, is_allowed
 from pyagent.node.limits import FloodGuards
@@ -57,7 +58,10 @@ def build_libp2p_host(
     on_key_mismatch: Callable[[], None],
     on_peer_refused: Callable[[str], None],
     guards: FloodGuards,
+    addrs_factory: Callable[[list[Multiaddr]], list[Multiaddr]],
 ) -> BasicHost:
+    """``addrs_factory`` makes what identify tells peers from the bound addresses; py-libp2p's own
+    observed-address discovery is off, as the host confirms observations itself."""
     upgrade_timeout_s = config.upgrade_timeout_ms / 1000
     open_stream_timeout_s = config.open_stream_timeout_ms / 1000
     connection_config = ConnectionConfig(
@@ -82,6 +86,8 @@ def build_libp2p_host(
         transports=[guards.transport(_transport(config.psk, config.upgrade_timeout_ms, on_key_mismatch))],
         connection_config=connection_config,
         negotiate_timeout=max(1, round(open_stream_timeout_s)),
+        addrs_factory=addrs_factory,
+        disable_identify_address_discovery=True,
     )
     assert isinstance(host, BasicHost), type(host)
     swarm = host.get_network()

@@ -245,6 +245,8 @@ class AdmittedListeners:
     def __init__(self, admission: InboundAdmission) -> None:
         self.admission = admission
         self._scopes: dict[Key, trio.CancelScope] = {}
+        # Why each listen address that failed could not be bound (py-libp2p's swarm keeps only a bool).
+        self.listen_errors: dict[str, str] = {}
 
     def create(self, handler: THandler) -> AdmittingTCPListener:
         return AdmittingTCPListener(handler, self)
@@ -315,11 +317,18 @@ class AdmittingTCPListener(IListener):
                 raise OpenConnectionError(f"cannot listen on {maddr}: the listener is closed")
             sock = trio.socket.socket(trio.socket.AF_INET6 if ":" in ip else trio.socket.AF_INET)
             try:
+                # SO_REUSEADDR only lets a restarted daemon bind over its old connections in TIME_WAIT.
+                # Never SO_REUSEPORT: with it a second daemon binds the same port and the kernel splits
+                # incoming connections between the two.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if ":" in ip:
+                    # `::` alone, so that 0.0.0.0 on the same port is a listener of its own, not a clash.
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 await sock.bind((ip, port))
                 sock.listen(LISTEN_BACKLOG)
             except OSError as exc:
                 sock.close()
+                self._listeners.listen_errors[str(maddr)] = exc.strerror or str(exc)
                 raise OpenConnectionError(f"cannot listen on {maddr}: {exc}") from exc
             if self._nursery is None:
                 await self._spawn_nursery()

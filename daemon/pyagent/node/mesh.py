@@ -39,6 +39,9 @@ IDENTIFY_WAIT_S = 3.0
 LOAD_REFRESH_INTERVAL_S = 30.0
 LOAD_REFRESH_MEMBERS_PER_INTERVAL = 32
 LOAD_CHANGE_MIN = 0.25
+# How often the announced addresses are compared with what the mesh holds: an interface that came up or
+# an observed address that peers confirmed reaches the mesh within this time.
+ADDRS_REFRESH_INTERVAL_S = 10.0
 MEMBERSHIP_PROTOCOL_FAMILY = "/pyagent/membership/"
 
 
@@ -313,6 +316,20 @@ async def refresh_load(
         load = load_per_core()
         if abs(load - metadata.load) >= LOAD_CHANGE_MIN:
             await request(membership.UpdateLocalMetadata(metadata=replace(metadata, load=load)))
+
+
+async def refresh_addrs(
+    request: Callable[[object], Awaitable[object]],
+    announced: Callable[[], list[str]],
+    gossiped: Callable[[], tuple[str, ...]],
+) -> None:
+    """Gossip this node's addresses anew whenever what it announces changes (``announced``)."""
+    while True:
+        await trio.sleep(ADDRS_REFRESH_INTERVAL_S)
+        addrs = tuple(announced())
+        if addrs != gossiped():
+            log.info("announcing new addresses", extra={"addrs": ",".join(addrs)})
+            await request(membership.UpdateLocalMetadata(addrs=addrs))
 
 
 def member_view(record: membership.MemberRecord, now_us: int) -> dict[str, Any]:

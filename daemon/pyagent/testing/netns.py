@@ -47,6 +47,7 @@ class TestHost:
     namespace: str
     address: str
     host_veth: str
+    guest_veth: str
 
     def command(self, argv: Sequence[str]) -> list[str]:
         """``argv`` run inside this host's namespace."""
@@ -80,13 +81,29 @@ class Network:
         _ip("-n", namespace, "addr", "add", f"{address}/{PREFIX_LEN}", "dev", guest_veth)
         _ip("-n", namespace, "link", "set", guest_veth, "up")
         _ip("-n", namespace, "link", "set", "lo", "up")
-        host = TestHost(namespace, address, host_veth)
+        host = TestHost(namespace, address, host_veth, guest_veth)
         self.hosts.append(host)
         return host
 
     def placements(self, port: int) -> list[Placement]:
         """One daemon per host, listening on ``port`` at the host's address (for ``localmesh.start_mesh``)."""
         return [Placement(f"/ip4/{host.address}/tcp/{port}", tuple(host.command([]))) for host in self.hosts]
+
+    def port_forward(self, host: TestHost, public_index: int, port: int) -> str:
+        """A router's port forward in front of ``host``: connections to a second address on the bridge's
+        subnet (``.public_index``), port ``port``, reach ``host``'s own address at that port, as a NAT
+        rewrites them (nftables DNAT in the host's namespace). Returns the public address."""
+        public = f"{SUBNET_PREFIX}.{public_index}"
+        _ip("-n", host.namespace, "addr", "add", f"{public}/{PREFIX_LEN}", "dev", host.guest_veth)
+        rules = (
+            "add table ip nat\n"
+            "add chain ip nat prerouting { type nat hook prerouting priority -100; }\n"
+            f"add rule ip nat prerouting ip daddr {public} tcp dport {port} dnat to {host.address}:{port}\n"
+        )
+        subprocess.run(
+            [*host.command(["nft", "-f", "-"])], input=rules, check=True, capture_output=True, text=True
+        )
+        return public
 
     def partition(self, groups: Sequence[Sequence[TestHost]]) -> None:
         """Each group gets its own bridge: hosts in different groups can no longer reach each other."""

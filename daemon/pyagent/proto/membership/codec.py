@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyagent.errors import RemoteProtocolError
+from pyagent.proto.addresses import is_loopback
 from pyagent.proto.membership import limits
 from pyagent.proto.membership import metadata as metadata_codec
 from pyagent.proto.membership.metadata import Metadata
@@ -136,6 +137,32 @@ def metadata_query(peers: list[PeerId]) -> Message:
 
 def metadata_reply(records: list[list[Any]]) -> Message:
     return {"v": VERSION, "t": "md", "m": records}
+
+
+def for_another_host(message: Message) -> Message:
+    """``message`` as a peer on another host may receive it: loopback addresses would send that peer to
+    itself, so they are left out of every entry and of a ping-req's target. Only a node that listens on
+    loopback alone announces one (``addresses.for_remote_peers``), so nearly every message is returned
+    as it is, unchanged and uncopied."""
+    entries_key = "e" if "e" in message else "u"
+    entries = message.get(entries_key) or ()
+    target_addrs = message.get("a") or ()
+    if not any(is_loopback(addr) for addr in target_addrs) and not any(
+        is_loopback(addr) for entry in entries for addr in entry[4]
+    ):
+        return message
+    scrubbed = dict(message)
+    if target_addrs:
+        scrubbed["a"] = [addr for addr in target_addrs if not is_loopback(addr)]
+    if entries:
+        scrubbed[entries_key] = [_entry_for_another_host(entry) for entry in entries]
+    return scrubbed
+
+
+def _entry_for_another_host(entry: WireEntry) -> WireEntry:
+    if not any(is_loopback(addr) for addr in entry[4]):
+        return entry
+    return [*entry[:4], [addr for addr in entry[4] if not is_loopback(addr)], *entry[5:]]
 
 
 def _with_updates(message: Message, updates: list[WireEntry]) -> Message:
