@@ -1,0 +1,286 @@
+//! Blockwise quantization: one f32 scale (the block's largest magnitude) per `block_size` values,
+//! then each value as a level `q` in `[-L, L]`, stored as `q + L` in `bits` bits, packed
+//! little-endian (value `i` in the low bits first). FP16 stores each value as IEEE half instead.
+//!
+//! Layout of `n` values: `ceil(n / block_size)` scales (f32 LE; none for FP16), then the codes,
+//! `ceil(n * bits / 8)` bytes, the unused high bits of the last byte zero.
+
+use super::{malformed, CodecError, Rounding, ValueCodec};
+
+const SCALE_LEN_BYTES: usize = 4;
+/// Largest finite half: FP16 cannot carry a larger magnitude.
+const FP16_MAX: f32 = 65504.0;
+/// The bits of a float with its sign cleared compare as integers in the order of magnitudes, and
+/// every NaN and infinity is at or above this one.
+const NON_FINITE_BITS_MIN: u32 = 0x7f80_0000;
+
+/// Bytes that `n` values take.
+pub fn encoded_len(codec: ValueCodec, block_size: u32, n: usize) -> usize {
+    let scales = if codec.has_scales() {
+        n.div_ceil(block_size as usize) * SCALE_LEN_BYTES
+    } else {
+        0
+    };
+    scales + (n * codec.bits() as usize).div_ceil(8)
+}
+
+fn magnitude_bits(value: f32) -> u32 {
+    value.to_bits() & 0x7fff_ffff
+}
+
+/// The largest magnitude, or an error when a value is NaN or infinite (they would poison a sum).
+fn checked_absmax(values: &[f32]) -> Result<f32, CodecError> {
+    let bits = values.iter().fold(0u32, |max, &v| max.max(magnitude_bits(v)));
+    if bits >= NON_FINITE_BITS_MIN {
+        return Err(CodecError::Invalid("values must be finite (found NaN or infinity)".into()));
+    }
+    Ok(f32::from_bits(bits))
+}
+
+/// A uniform draw in [0, 1) from the seed and the value's position (splitmix64's finalizer), so
+/// stochastic rounding replays for a given seed and needs no state.
+fn uniform(seed: u64, index: u64) -> f32 {
+    let mut z = seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
+}
+
+/// Append the encoding of `values` to `out`. `first_index` is the position of `values[0]` in its
+/// delta, which keys the stochastic draws.
+pub fn encode(
+    values: &[f32],
+    codec: ValueCodec,
+    block_size: u32,
+    rounding: Rounding,
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    out.reserve(encoded_len(codec, block_size, values.len()));
+    let Some(level_max) = codec.max_level() else {
+        return encode_fp16(values, out);
+    };
+    let block_size = block_size as usize;
+    let mut codes = vec![0u8; values.len()];
+    for (block_index, (block, block_codes)) in values
+        .chunks(block_size)
+        .zip(codes.chunks_mut(block_size))
+        .enumerate()
+    {
+        let scale = checked_absmax(block)?;
+        out.extend_from_slice(&scale.to_le_bytes());
+        let to_level = if scale > 0.0 { level_max as f32 / scale } else { 0.0 };
+        let top = (2 * level_max) as i32;
+        // Shifted by L the level is never negative, so truncation toward zero is the floor; that
+        // keeps the loop free of calls to `round`, which the baseline x86-64 cannot vectorize.
+        match rounding {
+            Rounding::Nearest => {
+                let shift = level_max as f32 + 0.5;
+                for (code, &value) in block_codes.iter_mut().zip(block) {
+                    *code = ((value * to_level + shift) as i32).clamp(0, top) as u8;
+                }
+            }
+            Rounding::Stochastic { seed } => {
+                let first = (block_index * block_size) as u64;
+                for (offset, (code, &value)) in block_codes.iter_mut().zip(block).enumerate() {
+                    let draw = uniform(seed, first + offset as u64);
+                    let level = value * to_level + level_max as f32 + draw;
+                    *code = (level as i32).clamp(0, top) as u8;
+                }
+            }
+        }
+    }
+    pack(&codes, codec.bits(), out);
+    Ok(())
+}
+
+fn encode_fp16(values: &[f32], out: &mut Vec<u8>) -> Result<(), CodecError> {
+    let absmax = checked_absmax(values)?;
+    if absmax > FP16_MAX {
+        return Err(CodecError::Invalid(format!(
+            "fp16 carries magnitudes up to {FP16_MAX}, got {absmax}: use an integer codec (scaled)"
+        )));
+    }
+    let start = out.len();
+    out.resize(start + values.len() * 2, 0);
+    for (bytes, &value) in out[start..].chunks_exact_mut(2).zip(values) {
+        bytes.copy_from_slice(&half::f16::from_f32(value).to_le_bytes());
+    }
+    Ok(())
+}
+
+fn pack(codes: &[u8], bits: u32, out: &mut Vec<u8>) {
+    match bits {
+        8 => out.extend_from_slice(codes),
+        4 => out.extend(codes.chunks(2).map(|pair| {
+            pair.iter().rev().fold(0u8, |byte, &code| (byte << 4) | code)
+        })),
+        2 => out.extend(codes.chunks(4).map(|quad| {
+            quad.iter().rev().fold(0u8, |byte, &code| (byte << 2) | code)
+        })),
+        _ => unreachable!("no codec packs {bits}-bit codes"),
+    }
+}
+
+/// Decode exactly `out.len()` values from `bytes`, which must be exactly their encoding.
+pub fn decode(
+    bytes: &[u8],
+    codec: ValueCodec,
+    block_size: u32,
+    out: &mut [f32],
+) -> Result<(), CodecError> {
+    let want = encoded_len(codec, block_size, out.len());
+    if bytes.len() != want {
+        return malformed(format!(
+            "{} values of {} take {want} bytes, the frame has {}",
+            out.len(),
+            codec.name(),
+            bytes.len()
+        ));
+    }
+    let Some(level_max) = codec.max_level() else {
+        for (value, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            *value = half::f16::from_le_bytes([pair[0], pair[1]]).to_f32();
+        }
+        if out.iter().any(|value| !value.is_finite()) {
+            return malformed("fp16 value is NaN or infinite");
+        }
+        return Ok(());
+    };
+    let block_size = block_size as usize;
+    let (scales, codes) = bytes.split_at(out.len().div_ceil(block_size) * SCALE_LEN_BYTES);
+    unpack(codes, codec.bits(), out.len(), out);
+    let top = (2 * level_max) as f32;
+    let mut bad_code = false;
+    for (block, scale) in out.chunks_mut(block_size).zip(scales.chunks_exact(SCALE_LEN_BYTES)) {
+        let scale = f32::from_le_bytes([scale[0], scale[1], scale[2], scale[3]]);
+        // Negative zero, NaN, infinities and negatives: none is the magnitude of finite values.
+        if !(scale.is_finite() && scale.is_sign_positive()) {
+            return malformed(format!("block scale {scale} is not a finite magnitude"));
+        }
+        let step = scale / level_max as f32;
+        let shift = level_max as f32;
+        for value in block.iter_mut() {
+            bad_code |= *value > top;
+            *value = (*value - shift) * step;
+        }
+    }
+    if bad_code {
+        return malformed(format!("a code lies beyond {}'s levels", codec.name()));
+    }
+    let used_bits = out.len() * codec.bits() as usize % 8;
+    if used_bits != 0 && codes.last().is_some_and(|&last| last >> used_bits != 0) {
+        return malformed("padding bits of the last code byte are not zero");
+    }
+    Ok(())
+}
+
+/// Spread the packed codes into `out` as floats (the raw code, shifted later).
+fn unpack(codes: &[u8], bits: u32, n: usize, out: &mut [f32]) {
+    match bits {
+        8 => {
+            for (value, &code) in out.iter_mut().zip(codes) {
+                *value = code as f32;
+            }
+        }
+        4 => {
+            for (pair, &byte) in out.chunks_mut(2).zip(codes) {
+                for (slot, value) in pair.iter_mut().enumerate() {
+                    *value = ((byte >> (4 * slot)) & 0x0f) as f32;
+                }
+            }
+        }
+        2 => {
+            for (quad, &byte) in out.chunks_mut(4).zip(codes) {
+                for (slot, value) in quad.iter_mut().enumerate() {
+                    *value = ((byte >> (2 * slot)) & 0x03) as f32;
+                }
+            }
+        }
+        _ => unreachable!("no codec packs {bits}-bit codes"),
+    }
+    debug_assert!(out.len() == n);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(n: usize, seed: u64) -> Vec<f32> {
+        (0..n as u64).map(|i| (uniform(seed, i) - 0.5) * 3.0).collect()
+    }
+
+    fn round_trip(values: &[f32], codec: ValueCodec, block: u32, rounding: Rounding) -> Vec<f32> {
+        let mut bytes = Vec::new();
+        encode(values, codec, block, rounding, &mut bytes).unwrap();
+        assert_eq!(bytes.len(), encoded_len(codec, block, values.len()));
+        let mut back = vec![0.0; values.len()];
+        decode(&bytes, codec, block, &mut back).unwrap();
+        back
+    }
+
+    #[test]
+    fn each_integer_codec_is_within_half_a_step() {
+        let values = sample(1000, 1);
+        for codec in [ValueCodec::Int8, ValueCodec::Int4, ValueCodec::Int2] {
+            let level_max = codec.max_level().unwrap() as f32;
+            let back = round_trip(&values, codec, 64, Rounding::Nearest);
+            for (block, back_block) in values.chunks(64).zip(back.chunks(64)) {
+                let scale = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+                for (x, y) in block.iter().zip(back_block) {
+                    assert!((x - y).abs() <= scale / (2.0 * level_max) * 1.0001, "{codec:?} {x} {y}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn stochastic_rounding_replays_from_its_seed_and_is_unbiased() {
+        let values = vec![0.3f32; 4096];
+        let mut with_max = values.clone();
+        with_max[0] = 1.0;
+        let a = round_trip(&with_max, ValueCodec::Int2, 4096, Rounding::Stochastic { seed: 9 });
+        let b = round_trip(&with_max, ValueCodec::Int2, 4096, Rounding::Stochastic { seed: 9 });
+        let c = round_trip(&with_max, ValueCodec::Int2, 4096, Rounding::Stochastic { seed: 10 });
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let mean = a[1..].iter().sum::<f32>() / 4095.0;
+        assert!((mean - 0.3).abs() < 0.03, "mean {mean}");
+    }
+
+    #[test]
+    fn fp16_round_trips_to_half_precision_and_refuses_what_it_cannot_carry() {
+        let values = sample(333, 2);
+        let back = round_trip(&values, ValueCodec::Fp16, 64, Rounding::Nearest);
+        for (x, y) in values.iter().zip(&back) {
+            assert!((x - y).abs() <= x.abs() / 2048.0);
+        }
+        let mut out = Vec::new();
+        assert!(encode(&[1e6], ValueCodec::Fp16, 8, Rounding::Nearest, &mut out).is_err());
+        assert!(encode(&[f32::NAN], ValueCodec::Int8, 8, Rounding::Nearest, &mut out).is_err());
+    }
+
+    #[test]
+    fn a_zero_block_stays_zero() {
+        let back = round_trip(&[0.0; 20], ValueCodec::Int4, 8, Rounding::Nearest);
+        assert!(back.iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn decode_rejects_codes_beyond_the_levels_bad_scales_and_padding() {
+        let mut bytes = Vec::new();
+        encode(&[0.5, -1.0, 1.0], ValueCodec::Int2, 8, Rounding::Nearest, &mut bytes).unwrap();
+        let mut out = [0f32; 3];
+        let mut bad = bytes.clone();
+        bad[4] |= 0b11; // code 3 is not a level of INT2
+        assert!(decode(&bad, ValueCodec::Int2, 8, &mut out).is_err());
+        let mut bad = bytes.clone();
+        bad[4] |= 0b0100_0000; // the fourth, unused slot
+        assert!(decode(&bad, ValueCodec::Int2, 8, &mut out).is_err());
+        let mut bad = bytes.clone();
+        bad[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+        assert!(decode(&bad, ValueCodec::Int2, 8, &mut out).is_err());
+        assert!(decode(&bytes[..4], ValueCodec::Int2, 8, &mut out).is_err());
+        decode(&bytes, ValueCodec::Int2, 8, &mut out).unwrap();
+    }
+}
