@@ -109,7 +109,8 @@ pub enum Rounding {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Spec {
     pub codec: ValueCodec,
-    /// Values per scale, for the integer codecs (ignored by FP16 but kept in the frame).
+    /// Values per scale, for the integer codecs (ignored by FP16 but kept in the frame); a
+    /// multiple of 8.
     pub block_size: u32,
     /// None: every value is sent (dense).
     pub top_k: Option<TopK>,
@@ -127,9 +128,10 @@ pub const NUMEL_MAX: u64 = 1 << 32;
 impl Spec {
     /// Check the spec's own fields (a caller's mistake, reported as [`CodecError::Invalid`]).
     pub fn validate(&self) -> Result<(), CodecError> {
-        if !(BLOCK_SIZE_MIN..=BLOCK_SIZE_MAX).contains(&self.block_size) {
+        // Whole bytes of codes per block, and whole pairs of stochastic draws.
+        if !(BLOCK_SIZE_MIN..=BLOCK_SIZE_MAX).contains(&self.block_size) || self.block_size % 8 != 0 {
             return Err(CodecError::Invalid(format!(
-                "block_size must be in {BLOCK_SIZE_MIN}..={BLOCK_SIZE_MAX}, got {}",
+                "block_size must be a multiple of 8 in {BLOCK_SIZE_MIN}..={BLOCK_SIZE_MAX}, got {}",
                 self.block_size
             )));
         }

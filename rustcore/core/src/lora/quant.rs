@@ -5,11 +5,17 @@
 //! Layout of `n` values: `ceil(n / block_size)` scales (f32 LE; none for FP16), then the codes,
 //! `ceil(n * bits / 8)` bytes, the unused high bits of the last byte zero.
 
+use half::slice::HalfFloatSliceExt;
+
 use super::{malformed, CodecError, Rounding, ValueCodec};
 
 const SCALE_LEN_BYTES: usize = 4;
 /// Largest finite half: FP16 cannot carry a larger magnitude.
 const FP16_MAX: f32 = 65504.0;
+/// An FP16 value with all exponent bits set is an infinity or a NaN.
+const FP16_EXPONENT_BITS: u16 = 0x7c00;
+/// Values converted to or from FP16 per call of `half`'s slice conversion.
+const FP16_RUN: usize = 1024;
 /// The bits of a float with its sign cleared compare as integers in the order of magnitudes, and
 /// every NaN and infinity is at or above this one.
 const NON_FINITE_BITS_MIN: u32 = 0x7f80_0000;
@@ -37,18 +43,20 @@ fn checked_absmax(values: &[f32]) -> Result<f32, CodecError> {
     Ok(f32::from_bits(bits))
 }
 
-/// A uniform draw in [0, 1) from the seed and the value's position (splitmix64's finalizer), so
-/// stochastic rounding replays for a given seed and needs no state.
-fn uniform(seed: u64, index: u64) -> f32 {
-    let mut z = seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+/// Two uniform draws in [0, 1) for the values at positions `2 * pair` and `2 * pair + 1`, from
+/// the seed and the pair (splitmix64's finalizer; 24 bits each from its top 48). Stateless, so
+/// stochastic rounding replays for a seed; one hash per two values keeps it near 1 GB/s.
+fn uniform_pair(seed: u64, pair: u64) -> [f32; 2] {
+    let mut z = seed ^ pair.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^= z >> 31;
-    (z >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
+    let unit = 1.0 / (1u64 << 24) as f32;
+    [(z >> 40) as f32 * unit, ((z >> 16) & 0xff_ffff) as f32 * unit]
 }
 
-/// Append the encoding of `values` to `out`. `first_index` is the position of `values[0]` in its
-/// delta, which keys the stochastic draws.
+/// Append the encoding of `values` to `out`. Stochastic draws are keyed by a value's position in
+/// `values`.
 pub fn encode(
     values: &[f32],
     codec: ValueCodec,
@@ -81,11 +89,16 @@ pub fn encode(
                 }
             }
             Rounding::Stochastic { seed } => {
-                let first = (block_index * block_size) as u64;
-                for (offset, (code, &value)) in block_codes.iter_mut().zip(block).enumerate() {
-                    let draw = uniform(seed, first + offset as u64);
-                    let level = value * to_level + level_max as f32 + draw;
-                    *code = (level as i32).clamp(0, top) as u8;
+                // Blocks hold a multiple of 8 values but the last, so a pair never straddles two.
+                let first_pair = (block_index * block_size / 2) as u64;
+                let shift = level_max as f32;
+                for (pair, (codes, values)) in
+                    block_codes.chunks_mut(2).zip(block.chunks(2)).enumerate()
+                {
+                    let draws = uniform_pair(seed, first_pair + pair as u64);
+                    for ((code, &value), draw) in codes.iter_mut().zip(values).zip(draws) {
+                        *code = ((value * to_level + shift + draw) as i32).clamp(0, top) as u8;
+                    }
                 }
             }
         }
@@ -103,8 +116,15 @@ fn encode_fp16(values: &[f32], out: &mut Vec<u8>) -> Result<(), CodecError> {
     }
     let start = out.len();
     out.resize(start + values.len() * 2, 0);
-    for (bytes, &value) in out[start..].chunks_exact_mut(2).zip(values) {
-        bytes.copy_from_slice(&half::f16::from_f32(value).to_le_bytes());
+    // Converted a run at a time through a small buffer, so `half` can use the CPU's F16C
+    // instructions where it has them.
+    let mut halves = [half::f16::ZERO; FP16_RUN];
+    for (run, bytes) in values.chunks(FP16_RUN).zip(out[start..].chunks_mut(2 * FP16_RUN)) {
+        let halves = &mut halves[..run.len()];
+        halves.convert_from_f32_slice(run);
+        for (pair, half) in bytes.chunks_exact_mut(2).zip(halves.iter()) {
+            pair.copy_from_slice(&half.to_bits().to_le_bytes());
+        }
     }
     Ok(())
 }
@@ -139,13 +159,7 @@ pub fn decode(
         ));
     }
     let Some(level_max) = codec.max_level() else {
-        for (value, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-            *value = half::f16::from_le_bytes([pair[0], pair[1]]).to_f32();
-        }
-        if out.iter().any(|value| !value.is_finite()) {
-            return malformed("fp16 value is NaN or infinite");
-        }
-        return Ok(());
+        return decode_fp16(bytes, out);
     };
     let block_size = block_size as usize;
     let (scales, codes) = bytes.split_at(out.len().div_ceil(block_size) * SCALE_LEN_BYTES);
@@ -171,6 +185,24 @@ pub fn decode(
     let used_bits = out.len() * codec.bits() as usize % 8;
     if used_bits != 0 && codes.last().is_some_and(|&last| last >> used_bits != 0) {
         return malformed("padding bits of the last code byte are not zero");
+    }
+    Ok(())
+}
+
+fn decode_fp16(bytes: &[u8], out: &mut [f32]) -> Result<(), CodecError> {
+    let mut halves = [half::f16::ZERO; FP16_RUN];
+    let mut non_finite = false;
+    for (run, bytes) in out.chunks_mut(FP16_RUN).zip(bytes.chunks(2 * FP16_RUN)) {
+        let halves = &mut halves[..run.len()];
+        for (half, pair) in halves.iter_mut().zip(bytes.chunks_exact(2)) {
+            let bits = u16::from_le_bytes([pair[0], pair[1]]);
+            non_finite |= bits & FP16_EXPONENT_BITS == FP16_EXPONENT_BITS;
+            *half = half::f16::from_bits(bits);
+        }
+        halves.convert_to_f32_slice(run);
+    }
+    if non_finite {
+        return malformed("fp16 value is NaN or infinite");
     }
     Ok(())
 }
@@ -207,7 +239,7 @@ mod tests {
     use super::*;
 
     fn sample(n: usize, seed: u64) -> Vec<f32> {
-        (0..n as u64).map(|i| (uniform(seed, i) - 0.5) * 3.0).collect()
+        (0..n as u64).map(|i| (uniform_pair(seed, i)[0] - 0.5) * 3.0).collect()
     }
 
     fn round_trip(values: &[f32], codec: ValueCodec, block: u32, rounding: Rounding) -> Vec<f32> {
