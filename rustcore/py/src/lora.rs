@@ -75,7 +75,11 @@ impl LoraCodec {
             chunk_size,
             k_per_chunk,
         });
-        let spec = Spec { codec: value_codec, block_size, top_k };
+        let spec = Spec {
+            codec: value_codec,
+            block_size,
+            top_k,
+        };
         spec.validate().map_err(codec_error)?;
         Ok(Self { spec })
     }
@@ -145,7 +149,10 @@ fn lora_frame_info<'py>(
     let (header, _) = py
         .detach(|| frame::read_header(frame_bytes, numel_max))
         .map_err(codec_error)?;
-    Ok((LoraCodec { spec: header.spec }, PyTuple::new(py, header.shape)?))
+    Ok((
+        LoraCodec { spec: header.spec },
+        PyTuple::new(py, header.shape)?,
+    ))
 }
 
 /// Decode a frame into `out`, a writable float32 array of exactly the frame's number of values.

@@ -4,14 +4,21 @@
 use super::{frame, Spec, TopK, ValueCodec, NDIM_MAX};
 
 const fn dense(codec: ValueCodec, block_size: u32) -> Spec {
-    Spec { codec, block_size, top_k: None }
+    Spec {
+        codec,
+        block_size,
+        top_k: None,
+    }
 }
 
 const fn top_k(k_per_chunk: u32) -> Spec {
     Spec {
         codec: ValueCodec::Int2,
         block_size: 64,
-        top_k: Some(TopK { chunk_size: 4096, k_per_chunk }),
+        top_k: Some(TopK {
+            chunk_size: 4096,
+            k_per_chunk,
+        }),
     }
 }
 
@@ -63,7 +70,10 @@ mod tests {
 
     #[test]
     fn the_ladder_is_ordered_by_size() {
-        let sizes: Vec<u64> = LADDER.iter().map(|s| frame::frame_len_max(s, 1, 1 << 24)).collect();
+        let sizes: Vec<u64> = LADDER
+            .iter()
+            .map(|s| frame::frame_len_max(s, 1, 1 << 24))
+            .collect();
         assert!(sizes.windows(2).all(|pair| pair[0] > pair[1]), "{sizes:?}");
     }
 }

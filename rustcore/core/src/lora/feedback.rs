@@ -20,8 +20,12 @@ impl ErrorFeedback {
     pub fn new(shape: &[u64]) -> Result<Self, CodecError> {
         let numel = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
         let numel = numel
-            .filter(|&n| !shape.is_empty() && shape.len() <= super::NDIM_MAX && n <= super::NUMEL_MAX)
-            .ok_or_else(|| CodecError::Invalid(format!("shape {shape:?} is not a delta's shape")))?;
+            .filter(|&n| {
+                !shape.is_empty() && shape.len() <= super::NDIM_MAX && n <= super::NUMEL_MAX
+            })
+            .ok_or_else(|| {
+                CodecError::Invalid(format!("shape {shape:?} is not a delta's shape"))
+            })?;
         Ok(Self {
             shape: shape.to_vec(),
             residual: vec![0.0; numel as usize],
@@ -59,13 +63,16 @@ impl ErrorFeedback {
             )));
         }
         self.scratch.clear();
-        self.scratch
-            .extend(self.residual.iter().zip(delta).map(|(residual, value)| residual + value));
+        self.scratch.extend(
+            self.residual
+                .iter()
+                .zip(delta)
+                .map(|(residual, value)| residual + value),
+        );
         let encoded = frame::encode(&self.scratch, &self.shape, spec, rounding)?;
         std::mem::swap(&mut self.residual, &mut self.scratch);
         // Subtract what the receiver will read, decoded from the very bytes it gets.
-        frame::decode_into(&encoded, &mut self.scratch)
-            .expect("a frame just encoded decodes");
+        frame::decode_into(&encoded, &mut self.scratch).expect("a frame just encoded decodes");
         for (residual, sent) in self.residual.iter_mut().zip(&self.scratch) {
             *residual -= sent;
         }
@@ -83,13 +90,18 @@ mod tests {
         let spec = Spec {
             codec: ValueCodec::Int2,
             block_size: 64,
-            top_k: Some(TopK { chunk_size: 128, k_per_chunk: 4 }),
+            top_k: Some(TopK {
+                chunk_size: 128,
+                k_per_chunk: 4,
+            }),
         };
         let mut feedback = ErrorFeedback::new(&[4, 256]).unwrap();
         let mut given = vec![0f64; 1024];
         let mut sent = vec![0f64; 1024];
         for round in 0..20u64 {
-            let delta: Vec<f32> = (0..1024).map(|i| ((i * 31 + round * 17) % 97) as f32 / 97.0 - 0.5).collect();
+            let delta: Vec<f32> = (0..1024)
+                .map(|i| ((i * 31 + round * 17) % 97) as f32 / 97.0 - 0.5)
+                .collect();
             let frame = feedback
                 .encode(&delta, &spec, Rounding::Stochastic { seed: round })
                 .unwrap();
@@ -101,18 +113,32 @@ mod tests {
         }
         for i in 0..1024 {
             let total = sent[i] + f64::from(feedback.residual()[i]);
-            assert!((total - given[i]).abs() < 1e-4, "{i}: {total} vs {}", given[i]);
+            assert!(
+                (total - given[i]).abs() < 1e-4,
+                "{i}: {total} vs {}",
+                given[i]
+            );
         }
     }
 
     #[test]
     fn a_refused_delta_leaves_the_residual_alone() {
-        let spec = Spec { codec: ValueCodec::Int8, block_size: 8, top_k: None };
+        let spec = Spec {
+            codec: ValueCodec::Int8,
+            block_size: 8,
+            top_k: None,
+        };
         let mut feedback = ErrorFeedback::new(&[8]).unwrap();
-        feedback.encode(&[0.3; 8], &spec, Rounding::Nearest).unwrap();
+        feedback
+            .encode(&[0.3; 8], &spec, Rounding::Nearest)
+            .unwrap();
         let before = feedback.residual().to_vec();
-        assert!(feedback.encode(&[f32::NAN; 8], &spec, Rounding::Nearest).is_err());
-        assert!(feedback.encode(&[0.0; 7], &spec, Rounding::Nearest).is_err());
+        assert!(feedback
+            .encode(&[f32::NAN; 8], &spec, Rounding::Nearest)
+            .is_err());
+        assert!(feedback
+            .encode(&[0.0; 7], &spec, Rounding::Nearest)
+            .is_err());
         assert_eq!(feedback.residual(), before.as_slice());
     }
 }

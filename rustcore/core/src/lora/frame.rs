@@ -83,9 +83,15 @@ pub fn encode(
             values.len()
         )));
     }
-    let mut frame = Vec::with_capacity(frame_len_max(spec, shape.len(), values.len() as u64) as usize);
+    let mut frame =
+        Vec::with_capacity(frame_len_max(spec, shape.len(), values.len() as u64) as usize);
     frame.extend_from_slice(&MAGIC);
-    frame.extend_from_slice(&[VERSION, spec.codec.wire_code(), DTYPE_F32, shape.len() as u8]);
+    frame.extend_from_slice(&[
+        VERSION,
+        spec.codec.wire_code(),
+        DTYPE_F32,
+        shape.len() as u8,
+    ]);
     let (chunk_size, k_per_chunk) = spec.top_k.map_or((0, 0), |t| (t.chunk_size, t.k_per_chunk));
     for field in [spec.block_size, chunk_size, k_per_chunk] {
         frame.extend_from_slice(&field.to_le_bytes());
@@ -161,11 +167,21 @@ pub fn read_header(frame: &[u8], numel_max: u64) -> Result<(Header, &[u8]), Code
     let (chunk_size, k_per_chunk) = (u32_at(frame, 12), u32_at(frame, 16));
     let top_k = match (chunk_size, k_per_chunk) {
         (0, 0) => None,
-        _ => Some(TopK { chunk_size, k_per_chunk }),
+        _ => Some(TopK {
+            chunk_size,
+            k_per_chunk,
+        }),
     };
-    let spec = Spec { codec, block_size: u32_at(frame, 8), top_k };
-    spec.validate().map_err(|error| CodecError::Malformed(error.to_string()))?;
-    let shape: Vec<u64> = (0..ndim).map(|i| u64_at(frame, FIXED_HEADER_LEN_BYTES + 8 * i)).collect();
+    let spec = Spec {
+        codec,
+        block_size: u32_at(frame, 8),
+        top_k,
+    };
+    spec.validate()
+        .map_err(|error| CodecError::Malformed(error.to_string()))?;
+    let shape: Vec<u64> = (0..ndim)
+        .map(|i| u64_at(frame, FIXED_HEADER_LEN_BYTES + 8 * i))
+        .collect();
     let limit = numel_max.min(NUMEL_MAX);
     let numel = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
     let Some(numel) = numel.filter(|&n| n <= limit) else {
@@ -174,14 +190,19 @@ pub fn read_header(frame: &[u8], numel_max: u64) -> Result<(Header, &[u8]), Code
     let payload_len = u64_at(frame, payload_at - 8);
     let payload = &body[payload_at..];
     if payload_len != payload.len() as u64 {
-        return malformed(format!("payload_len {payload_len}, but {} bytes follow", payload.len()));
+        return malformed(format!(
+            "payload_len {payload_len}, but {} bytes follow",
+            payload.len()
+        ));
     }
     // Before anything is sized from `numel`: its values must fit the bytes that came. Each chunk
     // takes at least its mode byte, so a small sparse frame cannot claim a huge delta either.
     let chunks = top_k.map_or(0, |t| numel.div_ceil(u64::from(t.chunk_size)));
     let values_len = quant::encoded_len(codec, spec.block_size, spec.kept(numel) as usize) as u64;
     if chunks + values_len > payload_len {
-        return malformed(format!("{payload_len} payload bytes cannot hold {numel} values"));
+        return malformed(format!(
+            "{payload_len} payload bytes cannot hold {numel} values"
+        ));
     }
     Ok((Header { spec, shape }, payload))
 }
@@ -208,7 +229,14 @@ pub fn decode_into(frame: &[u8], out: &mut [f32]) -> Result<Header, CodecError> 
     for base in (0..out.len()).step_by(chunk) {
         let chunk_len = chunk.min(out.len() - base) as u32;
         let k = top_k.k_per_chunk.min(chunk_len);
-        sparse::decode_indices(payload, &mut cursor, chunk_len, k, base as u32, &mut positions)?;
+        sparse::decode_indices(
+            payload,
+            &mut cursor,
+            chunk_len,
+            k,
+            base as u32,
+            &mut positions,
+        )?;
     }
     let mut values = vec![0f32; kept];
     quant::decode(&payload[cursor..], spec.codec, spec.block_size, &mut values)?;
@@ -232,14 +260,27 @@ mod tests {
     use super::*;
 
     fn sample(n: usize) -> Vec<f32> {
-        (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect()
+        (0..n)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
     }
 
     fn specs() -> Vec<Spec> {
         let mut specs = Vec::new();
         for codec in ValueCodec::ALL {
-            specs.push(Spec { codec, block_size: 64, top_k: None });
-            specs.push(Spec { codec, block_size: 32, top_k: Some(TopK { chunk_size: 256, k_per_chunk: 5 }) });
+            specs.push(Spec {
+                codec,
+                block_size: 64,
+                top_k: None,
+            });
+            specs.push(Spec {
+                codec,
+                block_size: 32,
+                top_k: Some(TopK {
+                    chunk_size: 256,
+                    k_per_chunk: 5,
+                }),
+            });
         }
         specs
     }
@@ -249,9 +290,18 @@ mod tests {
         let values = sample(3000);
         for spec in specs() {
             let frame = encode(&values, &[30, 100], &spec, Rounding::Nearest).unwrap();
-            assert!(frame.len() as u64 <= frame_len_max(&spec, 2, 3000), "{spec:?}");
+            assert!(
+                frame.len() as u64 <= frame_len_max(&spec, 2, 3000),
+                "{spec:?}"
+            );
             let (header, back) = decode(&frame, 3000).unwrap();
-            assert_eq!(header, Header { spec, shape: vec![30, 100] });
+            assert_eq!(
+                header,
+                Header {
+                    spec,
+                    shape: vec![30, 100]
+                }
+            );
             let sent = back.iter().filter(|v| **v != 0.0).count();
             if spec.top_k.is_some() {
                 assert!(sent <= 12 * 5, "{spec:?} sent {sent}");
@@ -292,7 +342,9 @@ mod tests {
         for len in 0..2000 {
             let bytes: Vec<u8> = (0..len % 200)
                 .map(|_| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     (state >> 56) as u8
                 })
                 .collect();
@@ -304,6 +356,9 @@ mod tests {
     fn a_frame_that_claims_more_values_than_allowed_is_refused_before_allocation() {
         let frame = encode(&[1.0; 16], &[16], &specs()[0], Rounding::Nearest).unwrap();
         assert!(decode(&frame, 15).is_err());
-        assert!(matches!(encode(&[1.0; 16], &[4, 5], &specs()[0], Rounding::Nearest), Err(CodecError::Invalid(_))));
+        assert!(matches!(
+            encode(&[1.0; 16], &[4, 5], &specs()[0], Rounding::Nearest),
+            Err(CodecError::Invalid(_))
+        ));
     }
 }

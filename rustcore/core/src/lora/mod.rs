@@ -83,7 +83,9 @@ impl ValueCodec {
     }
 
     fn from_wire_code(code: u8) -> Option<Self> {
-        Self::ALL.into_iter().find(|codec| codec.wire_code() == code)
+        Self::ALL
+            .into_iter()
+            .find(|codec| codec.wire_code() == code)
     }
 }
 
@@ -129,7 +131,8 @@ impl Spec {
     /// Check the spec's own fields (a caller's mistake, reported as [`CodecError::Invalid`]).
     pub fn validate(&self) -> Result<(), CodecError> {
         // Whole bytes of codes per block, and whole pairs of stochastic draws.
-        if !(BLOCK_SIZE_MIN..=BLOCK_SIZE_MAX).contains(&self.block_size) || self.block_size % 8 != 0 {
+        if !(BLOCK_SIZE_MIN..=BLOCK_SIZE_MAX).contains(&self.block_size) || self.block_size % 8 != 0
+        {
             return Err(CodecError::Invalid(format!(
                 "block_size must be a multiple of 8 in {BLOCK_SIZE_MIN}..={BLOCK_SIZE_MAX}, got {}",
                 self.block_size

@@ -36,9 +36,13 @@ fn magnitude_bits(value: f32) -> u32 {
 
 /// The largest magnitude, or an error when a value is NaN or infinite (they would poison a sum).
 fn checked_absmax(values: &[f32]) -> Result<f32, CodecError> {
-    let bits = values.iter().fold(0u32, |max, &v| max.max(magnitude_bits(v)));
+    let bits = values
+        .iter()
+        .fold(0u32, |max, &v| max.max(magnitude_bits(v)));
     if bits >= NON_FINITE_BITS_MIN {
-        return Err(CodecError::Invalid("values must be finite (found NaN or infinity)".into()));
+        return Err(CodecError::Invalid(
+            "values must be finite (found NaN or infinity)".into(),
+        ));
     }
     Ok(f32::from_bits(bits))
 }
@@ -52,7 +56,10 @@ fn uniform_pair(seed: u64, pair: u64) -> [f32; 2] {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^= z >> 31;
     let unit = 1.0 / (1u64 << 24) as f32;
-    [(z >> 40) as f32 * unit, ((z >> 16) & 0xff_ffff) as f32 * unit]
+    [
+        (z >> 40) as f32 * unit,
+        ((z >> 16) & 0xff_ffff) as f32 * unit,
+    ]
 }
 
 /// Append the encoding of `values` to `out`. Stochastic draws are keyed by a value's position in
@@ -69,15 +76,31 @@ pub fn encode(
         return encode_fp16(values, out);
     };
     let block_size = block_size as usize;
-    let mut codes = vec![0u8; values.len()];
-    for (block_index, (block, block_codes)) in values
+    let bits = codec.bits() as usize;
+    // Scales first, then the codes; each block's codes fill whole bytes (blocks are multiples of
+    // 8 values), so a block is quantized and packed while it is still in the cache.
+    let start = out.len();
+    out.resize(
+        start + encoded_len(codec, block_size as u32, values.len()),
+        0,
+    );
+    let (scales, packed) =
+        out[start..].split_at_mut(values.len().div_ceil(block_size) * SCALE_LEN_BYTES);
+    let mut codes = vec![0u8; block_size.min(values.len())];
+    for (block_index, ((block, scale_bytes), block_packed)) in values
         .chunks(block_size)
-        .zip(codes.chunks_mut(block_size))
+        .zip(scales.chunks_exact_mut(SCALE_LEN_BYTES))
+        .zip(packed.chunks_mut(block_size * bits / 8))
         .enumerate()
     {
+        let block_codes = &mut codes[..block.len()];
         let scale = checked_absmax(block)?;
-        out.extend_from_slice(&scale.to_le_bytes());
-        let to_level = if scale > 0.0 { level_max as f32 / scale } else { 0.0 };
+        scale_bytes.copy_from_slice(&scale.to_le_bytes());
+        let to_level = if scale > 0.0 {
+            level_max as f32 / scale
+        } else {
+            0.0
+        };
         let top = (2 * level_max) as i32;
         // Shifted by L the level is never negative, so truncation toward zero is the floor; that
         // keeps the loop free of calls to `round`, which the baseline x86-64 cannot vectorize.
@@ -102,8 +125,8 @@ pub fn encode(
                 }
             }
         }
+        pack(block_codes, codec.bits(), block_packed);
     }
-    pack(&codes, codec.bits(), out);
     Ok(())
 }
 
@@ -119,7 +142,10 @@ fn encode_fp16(values: &[f32], out: &mut Vec<u8>) -> Result<(), CodecError> {
     // Converted a run at a time through a small buffer, so `half` can use the CPU's F16C
     // instructions where it has them.
     let mut halves = [half::f16::ZERO; FP16_RUN];
-    for (run, bytes) in values.chunks(FP16_RUN).zip(out[start..].chunks_mut(2 * FP16_RUN)) {
+    for (run, bytes) in values
+        .chunks(FP16_RUN)
+        .zip(out[start..].chunks_mut(2 * FP16_RUN))
+    {
         let halves = &mut halves[..run.len()];
         halves.convert_from_f32_slice(run);
         for (pair, half) in bytes.chunks_exact_mut(2).zip(halves.iter()) {
@@ -129,15 +155,19 @@ fn encode_fp16(values: &[f32], out: &mut Vec<u8>) -> Result<(), CodecError> {
     Ok(())
 }
 
-fn pack(codes: &[u8], bits: u32, out: &mut Vec<u8>) {
+fn pack(codes: &[u8], bits: u32, out: &mut [u8]) {
     match bits {
-        8 => out.extend_from_slice(codes),
-        4 => out.extend(codes.chunks(2).map(|pair| {
-            pair.iter().rev().fold(0u8, |byte, &code| (byte << 4) | code)
-        })),
-        2 => out.extend(codes.chunks(4).map(|quad| {
-            quad.iter().rev().fold(0u8, |byte, &code| (byte << 2) | code)
-        })),
+        8 => out.copy_from_slice(codes),
+        4 => {
+            for (byte, pair) in out.iter_mut().zip(codes.chunks(2)) {
+                *byte = pair.iter().rev().fold(0, |byte, &code| (byte << 4) | code);
+            }
+        }
+        2 => {
+            for (byte, quad) in out.iter_mut().zip(codes.chunks(4)) {
+                *byte = quad.iter().rev().fold(0, |byte, &code| (byte << 2) | code);
+            }
+        }
         _ => unreachable!("no codec packs {bits}-bit codes"),
     }
 }
@@ -162,16 +192,22 @@ pub fn decode(
         return decode_fp16(bytes, out);
     };
     let block_size = block_size as usize;
+    let bits = codec.bits() as usize;
     let (scales, codes) = bytes.split_at(out.len().div_ceil(block_size) * SCALE_LEN_BYTES);
-    unpack(codes, codec.bits(), out.len(), out);
     let top = (2 * level_max) as f32;
     let mut bad_code = false;
-    for (block, scale) in out.chunks_mut(block_size).zip(scales.chunks_exact(SCALE_LEN_BYTES)) {
+    for ((block, scale), block_codes) in out
+        .chunks_mut(block_size)
+        .zip(scales.chunks_exact(SCALE_LEN_BYTES))
+        .zip(codes.chunks(block_size * bits / 8))
+    {
         let scale = f32::from_le_bytes([scale[0], scale[1], scale[2], scale[3]]);
         // Negative zero, NaN, infinities and negatives: none is the magnitude of finite values.
         if !(scale.is_finite() && scale.is_sign_positive()) {
             return malformed(format!("block scale {scale} is not a finite magnitude"));
         }
+        // Unpacked and scaled block by block, while the block is in the cache.
+        unpack(block_codes, codec.bits(), block);
         let step = scale / level_max as f32;
         let shift = level_max as f32;
         for value in block.iter_mut() {
@@ -208,7 +244,7 @@ fn decode_fp16(bytes: &[u8], out: &mut [f32]) -> Result<(), CodecError> {
 }
 
 /// Spread the packed codes into `out` as floats (the raw code, shifted later).
-fn unpack(codes: &[u8], bits: u32, n: usize, out: &mut [f32]) {
+fn unpack(codes: &[u8], bits: u32, out: &mut [f32]) {
     match bits {
         8 => {
             for (value, &code) in out.iter_mut().zip(codes) {
@@ -231,7 +267,6 @@ fn unpack(codes: &[u8], bits: u32, n: usize, out: &mut [f32]) {
         }
         _ => unreachable!("no codec packs {bits}-bit codes"),
     }
-    debug_assert!(out.len() == n);
 }
 
 #[cfg(test)]
@@ -239,7 +274,9 @@ mod tests {
     use super::*;
 
     fn sample(n: usize, seed: u64) -> Vec<f32> {
-        (0..n as u64).map(|i| (uniform_pair(seed, i)[0] - 0.5) * 3.0).collect()
+        (0..n as u64)
+            .map(|i| (uniform_pair(seed, i)[0] - 0.5) * 3.0)
+            .collect()
     }
 
     fn round_trip(values: &[f32], codec: ValueCodec, block: u32, rounding: Rounding) -> Vec<f32> {
@@ -260,7 +297,10 @@ mod tests {
             for (block, back_block) in values.chunks(64).zip(back.chunks(64)) {
                 let scale = block.iter().fold(0f32, |m, v| m.max(v.abs()));
                 for (x, y) in block.iter().zip(back_block) {
-                    assert!((x - y).abs() <= scale / (2.0 * level_max) * 1.0001, "{codec:?} {x} {y}");
+                    assert!(
+                        (x - y).abs() <= scale / (2.0 * level_max) * 1.0001,
+                        "{codec:?} {x} {y}"
+                    );
                 }
             }
         }
@@ -271,9 +311,24 @@ mod tests {
         let values = vec![0.3f32; 4096];
         let mut with_max = values.clone();
         with_max[0] = 1.0;
-        let a = round_trip(&with_max, ValueCodec::Int2, 4096, Rounding::Stochastic { seed: 9 });
-        let b = round_trip(&with_max, ValueCodec::Int2, 4096, Rounding::Stochastic { seed: 9 });
-        let c = round_trip(&with_max, ValueCodec::Int2, 4096, Rounding::Stochastic { seed: 10 });
+        let a = round_trip(
+            &with_max,
+            ValueCodec::Int2,
+            4096,
+            Rounding::Stochastic { seed: 9 },
+        );
+        let b = round_trip(
+            &with_max,
+            ValueCodec::Int2,
+            4096,
+            Rounding::Stochastic { seed: 9 },
+        );
+        let c = round_trip(
+            &with_max,
+            ValueCodec::Int2,
+            4096,
+            Rounding::Stochastic { seed: 10 },
+        );
         assert_eq!(a, b);
         assert_ne!(a, c);
         let mean = a[1..].iter().sum::<f32>() / 4095.0;
@@ -289,7 +344,14 @@ mod tests {
         }
         let mut out = Vec::new();
         assert!(encode(&[1e6], ValueCodec::Fp16, 8, Rounding::Nearest, &mut out).is_err());
-        assert!(encode(&[f32::NAN], ValueCodec::Int8, 8, Rounding::Nearest, &mut out).is_err());
+        assert!(encode(
+            &[f32::NAN],
+            ValueCodec::Int8,
+            8,
+            Rounding::Nearest,
+            &mut out
+        )
+        .is_err());
     }
 
     #[test]
@@ -301,7 +363,14 @@ mod tests {
     #[test]
     fn decode_rejects_codes_beyond_the_levels_bad_scales_and_padding() {
         let mut bytes = Vec::new();
-        encode(&[0.5, -1.0, 1.0], ValueCodec::Int2, 8, Rounding::Nearest, &mut bytes).unwrap();
+        encode(
+            &[0.5, -1.0, 1.0],
+            ValueCodec::Int2,
+            8,
+            Rounding::Nearest,
+            &mut bytes,
+        )
+        .unwrap();
         let mut out = [0f32; 3];
         let mut bad = bytes.clone();
         bad[4] |= 0b11; // code 3 is not a level of INT2

@@ -35,7 +35,10 @@ pub fn select(values: &[f32], top_k: TopK) -> Vec<u32> {
         keys.extend(chunk.iter().map(|v| v.to_bits() & 0x7fff_ffff));
         let cut = chunk.len() - k;
         let threshold = *keys.select_nth_unstable(cut).1;
-        let above = keys[cut + 1..].iter().filter(|&&key| key > threshold).count();
+        let above = keys[cut + 1..]
+            .iter()
+            .filter(|&&key| key > threshold)
+            .count();
         let mut ties = k - above;
         for (offset, value) in chunk.iter().enumerate() {
             let key = value.to_bits() & 0x7fff_ffff;
@@ -121,7 +124,9 @@ pub fn decode_indices(
             *cursor += len;
             let count: u32 = bitmap.iter().map(|byte| byte.count_ones()).sum();
             if count != k {
-                return malformed(format!("bitmap holds {count} positions, the chunk keeps {k}"));
+                return malformed(format!(
+                    "bitmap holds {count} positions, the chunk keeps {k}"
+                ));
             }
             let tail_bits = chunk_len % 8;
             if tail_bits != 0 && bitmap[len - 1] >> tail_bits != 0 {
@@ -174,11 +179,28 @@ mod tests {
 
     #[test]
     fn select_keeps_the_largest_magnitudes_of_each_chunk() {
-        let values = [0.1, -5.0, 0.2, 3.0, /* chunk 2 */ 1.0, 1.0, -1.0, 0.0, /* tail */ 7.0];
-        let kept = select(&values, TopK { chunk_size: 4, k_per_chunk: 2 });
+        let values = [
+            0.1, -5.0, 0.2, 3.0, /* chunk 2 */ 1.0, 1.0, -1.0, 0.0, /* tail */ 7.0,
+        ];
+        let kept = select(
+            &values,
+            TopK {
+                chunk_size: 4,
+                k_per_chunk: 2,
+            },
+        );
         // Ties in chunk 2 go to the lower positions; the tail keeps all it has.
         assert_eq!(kept, vec![1, 3, 4, 5, 8]);
-        assert_eq!(kept_count(9, TopK { chunk_size: 4, k_per_chunk: 2 }), 5);
+        assert_eq!(
+            kept_count(
+                9,
+                TopK {
+                    chunk_size: 4,
+                    k_per_chunk: 2
+                }
+            ),
+            5
+        );
     }
 
     fn round_trip(positions: &[u32], chunk_len: u32) -> (u8, Vec<u32>) {
@@ -187,7 +209,15 @@ mod tests {
         assert!(bytes.len() <= index_section_len_max(chunk_len, positions.len() as u32));
         let mut cursor = 0;
         let mut out = Vec::new();
-        decode_indices(&bytes, &mut cursor, chunk_len, positions.len() as u32, 100, &mut out).unwrap();
+        decode_indices(
+            &bytes,
+            &mut cursor,
+            chunk_len,
+            positions.len() as u32,
+            100,
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(cursor, bytes.len());
         (bytes[0], out.iter().map(|p| p - 100).collect())
     }
@@ -218,6 +248,14 @@ mod tests {
         cursor = 0;
         assert!(decode_indices(&[1, 0x80], &mut cursor, 12, 1, 0, &mut out).is_err());
         cursor = 0;
-        assert!(decode_indices(&[1, 0x80, 0x80, 0x80, 1], &mut cursor, 65_536, 1, 0, &mut out).is_err());
+        assert!(decode_indices(
+            &[1, 0x80, 0x80, 0x80, 1],
+            &mut cursor,
+            65_536,
+            1,
+            0,
+            &mut out
+        )
+        .is_err());
     }
 }
