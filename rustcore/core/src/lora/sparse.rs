@@ -18,30 +18,33 @@ pub fn kept_count(numel: u64, top_k: TopK) -> u64 {
     numel / chunk * k + (numel % chunk).min(k)
 }
 
+/// Magnitude keys are bucketed by their top bits (the exponent and two mantissa bits) to find the
+/// k-th largest: one counting pass, then an exact selection among the few keys of one bucket,
+/// instead of a selection over the whole chunk.
+const BUCKET_SHIFT: u32 = 21;
+const BUCKETS: usize = 1 << (31 - BUCKET_SHIFT);
+
 /// The positions (ascending, into `values`) of the kept values: in every chunk the `k_per_chunk`
 /// largest magnitudes, ties broken toward the lower position so the choice is deterministic.
 pub fn select(values: &[f32], top_k: TopK) -> Vec<u32> {
     let k = top_k.k_per_chunk as usize;
     let mut kept = Vec::with_capacity(kept_count(values.len() as u64, top_k) as usize);
-    let mut keys = Vec::with_capacity(top_k.chunk_size as usize);
+    let mut histogram = vec![0u32; BUCKETS];
+    let mut candidates = Vec::new();
     for (chunk_index, chunk) in values.chunks(top_k.chunk_size as usize).enumerate() {
         let base = (chunk_index * top_k.chunk_size as usize) as u32;
         if k >= chunk.len() {
             kept.extend(base..base + chunk.len() as u32);
             continue;
         }
-        // Magnitude bits order like magnitudes, and integer selection is cheaper than float.
-        keys.clear();
-        keys.extend(chunk.iter().map(|v| v.to_bits() & 0x7fff_ffff));
-        let cut = chunk.len() - k;
-        let threshold = *keys.select_nth_unstable(cut).1;
-        let above = keys[cut + 1..]
+        let threshold = kth_largest_key(chunk, k, &mut histogram, &mut candidates);
+        let above = chunk
             .iter()
-            .filter(|&&key| key > threshold)
+            .filter(|v| magnitude_key(**v) > threshold)
             .count();
         let mut ties = k - above;
-        for (offset, value) in chunk.iter().enumerate() {
-            let key = value.to_bits() & 0x7fff_ffff;
+        for (offset, &value) in chunk.iter().enumerate() {
+            let key = magnitude_key(value);
             if key > threshold || (key == threshold && ties > 0) {
                 ties -= usize::from(key == threshold);
                 kept.push(base + offset as u32);
@@ -49,6 +52,40 @@ pub fn select(values: &[f32], top_k: TopK) -> Vec<u32> {
         }
     }
     kept
+}
+
+/// Magnitude bits order like magnitudes, and integers compare cheaper than floats.
+fn magnitude_key(value: f32) -> u32 {
+    value.to_bits() & 0x7fff_ffff
+}
+
+/// The key of the `k`-th largest magnitude of `chunk` (`1 <= k < chunk.len()`).
+fn kth_largest_key(
+    chunk: &[f32],
+    k: usize,
+    histogram: &mut [u32],
+    candidates: &mut Vec<u32>,
+) -> u32 {
+    histogram.fill(0);
+    for &value in chunk {
+        histogram[(magnitude_key(value) >> BUCKET_SHIFT) as usize] += 1;
+    }
+    let mut above = 0;
+    let mut bucket = BUCKETS - 1;
+    while above + (histogram[bucket] as usize) < k {
+        above += histogram[bucket] as usize;
+        bucket -= 1;
+    }
+    candidates.clear();
+    candidates.extend(
+        chunk
+            .iter()
+            .map(|&value| magnitude_key(value))
+            .filter(|key| (key >> BUCKET_SHIFT) as usize == bucket),
+    );
+    let wanted = k - above;
+    let cut = candidates.len() - wanted;
+    *candidates.select_nth_unstable(cut).1
 }
 
 fn varint_len(value: u32) -> usize {
@@ -201,6 +238,42 @@ mod tests {
             ),
             5
         );
+    }
+
+    #[test]
+    fn select_agrees_with_a_full_sort() {
+        let mut state = 7u64;
+        for round in 0..200u32 {
+            // Few distinct magnitudes in some rounds, so ties and crowded buckets are common.
+            let distinct = if round % 2 == 0 { 5 } else { 1 << 20 };
+            let values: Vec<f32> = (0..1000)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    let magnitude = ((state >> 33) % distinct) as f32 / 7.0;
+                    if state >> 63 == 1 {
+                        -magnitude
+                    } else {
+                        magnitude
+                    }
+                })
+                .collect();
+            let top_k = TopK {
+                chunk_size: 128,
+                k_per_chunk: 1 + round % 100,
+            };
+            let mut expected = Vec::new();
+            for (index, chunk) in values.chunks(128).enumerate() {
+                let mut order: Vec<usize> = (0..chunk.len()).collect();
+                order.sort_by(|&a, &b| chunk[b].abs().total_cmp(&chunk[a].abs()).then(a.cmp(&b)));
+                let mut chosen: Vec<u32> = order[..chunk.len().min(top_k.k_per_chunk as usize)]
+                    .iter()
+                    .map(|&offset| (index * 128 + offset) as u32)
+                    .collect();
+                chosen.sort_unstable();
+                expected.extend(chosen);
+            }
+            assert_eq!(select(&values, top_k), expected, "round {round}");
+        }
     }
 
     fn round_trip(positions: &[u32], chunk_len: u32) -> (u8, Vec<u32>) {
