@@ -18,33 +18,30 @@ pub fn kept_count(numel: u64, top_k: TopK) -> u64 {
     numel / chunk * k + (numel % chunk).min(k)
 }
 
-/// Magnitude keys are bucketed by their top bits (the exponent and two mantissa bits) to find the
-/// k-th largest: one counting pass, then an exact selection among the few keys of one bucket,
-/// instead of a selection over the whole chunk.
-const BUCKET_SHIFT: u32 = 21;
-const BUCKETS: usize = 1 << (31 - BUCKET_SHIFT);
-
 /// The positions (ascending, into `values`) of the kept values: in every chunk the `k_per_chunk`
 /// largest magnitudes, ties broken toward the lower position so the choice is deterministic.
 pub fn select(values: &[f32], top_k: TopK) -> Vec<u32> {
     let k = top_k.k_per_chunk as usize;
     let mut kept = Vec::with_capacity(kept_count(values.len() as u64, top_k) as usize);
-    let mut histogram = vec![0u32; BUCKETS];
-    let mut candidates = Vec::new();
+    let mut keys = Vec::with_capacity(top_k.chunk_size as usize);
     for (chunk_index, chunk) in values.chunks(top_k.chunk_size as usize).enumerate() {
         let base = (chunk_index * top_k.chunk_size as usize) as u32;
         if k >= chunk.len() {
             kept.extend(base..base + chunk.len() as u32);
             continue;
         }
-        let threshold = kth_largest_key(chunk, k, &mut histogram, &mut candidates);
-        let above = chunk
+        // Magnitude bits order like magnitudes, and integer selection is cheaper than float.
+        keys.clear();
+        keys.extend(chunk.iter().map(|v| v.to_bits() & 0x7fff_ffff));
+        let cut = chunk.len() - k;
+        let threshold = *keys.select_nth_unstable(cut).1;
+        let above = keys[cut + 1..]
             .iter()
-            .filter(|v| magnitude_key(**v) > threshold)
+            .filter(|&&key| key > threshold)
             .count();
         let mut ties = k - above;
-        for (offset, &value) in chunk.iter().enumerate() {
-            let key = magnitude_key(value);
+        for (offset, value) in chunk.iter().enumerate() {
+            let key = value.to_bits() & 0x7fff_ffff;
             if key > threshold || (key == threshold && ties > 0) {
                 ties -= usize::from(key == threshold);
                 kept.push(base + offset as u32);
@@ -52,40 +49,6 @@ pub fn select(values: &[f32], top_k: TopK) -> Vec<u32> {
         }
     }
     kept
-}
-
-/// Magnitude bits order like magnitudes, and integers compare cheaper than floats.
-fn magnitude_key(value: f32) -> u32 {
-    value.to_bits() & 0x7fff_ffff
-}
-
-/// The key of the `k`-th largest magnitude of `chunk` (`1 <= k < chunk.len()`).
-fn kth_largest_key(
-    chunk: &[f32],
-    k: usize,
-    histogram: &mut [u32],
-    candidates: &mut Vec<u32>,
-) -> u32 {
-    histogram.fill(0);
-    for &value in chunk {
-        histogram[(magnitude_key(value) >> BUCKET_SHIFT) as usize] += 1;
-    }
-    let mut above = 0;
-    let mut bucket = BUCKETS - 1;
-    while above + (histogram[bucket] as usize) < k {
-        above += histogram[bucket] as usize;
-        bucket -= 1;
-    }
-    candidates.clear();
-    candidates.extend(
-        chunk
-            .iter()
-            .map(|&value| magnitude_key(value))
-            .filter(|key| (key >> BUCKET_SHIFT) as usize == bucket),
-    );
-    let wanted = k - above;
-    let cut = candidates.len() - wanted;
-    *candidates.select_nth_unstable(cut).1
 }
 
 fn varint_len(value: u32) -> usize {
