@@ -16,6 +16,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -66,7 +67,7 @@ def pack(codes: np.ndarray, bits: int) -> bytes:
     padded[: codes.size] = codes
     slots = padded.reshape(-1, per_byte)
     shifts = (np.arange(per_byte, dtype=np.uint8) * bits).astype(np.uint8)
-    return np.bitwise_or.reduce(slots << shifts, axis=1).astype(np.uint8).tobytes()
+    return bytes(np.bitwise_or.reduce(slots << shifts, axis=1).astype(np.uint8).tobytes())
 
 
 def unpack(data: np.ndarray, bits: int, n: int) -> np.ndarray:
@@ -77,24 +78,24 @@ def unpack(data: np.ndarray, bits: int, n: int) -> np.ndarray:
 
 def quantize(values: np.ndarray, case: Case) -> bytes:
     if case.codec == "fp16":
-        return values.astype("<f2").tobytes()
+        return bytes(values.astype("<f2").tobytes())
     level = LEVELS[case.codec]
     n = values.size
     blocks = -(-n // case.block_size)
     padded = np.zeros(blocks * case.block_size, np.float32)
     padded[:n] = values
-    padded = padded.reshape(blocks, case.block_size)
-    scales = np.abs(padded).max(axis=1)
+    grid = padded.reshape(blocks, case.block_size)
+    scales = np.abs(grid).max(axis=1)
     with np.errstate(divide="ignore"):
         to_level = np.where(scales > 0, np.float32(level) / scales, np.float32(0)).astype(np.float32)
-    scaled = padded * to_level[:, None]
+    scaled = grid * to_level[:, None]
     if case.seed is None:
         shifted = scaled + np.float32(level + 0.5)
     else:
-        draws = uniform(case.seed, padded.size).reshape(padded.shape)
+        draws = uniform(case.seed, grid.size).reshape(grid.shape)
         shifted = (scaled + np.float32(level)) + draws
     codes = np.clip(shifted.astype(np.int32), 0, 2 * level).astype(np.uint8).reshape(-1)[:n]
-    return scales.astype("<f4").tobytes() + pack(codes, BITS[case.codec])
+    return bytes(scales.astype("<f4").tobytes()) + pack(codes, BITS[case.codec])
 
 
 def dequantize(data: np.ndarray, case: Case, n: int) -> np.ndarray:
@@ -223,10 +224,10 @@ def main() -> None:
         out = np.empty_like(values)
         lora_decode_into(frame, out)
         numpy_out = numpy_decode(frame, case, values.size).reshape(values.shape)
-        encode_rust = best_seconds(lambda c=codec, s=case.seed: c.encode(values, seed=s), args.repeats)
-        encode_numpy = best_seconds(lambda c=case: numpy_encode(values, c), args.repeats)
-        decode_rust = best_seconds(lambda f=frame: lora_decode_into(f, out), args.repeats)
-        decode_numpy = best_seconds(lambda f=frame, c=case: numpy_decode(f, c, values.size), args.repeats)
+        encode_rust = best_seconds(partial(codec.encode, values, seed=case.seed), args.repeats)
+        encode_numpy = best_seconds(partial(numpy_encode, values, case), args.repeats)
+        decode_rust = best_seconds(partial(lora_decode_into, frame, out), args.repeats)
+        decode_numpy = best_seconds(partial(numpy_decode, frame, case, values.size), args.repeats)
         bits = len(frame) * 8 / values.size
         print(
             f"{case.label:<24} {gigabytes / encode_rust:>7.2f}GB {gigabytes / encode_numpy:>7.2f}GB "
