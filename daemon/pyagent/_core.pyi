@@ -4,12 +4,22 @@ Checked against the built module by ``python -m mypy.stubtest pyagent._core``.
 """
 
 from collections.abc import Iterable
-from typing import ClassVar, Literal, final
+from typing import Any, ClassVar, Literal, final
+
+from numpy import ndarray
+from typing_extensions import Buffer
+
+# Float32 arrays: anything with the buffer protocol. numpy's arrays say so to type checkers only from
+# Python 3.12 on, so they are named too.
+_Floats = Buffer | ndarray[Any, Any]
 
 __all__ = [
     "BLAKE3_LEN_BYTES",
     "KEY_LEN_BYTES",
     "NONCE_LEN_BYTES",
+    "LoraCodec",
+    "LoraErrorFeedback",
+    "LoraFrameError",
     "MultiRaft",
     "NotLeaderError",
     "RaftFatalError",
@@ -23,6 +33,9 @@ __all__ = [
     "check_msgpack_shape",
     "format_swarm_key",
     "key_fingerprint",
+    "lora_choose_codec",
+    "lora_decode_into",
+    "lora_frame_info",
     "parse_swarm_key",
 ]
 
@@ -241,3 +254,53 @@ class MultiRaft:
     # first_index, last_index, voters, voters_outgoing (non-empty in a joint config), learners, and
     # for a leader progress {node_id: matched index}.
     def status(self, group_id: int) -> dict[str, object]: ...
+
+# LoRA delta codecs (docs/lora.md, "Codecs"). Arrays go in through the buffer protocol: C-contiguous
+# float32 (a numpy array), read in place with the GIL released; do not write them meanwhile.
+
+class LoraFrameError(ValueError):
+    """A LoRA frame's bytes are malformed (a peer's fault when the frame came from one)."""
+
+@final
+class LoraCodec:
+    """Value format ("fp16", "int8", "int4", "int2"), values per scale, and top-k: ``k_per_chunk``
+    of every ``chunk_size`` values kept (both 0: dense). ValueError for a combination out of range."""
+
+    def __new__(
+        cls, codec: str, block_size: int = 64, chunk_size: int = 0, k_per_chunk: int = 0
+    ) -> LoraCodec: ...
+    @property
+    def codec(self) -> str: ...
+    @property
+    def block_size(self) -> int: ...
+    @property
+    def chunk_size(self) -> int: ...
+    @property
+    def k_per_chunk(self) -> int: ...
+    def frame_len_max(self, numel: int, ndim: int = 1) -> int: ...
+    # One frame of the array (its shape travels too); ``seed`` turns on stochastic rounding.
+    def encode(self, values: _Floats, seed: int | None = None) -> bytes: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    __hash__: ClassVar[None]  # type: ignore[assignment]
+
+@final
+class LoraErrorFeedback:
+    """The residual toward one destination: ``encode`` sends ``delta`` plus what earlier frames did
+    not carry, and keeps what this frame does not."""
+
+    def __new__(cls, shape: tuple[int, ...]) -> LoraErrorFeedback: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    def encode(self, codec: LoraCodec, delta: _Floats, seed: int | None = None) -> bytes: ...
+    def residual_into(self, out: _Floats) -> None: ...
+    def reset(self) -> None: ...
+
+# The frame's codec and shape after checking its header, length and hash; LoraFrameError if malformed
+# or holding more than ``numel_max`` values.
+def lora_frame_info(frame_bytes: bytes, numel_max: int) -> tuple[LoraCodec, tuple[int, ...]]: ...
+
+# Decode into ``out`` (writable float32, exactly the frame's number of values).
+def lora_decode_into(frame_bytes: bytes, out: _Floats) -> LoraCodec: ...
+
+# The most precise codec of a fixed ladder whose frame moves within the budget; else the smallest.
+def lora_choose_codec(bandwidth_bytes_per_s: float, numel: int, round_budget_s: float) -> LoraCodec: ...

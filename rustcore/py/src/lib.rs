@@ -2,6 +2,7 @@
 //! and its tests live in the pure crate.
 use std::sync::{Arc, RwLock};
 
+mod lora;
 mod multiraft;
 
 use pyagent_core::{hashing, msgpack_shape, pnet, storage};
@@ -306,6 +307,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("BLAKE3_LEN_BYTES", hashing::DIGEST_LEN_BYTES)?;
     m.add_function(wrap_pyfunction!(blake3, m)?)?;
     m.add_function(wrap_pyfunction!(blake3_chunks, m)?)?;
+    lora::register(m)?;
     multiraft::register(m)?;
     Ok(())
 }
