@@ -25,9 +25,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import membership_wire
 from pyagent.localmesh import LocalPeer, converged, member_states, start_mesh, stop_all, wait_until
 from pyagent.proto import membership
 from pyagent.testing.netns import NetnsUnavailable, Network, check_available, network
+from serf_agents import serf_binary
+from wire_counters import NftUnavailable
 
 View = dict[str, str]
 Views = dict[str, View]
@@ -222,9 +225,9 @@ def netns_run(base: Path, idle_s: float) -> dict[str, float]:
             stop_all(peers)
 
 
-def print_table(title: str, rows: Sequence[tuple[str, str, str]]) -> None:
+def print_table(title: str, rows: Sequence[tuple[str, ...]]) -> None:
     print(f"\n{title}")
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
@@ -275,15 +278,39 @@ def netns_rows(figures: dict[str, float]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def wire_run(base: Path, size: int, idle_s: float) -> None:
+    """Bytes on the wire per member, idle and under churn, with detection and leave times, beside Serf."""
+    timeout_s = dead_bound_s(size)
+    try:
+        ours = membership_wire.pyagent_run(base / "ours", size, idle_s, timeout_s, membership_wire.KV_QUIET)
+        whole = membership_wire.pyagent_run(base / "whole", size, idle_s, timeout_s, "")
+        serf = None
+        if serf_binary() is None:
+            print("\nSerf: skipped (not installed: apt-get install serf)")
+        else:
+            serf = membership_wire.serf_run(base / "serf", size, idle_s, timeout_s)
+    except NftUnavailable as reason:
+        print(f"\non the wire: skipped ({reason})")
+        return
+    title = f"On the wire, {size} agents on 127.0.0.1 (nftables: all bytes on the agents' ports, IP+TCP/UDP)"
+    print_table(title, membership_wire.rows(ours, whole, serf))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[5, 10])
     parser.add_argument("--idle-s", type=float, default=10.0, help="idle window for the traffic figures")
     parser.add_argument("--no-netns", action="store_true", help="skip the namespaced partition run")
+    parser.add_argument("--wire-size", type=int, default=5, help="agents of the on-the-wire comparison")
+    parser.add_argument("--wire-idle-s", type=float, default=20.0, help="its idle window")
+    parser.add_argument("--wire-only", action="store_true", help="only the on-the-wire comparison")
     args = parser.parse_args()
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pyagent-bench-") as tmp:
         base = Path(tmp)
+        wire_run(base / "wire", args.wire_size, args.wire_idle_s)
+        if args.wire_only:
+            return
         results = {size: local_run(base / f"local-{size}", size, args.idle_s) for size in args.sizes}
         print_table("Daemons on 127.0.0.1 (LAN preset)", local_rows(results))
         if args.no_netns:

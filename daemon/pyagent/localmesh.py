@@ -27,11 +27,14 @@ LOOPBACK_ANY_PORT = "/ip4/127.0.0.1/tcp/0"
 LOG_TAIL_LINES = 40
 
 
-def init_home(home: Path, listen: str = LOOPBACK_ANY_PORT, swarm_key_file: str = "") -> str:
-    """Create a node home (identity + config) and return its peer id."""
+def init_home(
+    home: Path, listen: str = LOOPBACK_ANY_PORT, swarm_key_file: str = "", config_extra: str = ""
+) -> str:
+    """Create a node home (identity + config, with ``config_extra``'s TOML tables appended) and return
+    its peer id."""
     home.mkdir(mode=0o700, parents=True)
     key_pair = identity.create(home / IDENTITY_FILE)
-    (home / CONFIG_FILE).write_text(config.render([listen], swarm_key_file))
+    (home / CONFIG_FILE).write_text(config.render([listen], swarm_key_file) + config_extra)
     return identity.peer_id_of(key_pair)
 
 
@@ -139,6 +142,7 @@ def start_mesh(
     join: bool = True,
     placements: Sequence[Placement] = (),
     name_prefix: str = "node",
+    config_extra: str = "",
 ) -> list[LocalPeer]:
     """Start ``count`` daemons under ``base`` and wait until each answers its control API. With ``join``,
     the first starts a mesh and the others bootstrap from it; without, each stays alone. ``placements``
@@ -149,7 +153,7 @@ def start_mesh(
     for index, placement in enumerate(placements, start=1):
         name = f"{name_prefix}-{index}"
         peer = LocalPeer(name, base / name, command_prefix=list(placement.command_prefix))
-        init_home(peer.home, listen=placement.listen, swarm_key_file=swarm_key_file)
+        init_home(peer.home, placement.listen, swarm_key_file, config_extra)
         if join and peers:
             peer.extra_args += ["--bootstrap", peers[0].addr]
         peer.start()

@@ -9,6 +9,10 @@
 - Upgrade and negotiation deadlines from our config (the defaults are 10 s, and the outbound
   security handshake has none at all; `Host.connect` adds its own deadline around the dial).
 - Every stream handler runs inside a guard: an exception escaping one tears down the whole host.
+- Yamux window updates only once half a stream's window is used (go-yamux's rule), not after every
+  read: py-libp2p's default answers each small frame with a WINDOW_UPDATE frame of its own, a second
+  encrypted TCP segment per membership message (bench/membership_daemons.py: 701 -> 475 B/s per
+  idle member on the wire).
 - Flood limits (``limits.FloodGuards``): inbound connections are admitted per source IP before any byte
   is read, and each peer's stream opens are rate-limited before protocol negotiation.
 """
@@ -16,6 +20,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
 
 from libp2p import new_host
@@ -62,6 +67,7 @@ def build_libp2p_host(
 ) -> BasicHost:
     """``addrs_factory`` makes what identify tells peers from the bound addresses; py-libp2p's own
     observed-address discovery is off, as the host confirms observations itself."""
+    _defer_window_updates()
     upgrade_timeout_s = config.upgrade_timeout_ms / 1000
     open_stream_timeout_s = config.open_stream_timeout_ms / 1000
     connection_config = ConnectionConfig(
@@ -97,6 +103,15 @@ def build_libp2p_host(
     handler = _admitted_only(swarm.common_stream_handler, config, on_stream_refused)
     swarm.set_stream_handler(_guarded(guards.stream_handler(handler), on_handler_error))
     return host
+
+
+# py-libp2p's yamux reads its PY_YAMUX_* tuning from the environment at each use; an operator who
+# sets this one keeps their value.
+YAMUX_RELEASE_ON_READ_ENV = "PY_YAMUX_RELEASE_ON_READ"
+
+
+def _defer_window_updates() -> None:
+    os.environ.setdefault(YAMUX_RELEASE_ON_READ_ENV, "0")
 
 
 def _transport(psk: bytes | None, upgrade_timeout_ms: int, on_key_mismatch: Callable[[], None]) -> ITransport:

@@ -1,0 +1,173 @@
+"""Membership's bytes on the wire beside Serf's, counted one way for both (``wire_counters``).
+
+One system after the other, N agents on 127.0.0.1: every byte of every packet to or from an agent's
+port (TCP/UDP and IP headers included), divided by N and by the window: what one member costs the
+network. Three windows each: idle; a ``kill -9`` until every survivor holds the victim dead (Serf:
+failed); a graceful leave until every remaining member holds the leaver left. The churn figure is the
+bytes of the last two windows over their summed length.
+
+pyagent runs twice: with the KV store's Raft ticks made hourly (``[kv] tick_ms``), so that the figure is
+membership's alone, and with the default config, whose 64 Raft groups heartbeat every 100 ms.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyagent.localmesh import LocalPeer, converged, member_states, start_mesh, stop_all, wait_until
+from serf_agents import SerfAgent, start_cluster, stop_cluster
+from wire_counters import WireCount, WireCounters, wire_counters
+
+# Raft ticks an hour apart: no elections, no heartbeats, so only membership talks.
+KV_QUIET = "\n[kv]\ntick_ms = 3600000\n"
+SETTLE_S = 5.0
+POLL_S = 0.1
+Views = dict[str, dict[str, str]]
+
+
+@dataclass
+class Cluster:
+    """What the harness needs of a running system: its members' names and ports, and a look at views."""
+
+    names: list[str]
+    ports: list[int]
+    views: Callable[[Sequence[int]], Views]
+    kill: Callable[[int], None]
+    leave: Callable[[int], None]
+    dead_state: str
+
+
+@dataclass
+class WireFigures:
+    idle: WireCount
+    idle_s: float
+    churn: WireCount
+    churn_s: float
+    dead_everywhere_s: float
+    left_everywhere_s: float
+    members: int
+
+    def per_member_per_s(self, count: WireCount, window_s: float) -> float:
+        return count.bytes / self.members / window_s
+
+
+def _until_all_hold(
+    cluster: Cluster, viewers: Sequence[int], subject: int, states: set[str], timeout_s: float
+) -> float:
+    started = time.monotonic()
+    name = cluster.names[subject]
+    while True:
+        views = cluster.views(viewers)
+        if all(views[cluster.names[v]].get(name) in states for v in viewers):
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"{name} not {states} everywhere within {timeout_s:.0f} s")
+        time.sleep(POLL_S)
+
+
+def measure(cluster: Cluster, idle_s: float, timeout_s: float) -> WireFigures:
+    """Idle, then kill the last member, then make the one before it leave; counters around each."""
+    count = len(cluster.names)
+    victim, leaver = count - 1, count - 2
+    with wire_counters(cluster.ports) as counters:
+        idle, idle_window = _window(counters, lambda: time.sleep(idle_s))
+        survivors = [i for i in range(count) if i != victim]
+        cluster.kill(victim)
+        kill_count, dead_s = _window(
+            counters, lambda: _until_all_hold(cluster, survivors, victim, {cluster.dead_state}, timeout_s)
+        )
+        stayers = [i for i in survivors if i != leaver]
+        cluster.leave(leaver)
+        leave_count, left_s = _window(
+            counters, lambda: _until_all_hold(cluster, stayers, leaver, {"left"}, timeout_s)
+        )
+    return WireFigures(
+        idle=idle,
+        idle_s=idle_window,
+        churn=_add(kill_count, leave_count),
+        churn_s=dead_s + left_s,
+        dead_everywhere_s=dead_s,
+        left_everywhere_s=left_s,
+        members=count,
+    )
+
+
+def _window(counters: WireCounters, during: Callable[[], object]) -> tuple[WireCount, float]:
+    before, started = counters.read(), time.monotonic()
+    during()
+    return counters.read() - before, time.monotonic() - started
+
+
+def _add(a: WireCount, b: WireCount) -> WireCount:
+    return a - WireCount(-b.packets, -b.bytes, -b.pure_ack_packets, -b.pure_ack_bytes)
+
+
+def _tcp_port(peer: LocalPeer) -> int:
+    return int(peer.addr.split("/tcp/")[1].split("/")[0])
+
+
+def pyagent_run(base: Path, count: int, idle_s: float, timeout_s: float, config_extra: str) -> WireFigures:
+    peers = start_mesh(base, count, config_extra=config_extra)
+    try:
+        wait_until(lambda: converged(peers), 30.0, "convergence", POLL_S)
+        time.sleep(SETTLE_S)
+        cluster = Cluster(
+            names=[p.peer_id for p in peers],
+            ports=[_tcp_port(p) for p in peers],
+            views=lambda viewers: {peers[v].peer_id: member_states(peers[v]) for v in viewers},
+            kill=lambda i: peers[i].kill(),
+            leave=lambda i: peers[i].terminate(),
+            dead_state="dead",
+        )
+        return measure(cluster, idle_s, timeout_s)
+    finally:
+        stop_all(peers)
+
+
+def serf_run(base: Path, count: int, idle_s: float, timeout_s: float) -> WireFigures:
+    agents: list[SerfAgent] = start_cluster(base, count)
+    try:
+        names = [a.name for a in agents]
+        wait_until(
+            lambda: all(set(a.members()) == set(names) for a in agents), 30.0, "Serf convergence", POLL_S
+        )
+        time.sleep(SETTLE_S)
+        cluster = Cluster(
+            names=names,
+            ports=[a.gossip_port for a in agents],
+            views=lambda viewers: {agents[v].name: agents[v].members() for v in viewers},
+            kill=lambda i: agents[i].kill(),
+            leave=lambda i: agents[i].leave(),
+            dead_state="failed",
+        )
+        return measure(cluster, idle_s, timeout_s)
+    finally:
+        stop_cluster(agents)
+
+
+def rows(ours: WireFigures, whole: WireFigures, serf: WireFigures | None) -> list[tuple[str, ...]]:
+    """One row per figure: membership alone, the whole default daemon, Serf, and ours / Serf."""
+
+    def line(label: str, pick: Callable[[WireFigures], float], fmt: str) -> tuple[str, ...]:
+        cells = [fmt.format(pick(ours)), fmt.format(pick(whole))]
+        if serf is None:
+            return (label, *cells, "-", "-")
+        ratio = f"{pick(ours) / pick(serf):.2f}x" if pick(serf) else "-"
+        return (label, *cells, fmt.format(pick(serf)), ratio)
+
+    return [
+        ("figure", "pyagent membership", "pyagent default", "Serf", "ratio"),
+        line("idle bytes/s per member", lambda f: f.per_member_per_s(f.idle, f.idle_s), "{:.0f}"),
+        line("idle packets/s per member", lambda f: f.idle.packets / f.members / f.idle_s, "{:.1f}"),
+        line(
+            "  of which pure TCP ACKs",
+            lambda f: f.idle.pure_ack_packets / f.members / f.idle_s,
+            "{:.1f}",
+        ),
+        line("churn bytes/s per member", lambda f: f.per_member_per_s(f.churn, f.churn_s), "{:.0f}"),
+        line("kill -9 -> dead everywhere (s)", lambda f: f.dead_everywhere_s, "{:.1f}"),
+        line("leave -> left everywhere (s)", lambda f: f.left_everywhere_s, "{:.2f}"),
+    ]
