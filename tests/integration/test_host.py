@@ -331,3 +331,29 @@ async def test_handler_exceptions_cost_only_their_stream() -> None:
 async def test_libp2p_logs_reach_the_applications_handlers() -> None:
     async with running_node():
         assert logging.getLogger("libp2p").propagate
+
+
+async def test_small_frames_cost_no_window_update_each() -> None:
+    """Yamux credit comes back once half a window is used, not after each read: py-libp2p's default
+    answered every membership frame with a WINDOW_UPDATE segment, about a third of idle membership's
+    bytes on the wire (bench/membership_daemons.py)."""
+    async with running_nodes(2) as (a, b):
+        await a.host.connect(b.addr)
+
+        async def send_window_after(frames: int) -> int:
+            for index in range(frames):
+                a.host.send(b.host.peer_id, GOSSIP, {"v": 1, "t": "small", "i": index})
+            for index in range(frames):
+                got = await b.next_event(MessageReceived)
+                assert isinstance(got, MessageReceived) and got.message["i"] == index
+            # B's reply follows on the same connection any credit B gave back for those frames.
+            await a.host.request(b.host.peer_id, ECHO, {"v": 1, "t": "echo", "body": "sync"}, 5_000)
+            swarm = a.host.libp2p_host.get_network()
+            [connection] = swarm.connections[ID.from_base58(b.host.peer_id)]
+            [gossip] = [s for s in connection.get_streams() if s.get_protocol() == GOSSIP]
+            window: int = gossip.muxed_stream.send_window
+            return window
+
+        # The first reads grow the window (yamux's auto-tuning); after that, small frames spend it.
+        before = await send_window_after(50)
+        assert await send_window_after(50) < before
