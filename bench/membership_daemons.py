@@ -2,6 +2,11 @@
 
     .venv/bin/python bench/membership_daemons.py                  # 5 and 10 daemons, then the netns partition
     .venv/bin/python bench/membership_daemons.py --sizes 5 --idle-s 5 --no-netns
+    .venv/bin/python bench/membership_daemons.py --wire-only      # bytes on the wire beside Serf only
+
+First, bytes on the wire beside Serf (``membership_wire``): 5 daemons, then 5 Serf agents when ``serf`` is
+installed, each counted by nftables on its agents' ports (IP and TCP/UDP headers included), idle and
+during a kill -9 and a leave, with detection and leave times and our/Serf ratios.
 
 For each size, daemons on 127.0.0.1 (``pyagent.localmesh``): the time to converge (from the last daemon's
 control API answering to every daemon holding every member alive), idle traffic per member (the host's
