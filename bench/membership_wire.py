@@ -38,6 +38,7 @@ class Cluster:
     kill: Callable[[int], None]
     leave: Callable[[int], None]
     dead_state: str
+    converged: Callable[[], bool]
 
 
 @dataclass
@@ -69,7 +70,10 @@ def _until_all_hold(
 
 
 def measure(cluster: Cluster, idle_s: float, timeout_s: float) -> WireFigures:
-    """Idle, then kill the last member, then make the one before it leave; counters around each."""
+    """Once converged and settled: idle, then kill the last member, then make the one before it leave;
+    counters around each."""
+    wait_until(cluster.converged, 30.0, "convergence", POLL_S)
+    time.sleep(SETTLE_S)
     count = len(cluster.names)
     victim, leaver = count - 1, count - 2
     with wire_counters(cluster.ports) as counters:
@@ -112,8 +116,6 @@ def _tcp_port(peer: LocalPeer) -> int:
 def pyagent_run(base: Path, count: int, idle_s: float, timeout_s: float, config_extra: str) -> WireFigures:
     peers = start_mesh(base, count, config_extra=config_extra)
     try:
-        wait_until(lambda: converged(peers), 30.0, "convergence", POLL_S)
-        time.sleep(SETTLE_S)
         cluster = Cluster(
             names=[p.peer_id for p in peers],
             ports=[_tcp_port(p) for p in peers],
@@ -121,6 +123,7 @@ def pyagent_run(base: Path, count: int, idle_s: float, timeout_s: float, config_
             kill=lambda i: peers[i].kill(),
             leave=lambda i: peers[i].terminate(),
             dead_state="dead",
+            converged=lambda: converged(peers),
         )
         return measure(cluster, idle_s, timeout_s)
     finally:
@@ -131,10 +134,6 @@ def serf_run(base: Path, count: int, idle_s: float, timeout_s: float) -> WireFig
     agents: list[SerfAgent] = start_cluster(base, count)
     try:
         names = [a.name for a in agents]
-        wait_until(
-            lambda: all(set(a.members()) == set(names) for a in agents), 30.0, "Serf convergence", POLL_S
-        )
-        time.sleep(SETTLE_S)
         cluster = Cluster(
             names=names,
             ports=[a.gossip_port for a in agents],
@@ -142,6 +141,7 @@ def serf_run(base: Path, count: int, idle_s: float, timeout_s: float) -> WireFig
             kill=lambda i: agents[i].kill(),
             leave=lambda i: agents[i].leave(),
             dead_state="failed",
+            converged=lambda: all(set(a.members()) == set(names) for a in agents),
         )
         return measure(cluster, idle_s, timeout_s)
     finally:
