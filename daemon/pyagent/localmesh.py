@@ -149,7 +149,7 @@ def start_mesh(
     (one per daemon, default loopback) puts them elsewhere, e.g. on namespaced test hosts."""
     placements = list(placements) or [Placement()] * count
     assert len(placements) == count, "one placement per daemon"
-    peers = []
+    peers: list[LocalPeer] = []
     for index, placement in enumerate(placements, start=1):
         name = f"{name_prefix}-{index}"
         peer = LocalPeer(name, base / name, command_prefix=list(placement.command_prefix))
