@@ -31,6 +31,14 @@ def formed(size: int = 3, **config: Any) -> Cluster:
     return cluster
 
 
+def leader_after_a_write(cluster: Cluster, key: bytes, value: bytes) -> str:
+    """Write ``key`` and return the peer that leads its shard."""
+    ok(cluster.request("peer-0", Put(key, value)))
+    leader = cluster.leader_of(shard_of(key, SHARDS))
+    assert leader is not None
+    return leader
+
+
 def _replicas(cluster: Cluster, peer: str, shard: int) -> int:
     statuses = {s.shard: s for s in cluster.nodes[peer].kv.shard_statuses()}
     status = statuses.get(shard)
@@ -73,10 +81,7 @@ def test_bad_input_is_refused_with_a_clear_error() -> None:
 def test_writes_go_on_after_a_shard_leader_dies_and_nothing_acknowledged_is_lost() -> None:
     cluster = formed()
     key = b"survivor"
-    shard = shard_of(key, SHARDS)
-    ok(cluster.request("peer-0", Put(key, b"1")))
-    victim = cluster.leader_of(shard)
-    assert victim is not None
+    victim = leader_after_a_write(cluster, key, b"1")
     cluster.kill(victim)
     other = next(p for p in cluster.nodes if p != victim)
     ok(cluster.request(other, Put(key, b"2"), within_s=10))
@@ -204,9 +209,7 @@ def test_a_leader_whose_transfer_aborts_keeps_serving() -> None:
     cluster = formed()
     key = b"transferred"
     shard = shard_of(key, SHARDS)
-    ok(cluster.request("peer-0", Put(key, b"before")))
-    leader = cluster.leader_of(shard)
-    assert leader is not None
+    leader = leader_after_a_write(cluster, key, b"before")
     node = cluster.nodes[leader]
     target = next(p for p in cluster.nodes if p != leader)
     cluster.cut.add(frozenset((leader, target)))
