@@ -320,7 +320,7 @@ async def refresh_load(
 
 async def refresh_addrs(
     request: Callable[[object], Awaitable[object]],
-    announced: Callable[[], list[str]],
+    announced: Callable[[], Sequence[str]],
     gossiped: Callable[[], tuple[str, ...]],
 ) -> None:
     """Gossip this node's addresses anew whenever what it announces changes (``announced``)."""
