@@ -15,7 +15,8 @@ from pathlib import Path
 
 import trio
 
-from pyagent.client import KvClient, KvError
+from pyagent.client import KvClient
+from pyagent.controlconn import ClientError
 from pyagent_simnet.linearizability import HistoryRecorder
 
 KEYS = [f"key-{index}".encode() for index in range(12)]
@@ -74,7 +75,7 @@ async def run_client(
                             await kv.delete(key)
                             op.ok()
                             tally.acknowledged_writes += 1
-        except (KvError, trio.TooSlowError, OSError) as exc:
+        except (ClientError, trio.TooSlowError, OSError) as exc:
             # The daemon went away or could not answer in time: the open call was recorded as unknown.
             tally.unknown += 1
             if len(tally.errors) < 20:

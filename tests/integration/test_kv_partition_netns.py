@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 import trio
 
-from pyagent.client import KvClient, KvError
+from pyagent.client import KvClient
+from pyagent.controlconn import ClientError
 from pyagent.localmesh import LocalPeer, logs_on_failure, start_mesh, stop_all, wait_until
 from pyagent.proto.kv.placement import shard_of
 from pyagent.testing.netns import Network
@@ -321,7 +322,7 @@ async def client_loop(
                         with recorder.invoke(name, "delete", key) as op:
                             await kv.delete(key)
                             op.ok()
-        except (KvError, trio.TooSlowError, OSError):
+        except (ClientError, trio.TooSlowError, OSError):
             await trio.sleep(0.05)
 
 
