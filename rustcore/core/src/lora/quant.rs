@@ -20,32 +20,6 @@ const FP16_RUN: usize = 1024;
 /// every NaN and infinity is at or above this one.
 const NON_FINITE_BITS_MIN: u32 = 0x7f80_0000;
 
-/// Call a hot loop (an `#[inline(always)]` function) compiled for AVX2 when the CPU has it: the
-/// baseline x86-64 build has only SSE2, and these loops run about twice as wide with AVX2. No FMA
-/// is enabled, and Rust never fuses a multiply and an add by itself, so both builds produce the
-/// same bytes.
-macro_rules! dispatch {
-    ($function:ident($($argument:expr),* $(,)?)) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx2")]
-            unsafe fn wide<T>(run: impl FnOnce() -> T) -> T {
-                run()
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2, checked just above.
-                unsafe { wide(|| $function($($argument),*)) }
-            } else {
-                $function($($argument),*)
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            $function($($argument),*)
-        }
-    }};
-}
-
 /// Bytes that `n` values take.
 pub fn encoded_len(codec: ValueCodec, block_size: u32, n: usize) -> usize {
     let scales = if codec.has_scales() {

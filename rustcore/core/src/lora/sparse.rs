@@ -18,37 +18,86 @@ pub fn kept_count(numel: u64, top_k: TopK) -> u64 {
     numel / chunk * k + (numel % chunk).min(k)
 }
 
+/// Histogram buckets of the selection: a magnitude's top 11 bits (its exponent and the first 3
+/// bits of its mantissa), so bucket order is magnitude order.
+const BUCKET_SHIFT: u32 = 20;
+const BUCKETS: usize = 1 << (31 - BUCKET_SHIFT);
+
 /// The positions (ascending, into `values`) of the kept values: in every chunk the `k_per_chunk`
 /// largest magnitudes, ties broken toward the lower position so the choice is deterministic.
 pub fn select(values: &[f32], top_k: TopK) -> Vec<u32> {
     let k = top_k.k_per_chunk as usize;
     let mut kept = Vec::with_capacity(kept_count(values.len() as u64, top_k) as usize);
-    let mut keys = Vec::with_capacity(top_k.chunk_size as usize);
+    let mut histogram = vec![0u32; BUCKETS];
+    let mut candidates = Vec::new();
+    let mut keys = Vec::new();
+    let mut scratch = Vec::new();
     for (chunk_index, chunk) in values.chunks(top_k.chunk_size as usize).enumerate() {
         let base = (chunk_index * top_k.chunk_size as usize) as u32;
         if k >= chunk.len() {
             kept.extend(base..base + chunk.len() as u32);
             continue;
         }
-        // Magnitude bits order like magnitudes, and integer selection is cheaper than float.
+        // Every kept value is in the cut's bucket or above it: take those (a few more than k),
+        // in position order, then cut exactly among them.
+        let floor = cut_bucket(chunk, k, &mut histogram) << BUCKET_SHIFT;
+        candidates.clear();
+        dispatch!(positions_at_least(chunk, floor, &mut candidates));
         keys.clear();
-        keys.extend(chunk.iter().map(|v| v.to_bits() & 0x7fff_ffff));
-        let cut = chunk.len() - k;
-        let threshold = *keys.select_nth_unstable(cut).1;
-        let above = keys[cut + 1..]
-            .iter()
-            .filter(|&&key| key > threshold)
-            .count();
-        let mut ties = k - above;
-        for (offset, value) in chunk.iter().enumerate() {
-            let key = value.to_bits() & 0x7fff_ffff;
+        keys.extend(candidates.iter().map(|&p| magnitude_key(chunk[p as usize])));
+        let cut = keys.len() - k;
+        scratch.clone_from(&keys);
+        let threshold = *scratch.select_nth_unstable(cut).1;
+        let mut ties = k - keys.iter().filter(|&&key| key > threshold).count();
+        for (&position, &key) in candidates.iter().zip(&keys) {
             if key > threshold || (key == threshold && ties > 0) {
                 ties -= usize::from(key == threshold);
-                kept.push(base + offset as u32);
+                kept.push(base + position);
             }
         }
     }
     kept
+}
+
+/// Magnitude bits order like magnitudes, and integer comparisons are cheaper than float ones.
+#[inline(always)]
+fn magnitude_key(value: f32) -> u32 {
+    value.to_bits() & 0x7fff_ffff
+}
+
+/// The histogram bucket that holds the chunk's `k`-th largest key.
+fn cut_bucket(chunk: &[f32], k: usize, histogram: &mut [u32]) -> u32 {
+    histogram.fill(0);
+    for &value in chunk {
+        histogram[(magnitude_key(value) >> BUCKET_SHIFT) as usize] += 1;
+    }
+    // The walk down starts at the largest bucket in use: the buckets above it are empty, and
+    // walking them would cost as much as the counting. (A separate pass: a running maximum in the
+    // counting loop would chain every iteration to the one before.)
+    let largest = chunk.iter().map(|&value| magnitude_key(value)).max();
+    let mut bucket = (largest.unwrap_or(0) >> BUCKET_SHIFT) as usize;
+    let mut above = 0usize;
+    while above + (histogram[bucket] as usize) < k {
+        above += histogram[bucket] as usize;
+        bucket -= 1;
+    }
+    bucket as u32
+}
+
+/// Push the positions of `chunk`'s keys at or above `floor`, ascending. A word of 32 comparisons
+/// at a time compiles to vector compares; only the (few) set bits are then visited.
+#[inline(always)]
+fn positions_at_least(chunk: &[f32], floor: u32, out: &mut Vec<u32>) {
+    for (word_index, word) in chunk.chunks(32).enumerate() {
+        let mut mask = 0u32;
+        for (bit, &value) in word.iter().enumerate() {
+            mask |= u32::from(magnitude_key(value) >= floor) << bit;
+        }
+        while mask != 0 {
+            out.push((word_index * 32) as u32 + mask.trailing_zeros());
+            mask &= mask - 1;
+        }
+    }
 }
 
 fn varint_len(value: u32) -> usize {
