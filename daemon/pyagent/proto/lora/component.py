@@ -267,6 +267,8 @@ class LoraAveraging(Component):
             blob = self._early.pop(key)
             if key[0] == number:
                 self._accept(key[1], blob, now_us, out)
+        if state.finished:  # alone in the mesh: the merged delta is this peer's own
+            self._finish(state, now_us, out)
         self._advance(state, now_us, out)
 
     def _key(self, kind: str, number: int, step: int) -> str:
