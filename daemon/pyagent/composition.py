@@ -18,6 +18,7 @@ from pyagent.errors import LocalProtocolError
 from pyagent.proto import peers, ping
 from pyagent.proto.component import Component
 from pyagent.proto.context import NodeContext, component_seed
+from pyagent.proto.identity import Identity
 from pyagent.proto.memstore import MemoryStore
 from pyagent.proto.node import NodeCore
 from pyagent.proto.storage import StorageReader
@@ -51,12 +52,13 @@ def build_core(
     core_factories: Sequence[CoreFactory] = STANDARD,
     plugins: pluggy.PluginManager | None = None,
     config: Mapping[str, Mapping[str, Any]] | None = None,
+    identity: Identity | None = None,
 ) -> NodeCore:
     """The node's core: ``core_factories`` in order, then the components of every plugin in ``plugins``.
 
     ``seed`` seeds every component's generator (``component_seed``). ``storage_for`` gives a component
     name's storage reader (an empty in-memory store when None, for nodes that keep nothing). ``config``
-    maps a component name to its config table.
+    maps a component name to its config table. ``identity`` signs for the node (``NodeContext.identity``).
     """
     tables = config or {}
     ctx = NodeContext(
@@ -66,6 +68,7 @@ def build_core(
         rng_for=lambda name: random.Random(component_seed(seed, name)),
         storage_for=storage_for or MemoryStore().reader,
         hooks=plugins.hook if plugins is not None else None,
+        identity=identity,
     )
     for factory in core_factories:
         _add(ctx, factory(ctx))

@@ -6,7 +6,8 @@ return and whether it is ``firstresult``.
 Hooks are named ``pyagent_<phase>_<what>``, or ``pyagent_<phase>`` when the phase says it all. The
 phases, in the order a daemon meets them: ``add`` (the node and the CLI are being built), ``control``
 (the control API is being built), ``startup``, ``peer`` (connections come and go), ``kv`` (the sharded
-KV store proposes and applies writes), ``notice`` (the core reports a state change) and ``shutdown``.
+KV store proposes and applies writes), ``lora`` (LoRA averaging sends a delta), ``notice`` (the core
+reports a state change) and ``shutdown``.
 
 Hooks are plain synchronous functions, and the daemon and simnet call every one of them through pluggy
 (``pm.hook.<name>(...)``), so ``wrapper=True`` (and old-style ``hookwrapper=True``) implementations and
@@ -29,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 import pluggy
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
     import trio
 
     from pyagent.node.metrics import Metrics
@@ -150,6 +153,24 @@ def pyagent_kv_committed(shard: int, index: int, writes: list[KvWrite]) -> None:
     started in ``pyagent_startup``.
 
     Returns nothing. Not firstresult: every plugin is told. Synchronous.
+    """
+    raise NotImplementedError
+
+
+@hookspec(firstresult=True)
+def pyagent_lora_transform_delta(
+    round: int, delta: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32] | None:
+    """Transform this peer's own LoRA delta before it is encoded and sent (differential privacy: clip its
+    norm and add noise; or drop coordinates a plugin must keep private).
+
+    Runs in the core (``pyagent.proto.lora``), once per round on the peer that contributes ``delta`` (a
+    1-D float32 array; do not modify it in place), before compression and error feedback. Return a
+    replacement of the same shape, or None to leave it as it is; a replacement of another shape fails the
+    contribution with the error code ``invalid``. The simulator calls it too, so it must be deterministic
+    (draw noise from a generator seeded by ``round`` and your own secret seed) and do no I/O.
+
+    Returns an array or None. firstresult: the first plugin that returns an array decides. Synchronous.
     """
     raise NotImplementedError
 

@@ -10,7 +10,7 @@ from collections.abc import Generator
 from pyagent import hookspecs, pluginhost
 
 # The phases the hookspecs docstring lists; a new phase is a change to the contract, made here on purpose.
-PHASES = ("add", "control", "startup", "peer", "kv", "notice", "shutdown")
+PHASES = ("add", "control", "startup", "peer", "kv", "lora", "notice", "shutdown")
 HOOK_NAME = re.compile(rf"pyagent_({'|'.join(PHASES)})(_[a-z]+)*")
 SPEC_MARK = f"{hookspecs.PROJECT_NAME}_spec"
 
@@ -51,6 +51,7 @@ def test_the_contract_defines_the_hooks_the_daemon_calls() -> None:
         "pyagent_control_methods",
         "pyagent_kv_committed",
         "pyagent_kv_propose",
+        "pyagent_lora_transform_delta",
         "pyagent_notice",
         "pyagent_peer_connected",
         "pyagent_peer_disconnected",

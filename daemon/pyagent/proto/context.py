@@ -15,6 +15,7 @@ from typing import Any
 
 from pyagent.errors import LocalProtocolError
 from pyagent.proto.component import Component
+from pyagent.proto.identity import Identity
 from pyagent.proto.storage import StorageReader
 from pyagent.proto.types import PeerId, Rng
 
@@ -39,6 +40,9 @@ class NodeContext:
     # The plugins' hooks that cores call (``pyagent_kv_propose``...): pluggy's hook relay, or None on a
     # node built without plugins. Only hooks documented as called by the core may be called through it.
     hooks: Any = None
+    # This node's signing (``proto.identity.Identity``: the node key in the daemon, a seeded key in
+    # simnet), or None on a node built without one; components that sign need it.
+    identity: Identity | None = None
 
     def config(self, component: str) -> Mapping[str, Any]:
         """Component ``component``'s table in the node's config (``[<component>]``); empty if none."""

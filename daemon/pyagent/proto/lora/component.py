@@ -1,0 +1,560 @@
+"""``LoraAveraging``: peers merge their LoRA deltas round by round, with no coordinator.
+
+A round (``Contribute``): this peer takes the live members that speak the protocol, lays them out on
+the round's grid (``grid``) and runs one step per grid dimension. In each step it sends its current value
+to its group as a signed blob (``messages``; a ``Transfer`` per member, encoded by ``values``), the group
+agrees on which values arrived (``rounds``) and every member replaces its value by the group's aggregate
+over that common set (``aggregate``). The value after the last step is the merged delta
+(``AwaitMerged``). Weights travel with the values, so on a full grid with the plain mean every peer ends
+with the exact weighted mean of every delta delivered.
+
+Everything is bounded: blob size (``blob_bytes_max``), values per delta (``numel_max``), group size
+(``group_size_max``), blobs held for rounds not started yet, waiters, and rounds kept (older ones are
+dropped). A malformed or badly signed blob is counted in ``rejected`` and dropped; it never raises.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from pyagent.errors import RemoteProtocolError
+from pyagent.lora.codecs import LoraErrorFeedback
+from pyagent.proto.component import Component
+from pyagent.proto.events import (
+    LocalRequest,
+    MessageReceived,
+    PeerDisconnected,
+    RequestCancelled,
+    TransferAborted,
+    TransferChunk,
+    TransferDone,
+    TransferEvent,
+    TransferFailed,
+    TransferReceived,
+)
+from pyagent.proto.identity import Identity
+from pyagent.proto.lora import grid, messages, values
+from pyagent.proto.lora.aggregate import aggregate
+from pyagent.proto.lora.commands import (
+    COMMAND_TYPES,
+    AwaitMerged,
+    Contribute,
+    LoraStatus,
+    MergeResult,
+    RoundFinished,
+)
+from pyagent.proto.lora.config import Config
+from pyagent.proto.lora.rounds import Held, Step, Vector
+from pyagent.proto.membership.records import LIVE_STATES, MemberRecord
+from pyagent.proto.ready import BytesSource, Ready, Reply, Send, SetTimer, Transfer
+from pyagent.proto.types import US_PER_MS, PeerId, Rng
+
+NAME = "lora"
+# Requests waiting for a round's result, and incoming blobs being assembled at once.
+WAITERS_MAX = 256
+INCOMING_MAX = 2 * messages.GROUP_SIZE_CAP
+REJECT_REASONS = ("too_large", "too_many", "malformed", "bad_signature", "wrong_length", "not_in_group")
+
+
+class MembersView(Protocol):
+    def members(self) -> list[MemberRecord]: ...
+
+
+class _Round:
+    """This peer's state for one round."""
+
+    def __init__(
+        self, number: int, started_us: int, numel: int, groups: list[tuple[PeerId, ...]], me: PeerId
+    ):
+        self.number = number
+        self.started_us = started_us
+        self.numel = numel
+        self.members = 0
+        self.steps = [Step(index, group, me) for index, group in enumerate(groups)]
+        self.current = 0
+        self.gone: set[PeerId] = set()
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.timed_out = False
+        self.value: Vector = np.zeros(0, dtype=np.float32)
+        self.weight = 0.0
+        self.contributors: tuple[PeerId, ...] = ()
+
+    @property
+    def finished(self) -> bool:
+        return self.current >= len(self.steps)
+
+
+class LoraAveraging(Component):
+    name: ClassVar[str] = NAME
+    protocol_id = messages.PROTOCOL
+    limits = messages.LIMITS
+    command_types = COMMAND_TYPES
+
+    def __init__(
+        self,
+        local_peer: PeerId,
+        rng: Rng,
+        config: Config,
+        members: MembersView,
+        identity: Identity,
+        hooks: Any = None,
+    ) -> None:
+        self.local_peer = local_peer
+        # Unused by the protocol itself (every choice is a function of round and members); kept so the
+        # constructor matches every other component's and a future randomized choice has its generator.
+        self._rng = rng
+        self.config = config
+        self._members = members
+        self._identity = identity
+        # The plugins' pyagent_lora_transform_delta (hookspecs.py), or None.
+        self._hooks = hooks
+        self._blob_limits = messages.blob_limits(config.blob_bytes_max)
+        self._own_codec = values.codec_for(config, relay=False)
+        self._relay_codec = values.codec_for(config, relay=True)
+        self._feedback: LoraErrorFeedback | None = None
+        self._round: _Round | None = None
+        self._last_contributed = -1
+        self._results: OrderedDict[int, MergeResult] = OrderedDict()
+        self._waiters: dict[int, int] = {}  # request id -> round
+        self._incoming: dict[tuple[PeerId, int], bytearray] = {}
+        # Our transfers still running: id -> (round, receiver). Ids only grow, so they never repeat.
+        self._outgoing: dict[int, tuple[int, PeerId]] = {}
+        self._next_transfer = 0
+        self._refused: OrderedDict[tuple[PeerId, int], None] = OrderedDict()
+        # Verified blobs for rounds this peer has not started yet, by (round, sender, step).
+        self._early: dict[tuple[int, PeerId, int], messages.DeltaBlob] = {}
+        self.rounds_completed = 0
+        self.bytes_sent_total = 0
+        self.bytes_received_total = 0
+        self.rejected: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
+        self._last_agreement: float | None = None
+        self._last_peers = 0
+
+    @property
+    def codec_name(self) -> str:
+        config = self.config
+        own = (
+            config.codec
+            if config.k_per_chunk == 0 or config.codec == "f32"
+            else (f"{config.codec} top-{config.k_per_chunk}/{config.chunk_size}")
+        )
+        return f"{own}, relay {config.relay_codec}"
+
+    # --- local requests -------------------------------------------------------------------------------
+
+    def on_request(self, request: LocalRequest, now_us: int, out: Ready) -> None:
+        command = request.command
+        if isinstance(command, Contribute):
+            self._contribute(request.request_id, command, now_us, out)
+        elif isinstance(command, AwaitMerged):
+            self._await(request.request_id, command, out)
+        else:
+            assert isinstance(command, LoraStatus)
+            out.apply.append(Reply(request.request_id, self.status()))
+
+    def on_request_cancelled(self, event: RequestCancelled, now_us: int, out: Ready) -> None:
+        self._waiters.pop(event.request_id, None)
+
+    def status(self) -> dict[str, Any]:
+        current = self._round
+        return {
+            "round": None if current is None else current.number,
+            "round_finished": current is None or current.finished,
+            "rounds_completed": self.rounds_completed,
+            "peers_last_round": self._last_peers,
+            # The share of the last round's members whose deltas reached this peer's result.
+            "agreement_last_round": self._last_agreement,
+            "bytes_sent": self.bytes_sent_total,
+            "bytes_received": self.bytes_received_total,
+            "codec": self.codec_name,
+            "rejected": dict(self.rejected),
+        }
+
+    def _contribute(self, request_id: int, command: Contribute, now_us: int, out: Ready) -> None:
+        problem = self._check_contribution(command)
+        if problem is not None:
+            code = "stale_round" if command.round < self._last_contributed else "invalid"
+            out.apply.append(Reply.fail(request_id, code, problem))
+            return
+        delta = np.ascontiguousarray(command.delta, dtype=np.float32)
+        if self._hooks is not None:
+            replaced = self._hooks.pyagent_lora_transform_delta(round=command.round, delta=delta)
+            if replaced is not None:
+                if not isinstance(replaced, np.ndarray) or replaced.shape != delta.shape:
+                    out.apply.append(
+                        Reply.fail(request_id, "invalid", "pyagent_lora_transform_delta changed the shape")
+                    )
+                    return
+                delta = np.ascontiguousarray(replaced, dtype=np.float32)
+        if self._round is not None and not self._round.finished:
+            # A newer round replaces an unfinished one: it ends now with what it has.
+            self._round.timed_out = True
+            while not self._round.finished:
+                self._decide(self._round, now_us, out)
+        self._last_contributed = command.round
+        self._start_round(command.round, delta, float(command.weight), now_us, out)
+        out.apply.append(Reply(request_id))
+
+    def _check_contribution(self, command: Contribute) -> str | None:
+        if command.round <= self._last_contributed:
+            return f"round {command.round} is not after round {self._last_contributed}, already contributed"
+        delta = command.delta
+        if not isinstance(delta, np.ndarray) or delta.ndim != 1 or delta.dtype != np.float32:
+            return "delta must be a 1-D numpy float32 array"
+        if not 1 <= delta.size <= self.config.numel_max:
+            return f"delta must hold 1..{self.config.numel_max} values, got {delta.size}"
+        if not np.isfinite(delta).all():
+            return "delta must be finite"
+        weight = command.weight
+        if not isinstance(weight, int | float) or not math.isfinite(weight) or weight <= 0:
+            return f"weight must be a positive finite number, got {weight!r}"
+        return None
+
+    def _await(self, request_id: int, command: AwaitMerged, out: Ready) -> None:
+        result = self._results.get(command.round)
+        if result is not None:
+            out.apply.append(Reply(request_id, result))
+            return
+        if command.round < self._last_contributed:
+            out.apply.append(
+                Reply.fail(request_id, "stale_round", f"round {command.round} is no longer kept")
+            )
+            return
+        if len(self._waiters) >= WAITERS_MAX:
+            out.apply.append(
+                Reply.fail(request_id, "busy", f"{WAITERS_MAX} requests already wait for rounds")
+            )
+            return
+        self._waiters[request_id] = command.round
+
+    # --- rounds ---------------------------------------------------------------------------------------
+
+    def _live_members(self) -> list[PeerId]:
+        peers = {
+            record.peer
+            for record in self._members.members()
+            if record.state in LIVE_STATES and messages.PROTOCOL in record.metadata.protocols
+        }
+        peers.add(self.local_peer)
+        return sorted(peers)
+
+    def _start_round(self, number: int, delta: Vector, weight: float, now_us: int, out: Ready) -> None:
+        members = self._live_members()
+        groups = grid.steps(number, members, self.local_peer, self.config.group_size_max)
+        state = _Round(number, now_us, delta.size, groups, self.local_peer)
+        # Transfers of earlier rounds that never reported back are not followed any more.
+        self._outgoing.clear()
+        state.members = len(members)
+        state.weight = weight
+        state.contributors = (self.local_peer,)
+        if self._feedback is None or self._feedback.shape != delta.shape:
+            self._feedback = LoraErrorFeedback(delta.shape) if self.config.error_feedback else None
+        state.value = delta
+        self._round = state
+        for index in range(len(state.steps)):
+            share_us = self.config.round_timeout_ms * US_PER_MS // len(state.steps)
+            out.timers.append(
+                SetTimer(self._key("frames", number, index), now_us + index * share_us + share_us // 2)
+            )
+            out.timers.append(SetTimer(self._key("decide", number, index), now_us + (index + 1) * share_us))
+        out.timers.append(SetTimer(self.timer_key("retry"), now_us + self.config.report_retry_ms * US_PER_MS))
+        for key in sorted(k for k in self._early if k[0] <= number):
+            blob = self._early.pop(key)
+            if key[0] == number:
+                self._accept(key[1], blob, now_us, out)
+        if state.finished:  # alone in the mesh: the merged delta is this peer's own
+            self._finish(state, now_us, out)
+        self._advance(state, now_us, out)
+
+    def _key(self, kind: str, number: int, step: int) -> str:
+        return self.timer_key(f"{kind}/{number}/{step}")
+
+    def _advance(self, state: _Round, now_us: int, out: Ready) -> None:
+        """Do what the current step allows: send, report, decide; and on to the next step."""
+        while not state.finished:
+            step = state.steps[state.current]
+            if not step.sent:
+                self._send_value(state, step, out)
+            if step.my_report is None:
+                step.given_up |= step.missing_from_reports() | (state.gone & set(step.others))
+                if not step.frames_settled():
+                    return
+                self._send_report(state, step, step.others, out)
+            _, pending = step.common_set()
+            if pending:
+                return
+            self._decide(state, now_us, out)
+
+    def _send_value(self, state: _Round, step: Step, out: Ready) -> None:
+        step.sent = True
+        first = state.current == 0
+        codec = self._own_codec if first else self._relay_codec
+        feedback = self._feedback if first else None
+        if not step.others:
+            step.held[self.local_peer] = Held(state.weight, state.contributors, state.value)
+            return
+        encoded = values.encode(state.value, codec, feedback)
+        step.held[self.local_peer] = Held(state.weight, state.contributors, encoded.values)
+        blob = messages.DeltaBlob(
+            state.number,
+            state.current,
+            state.weight,
+            state.contributors,
+            state.numel,
+            encoded.encoding,
+            encoded.payload,
+        )
+        signature = self._identity.sign(messages.signed_bytes(self.local_peer, blob))
+        data = messages.encode_blob(_signed(blob, signature))
+        source = BytesSource(data)
+        for peer in step.others:
+            if peer in state.gone:
+                continue
+            self._next_transfer += 1
+            self._outgoing[self._next_transfer] = (state.number, peer)
+            out.transfers.append(Transfer(peer, messages.PROTOCOL, self._next_transfer, source))
+            state.bytes_sent += len(data)
+
+    def _send_report(self, state: _Round, step: Step, peers: tuple[PeerId, ...], out: Ready) -> None:
+        have = step.my_report if step.my_report is not None else step.report()
+        report = messages.Report(state.number, step.index, have, frozenset(step.reports))
+        message = messages.encode_report(report)
+        for peer in peers:
+            out.send.append(Send(peer, messages.PROTOCOL, message))
+
+    def _decide(self, state: _Round, now_us: int, out: Ready) -> None:
+        """End the current step with the common set as it stands, and aggregate over it."""
+        step = state.steps[state.current]
+        if not step.sent:
+            self._send_value(state, step, out)
+        if step.my_report is None:
+            self._send_report(state, step, step.others, out)
+        common, _ = step.common_set()
+        used = sorted(peer for peer in common if peer in step.held) or [self.local_peer]
+        held = [step.held[peer] for peer in used]
+        if len(held) == 1:
+            value = held[0].values
+        else:
+            rows = np.stack([item.values for item in held])
+            weights = np.array([item.weight for item in held], dtype=np.float64)
+            value = aggregate(rows, weights, self.config)
+        state.value = value
+        state.weight = sum(item.weight for item in held)
+        state.contributors = tuple(sorted({peer for item in held for peer in item.contributors}))
+        step.decided = True
+        state.current += 1
+        if state.finished:
+            self._finish(state, now_us, out)
+
+    def _finish(self, state: _Round, now_us: int, out: Ready) -> None:
+        result = MergeResult(
+            state.number,
+            state.value,
+            state.weight,
+            state.contributors,
+            state.bytes_sent,
+            state.bytes_received,
+            self.codec_name,
+        )
+        self._results[state.number] = result
+        while len(self._results) > self.config.rounds_kept:
+            self._results.popitem(last=False)
+        self.rounds_completed += 1
+        self.bytes_sent_total += state.bytes_sent
+        self.bytes_received_total += state.bytes_received
+        self._last_peers = len(state.contributors)
+        self._last_agreement = len(state.contributors) / state.members
+        for request_id, number in list(self._waiters.items()):
+            if number == state.number:
+                del self._waiters[request_id]
+                out.apply.append(Reply(request_id, result))
+        out.notices.append(
+            RoundFinished(
+                state.number,
+                len(state.contributors),
+                state.weight,
+                now_us - state.started_us,
+                state.bytes_sent,
+                state.bytes_received,
+                state.timed_out,
+            )
+        )
+
+    # --- timers ---------------------------------------------------------------------------------------
+
+    def on_timer(self, suffix: str, now_us: int, out: Ready) -> None:
+        state = self._round
+        if suffix == "retry":
+            if state is not None and not state.finished:
+                self._retry_reports(state, out)
+                out.timers.append(
+                    SetTimer(self.timer_key("retry"), now_us + self.config.report_retry_ms * US_PER_MS)
+                )
+            return
+        kind, number, index = suffix.split("/")
+        if state is None or state.number != int(number) or state.current > int(index):
+            return
+        if kind == "frames":
+            step = state.steps[int(index)]
+            step.given_up |= set(step.others) - set(step.held)
+            if state.current == int(index):
+                self._advance(state, now_us, out)
+            return
+        state.timed_out = True
+        while not state.finished and state.current <= int(index):
+            self._decide(state, now_us, out)
+        self._advance(state, now_us, out)
+
+    def _retry_reports(self, state: _Round, out: Ready) -> None:
+        step = state.steps[state.current]
+        if step.my_report is not None:
+            silent = tuple(
+                peer for peer in step.others if peer not in step.reports and peer not in state.gone
+            )
+            self._send_report(state, step, silent, out)
+
+    # --- the network ----------------------------------------------------------------------------------
+
+    def on_message(self, event: MessageReceived, now_us: int, out: Ready) -> None:
+        report = messages.decode_report(event.message)
+        state = self._round
+        if state is None or report.round != state.number or report.step >= len(state.steps):
+            return
+        step = state.steps[report.step]
+        if event.peer not in step.others:
+            raise RemoteProtocolError(
+                f"report from {event.peer}, not in this peer's group of step {report.step}"
+            )
+        known = step.reports.get(event.peer)
+        if known is not None and known != report.have:
+            raise RemoteProtocolError(f"{event.peer} changed its report for round {report.round}")
+        step.reports[event.peer] = report.have
+        if step.my_report is not None and self.local_peer not in report.got:
+            self._send_report(state, step, (event.peer,), out)
+        if not state.finished and state.current == step.index:
+            self._advance(state, now_us, out)
+
+    def on_peer_disconnected(self, event: PeerDisconnected, now_us: int, out: Ready) -> None:
+        self._peer_gone(event.peer, now_us, out)
+
+    def on_transfer(self, event: TransferEvent, now_us: int, out: Ready) -> None:
+        match event:
+            case TransferChunk():
+                self._on_chunk(event)
+            case TransferReceived():
+                data = self._incoming.pop((event.peer, event.transfer_id), None)
+                if data is not None and len(data) == event.size:
+                    self._on_blob(event.peer, bytes(data), now_us, out)
+            case TransferAborted():
+                self._incoming.pop((event.peer, event.transfer_id), None)
+                self._peer_gone(event.peer, now_us, out)
+            case TransferFailed():
+                # The peer we sent to is unreachable or gone: its value will not come either.
+                target = self._outgoing.pop(event.transfer_id, None)
+                if target is not None and target[0] == self._round_number():
+                    self._peer_gone(target[1], now_us, out)
+            case TransferDone():
+                self._outgoing.pop(event.transfer_id, None)
+            case _:
+                pass
+
+    def _round_number(self) -> int | None:
+        return None if self._round is None else self._round.number
+
+    def _peer_gone(self, peer: PeerId, now_us: int, out: Ready) -> None:
+        state = self._round
+        if state is None or state.finished or peer == self.local_peer:
+            return
+        state.gone.add(peer)
+        self._advance(state, now_us, out)
+
+    def _on_chunk(self, event: TransferChunk) -> None:
+        key = (event.peer, event.transfer_id)
+        if key in self._refused:
+            return
+        buffer = self._incoming.get(key)
+        reason = None
+        if event.size > self.config.blob_bytes_max:
+            reason = "too_large"
+        elif buffer is None and len(self._incoming) >= INCOMING_MAX:
+            reason = "too_many"
+        elif (0 if buffer is None else len(buffer)) != event.offset:
+            reason = "malformed"
+        if reason is not None:
+            self._reject(reason)
+            self._incoming.pop(key, None)
+            self._refused[key] = None
+            while len(self._refused) > INCOMING_MAX:
+                self._refused.popitem(last=False)
+            return
+        if buffer is None:
+            buffer = self._incoming[key] = bytearray()
+        buffer += event.data
+
+    def _reject(self, reason: str) -> None:
+        self.rejected[reason] += 1
+
+    def _on_blob(self, peer: PeerId, data: bytes, now_us: int, out: Ready) -> None:
+        try:
+            blob = messages.decode_blob(data, self._blob_limits, self.config.numel_max)
+        except RemoteProtocolError:
+            self._reject("malformed")
+            return
+        if not self._identity.verify(peer, messages.signed_bytes(peer, blob), blob.signature):
+            self._reject("bad_signature")
+            return
+        state = self._round
+        if blob.round > self._last_contributed:
+            if (
+                blob.round <= self._last_contributed + self.config.rounds_kept
+                and len(self._early) < INCOMING_MAX
+            ):
+                self._early[(blob.round, peer, blob.step)] = blob
+            return
+        if state is None or blob.round != state.number or state.finished:
+            return
+        if state is not None:
+            state.bytes_received += len(data)
+        self._accept(peer, blob, now_us, out)
+
+    def _accept(self, peer: PeerId, blob: messages.DeltaBlob, now_us: int, out: Ready) -> None:
+        """A verified blob of the current round: hold its values in its step, if it belongs there."""
+        state = self._round
+        assert state is not None and blob.round == state.number
+        if blob.step >= len(state.steps) or peer not in state.steps[blob.step].others:
+            self._reject("not_in_group")
+            return
+        step = state.steps[blob.step]
+        if step.decided or peer in step.held:
+            return
+        if blob.numel != state.numel or (blob.step == 0 and blob.contributors != (peer,)):
+            self._reject("wrong_length" if blob.numel != state.numel else "malformed")
+            step.given_up.add(peer)
+        else:
+            try:
+                decoded = values.decode_payload(blob.encoding, blob.payload, blob.numel)
+            except RemoteProtocolError:
+                self._reject("malformed")
+                step.given_up.add(peer)
+            else:
+                step.held[peer] = Held(blob.weight, blob.contributors, decoded)
+        if state.steps[state.current] is step:
+            self._advance(state, now_us, out)
+
+
+def _signed(blob: messages.DeltaBlob, signature: bytes) -> messages.DeltaBlob:
+    return messages.DeltaBlob(
+        blob.round,
+        blob.step,
+        blob.weight,
+        blob.contributors,
+        blob.numel,
+        blob.encoding,
+        blob.payload,
+        signature,
+    )
