@@ -51,8 +51,8 @@ class LoraClient:
         self._home = home
 
     async def contribute(self, delta: npt.ArrayLike, weight: float, round: int | None = None) -> int:
-        """Put ``delta`` (a flat float32 array) into round ``round`` (the open round when None) with
-        ``weight`` (its sample count). Returns the round it went into."""
+        """Put ``delta`` (a flat float32 array) into round ``round`` (when None, the round after this
+        peer's last) with ``weight`` (its sample count). Returns the round it went into."""
         array = np.ascontiguousarray(delta, dtype=np.float32)
         if array.ndim != 1:
             raise LoraError(f"a delta must be a flat array, got shape {array.shape}", "invalid")

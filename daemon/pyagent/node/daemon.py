@@ -31,7 +31,7 @@ from pyagent.config import (
 )
 from pyagent.errors import ConfigError
 from pyagent.hookspecs import ControlMethod
-from pyagent.node import kvapi, mesh
+from pyagent.node import kvapi, mesh, signing
 from pyagent.node.control import (
     ControlServer,
     InvalidParams,
@@ -444,9 +444,10 @@ def open_storage(home: Path) -> StorageHandle:
 
 
 def build_node_core(
-    peer_id: str, config: Config, plugins: pluggy.PluginManager, storage: StorageHandle
+    key_pair: KeyPair, config: Config, plugins: pluggy.PluginManager, storage: StorageHandle
 ) -> NodeCore:
     """The daemon's core: the standard components, membership with this config, then the plugins'."""
+    peer_id = identity.peer_id_of(key_pair)
     allowed = frozenset(config.mesh.allow_list) | {peer_id} if config.mesh.allow_list else None
 
     def gossip_membership(ctx: NodeContext) -> Component:
@@ -478,6 +479,7 @@ def build_node_core(
         core_factories=(*STANDARD, gossip_membership, sharded_kv),
         plugins=plugins,
         config=config.components,
+        identity=signing.NodeSigner(key_pair),
     )
     # A table no component claims is a typo ([nod], [helo]); disabled plugins' tables are fine.
     check_component_tables(
@@ -507,7 +509,7 @@ async def run(home: Path, config: Config) -> None:
     # it would find locked) and before the network.
     control_listener = await open_listener(home / CONTROL_SOCKET)
     storage = open_storage(home)
-    core = build_node_core(peer_id, config, plugins, storage)
+    core = build_node_core(key_pair, config, plugins, storage)
     members = core.component(membership.Membership.name)
     assert isinstance(members, membership.Membership)
     # The shell's own randomness (join backoff jitter); the cores never see it.

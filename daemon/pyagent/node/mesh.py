@@ -349,6 +349,7 @@ def member_view(record: membership.MemberRecord, now_us: int) -> dict[str, Any]:
         "memory_bytes": metadata.memory_bytes,
         "disk_free_bytes": metadata.disk_free_bytes,
         "plugins": list(metadata.plugins),
+        "protocols": list(metadata.protocols),
         "features": list(metadata.features),
         "software_version": metadata.software_version,
         "extra": dict(metadata.extra),

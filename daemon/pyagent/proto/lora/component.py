@@ -173,6 +173,7 @@ class LoraAveraging(Component):
             "bytes_received": self.bytes_received_total,
             "codec": self.codec_name,
             "rejected": dict(self.rejected),
+            "numel_max": self.config.numel_max,
         }
 
     def _contribute(self, request_id: int, command: Contribute, now_us: int, out: Ready) -> None:

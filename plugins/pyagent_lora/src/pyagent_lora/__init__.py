@@ -1,0 +1,1 @@
+"""PyAgent built-in plugin: LoRA delta averaging across the mesh (docs/lora.md)."""

@@ -1,0 +1,46 @@
+"""The hook implementations that plug LoRA averaging into a node, its control API and the CLI.
+
+The protocol core is ``pyagent.proto.lora`` (sans-I/O, also run by simnet's ``lora`` kit); this plugin
+builds it for the daemon and gives it its control methods and commands. The core and the methods pull in
+numpy and the Rust codecs, so they are imported inside the hooks that the daemon calls: the CLI, which
+loads every plugin to build its parser, stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from pyagent.errors import ConfigError
+from pyagent.hookspecs import ControlMethod, hookimpl
+from pyagent_lora import cli
+
+if TYPE_CHECKING:
+    from pyagent.proto.component import Component
+    from pyagent.proto.context import NodeContext
+
+
+@hookimpl
+def pyagent_add_components(ctx: NodeContext) -> list[Component]:
+    from pyagent.proto import lora
+    from pyagent.proto.membership import Membership
+
+    members = ctx.sibling(Membership.name)
+    assert isinstance(members, Membership)
+    if ctx.identity is None:
+        raise ConfigError("[lora] needs the node's signing key, and this node was built without one")
+    config = lora.Config.from_table(dict(ctx.config(lora.NAME)))
+    rng = ctx.rng(lora.NAME)
+    return [lora.LoraAveraging(ctx.local_peer, rng, config, members, ctx.identity, hooks=ctx.hooks)]
+
+
+@hookimpl
+def pyagent_control_methods() -> dict[str, ControlMethod]:
+    from pyagent_lora import methods
+
+    return methods.methods()
+
+
+@hookimpl
+def pyagent_add_cli_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cli.add_commands(subparsers)
