@@ -135,3 +135,44 @@ def test_a_peer_killed_mid_round_leaves_the_exact_mean_of_what_was_delivered(tmp
         assert elapsed_s < 20, "the survivors waited for the deadline instead of dropping the dead peer"
     finally:
         stop_all(peers)
+
+
+def pyagent(peer: LocalPeer, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pyagent.cli", "--home", str(peer.home), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_cli_contributes_a_file_and_refuses_bad_input_in_one_line(
+    mesh: Callable[..., list[LocalPeer]], tmp_path: Path
+) -> None:
+    (peer,) = mesh(1)
+    delta = np.arange(1000, dtype=np.float32)
+    np.save(tmp_path / "delta.npy", delta)
+    np.save(tmp_path / "square.npy", np.zeros((4, 4), dtype=np.float32))
+    (tmp_path / "junk.npy").write_bytes(b"not numpy at all")
+    refusals = {
+        "missing": ["contribute", str(tmp_path / "absent.npy"), "--weight", "1"],
+        "not npy": ["contribute", str(tmp_path / "junk.npy"), "--weight", "1"],
+        "2-D": ["contribute", str(tmp_path / "square.npy"), "--weight", "1"],
+        "zero weight": ["contribute", str(tmp_path / "delta.npy"), "--weight", "0"],
+        "negative round": ["merged", "-1"],
+    }
+    for what, args in refusals.items():
+        refused = pyagent(peer, "lora", *args)
+        assert refused.returncode == 2, (what, refused.stdout, refused.stderr)
+        assert len(refused.stderr.strip().splitlines()) == 1, (what, refused.stderr)
+
+    done = pyagent(peer, "lora", "contribute", str(tmp_path / "delta.npy"), "--weight", "5")
+    assert (done.returncode, done.stdout) == (0, "contributed to round 0\n"), done.stderr
+    # Alone in its mesh, a peer's round is its own delta.
+    result = pyagent(peer, "lora", "merged", "0")
+    assert result.returncode == 0, result.stderr
+    summary, path = result.stdout.splitlines()
+    assert summary.startswith("round 0: 1 peer(s), weight 5"), summary
+    np.testing.assert_array_equal(np.load(path), delta)
+    again = pyagent(peer, "lora", "contribute", str(tmp_path / "delta.npy"), "--weight", "5", "--round", "0")
+    assert again.returncode == 2 and "already contributed" in again.stderr, again.stderr

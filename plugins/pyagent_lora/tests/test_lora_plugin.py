@@ -1,0 +1,54 @@
+"""The LoRA plugin's file handling: how a delta file is read, and how merged rounds are kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyagent_lora.methods import MERGED_KEPT, _keep_merged, _read_delta
+
+from pyagent.node.control import InvalidParams
+
+
+def test_a_delta_over_the_limit_is_refused_from_its_header(tmp_path: Path) -> None:
+    path = tmp_path / "big.npy"
+    np.save(path, np.ones(1001, dtype=np.float32))
+    with pytest.raises(InvalidParams, match="1001 values; this mesh takes at most 1000"):
+        _read_delta(path, 1000)
+    assert _read_delta(path, 1001).shape == (1001,)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [np.zeros((2, 3), dtype=np.float32), np.arange(5, dtype=np.int64), np.array(["a", "b"])],
+    ids=["2-D", "integers", "strings"],
+)
+def test_only_flat_float_arrays_are_deltas(tmp_path: Path, array: np.ndarray) -> None:
+    path = tmp_path / "delta.npy"
+    np.save(path, array)
+    with pytest.raises(InvalidParams, match="flat float array"):
+        _read_delta(path, 1 << 20)
+
+
+def test_a_pickled_object_array_is_never_unpickled(tmp_path: Path) -> None:
+    path = tmp_path / "objects.npy"
+    np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(InvalidParams, match="cannot read a delta"):
+        _read_delta(path, 1 << 20)
+
+
+def test_float64_deltas_arrive_as_float32(tmp_path: Path) -> None:
+    path = tmp_path / "delta.npy"
+    np.save(path, np.array([0.5, -1.25], dtype=np.float64))
+    delta = _read_delta(path, 10)
+    assert delta.dtype == np.float32 and delta.tolist() == [0.5, -1.25]
+
+
+def test_only_the_newest_merged_rounds_are_kept(tmp_path: Path) -> None:
+    for round_ in range(MERGED_KEPT + 3):
+        path = _keep_merged(tmp_path, round_, np.full(3, round_, dtype=np.float32))
+        assert np.load(path).tolist() == [round_] * 3
+    kept = sorted(int(p.stem.removeprefix("round-")) for p in tmp_path.glob("round-*.npy"))
+    assert kept == list(range(3, MERGED_KEPT + 3))
+    assert not list(tmp_path.glob("*.partial"))
