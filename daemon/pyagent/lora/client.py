@@ -33,7 +33,7 @@ class LoraError(ClientError):
 
 
 @dataclass(frozen=True, slots=True)
-class Merged:
+class MergedRound:
     """A finished round as this peer ended it: the weighted mean of the deltas it was delivered."""
 
     round: int
@@ -68,11 +68,11 @@ class LoraClient:
             path.unlink(missing_ok=True)
         return int(result["round"])
 
-    async def merged(self, round: int, timeout_s: float = MERGED_TIMEOUT_S) -> Merged:
+    async def merged(self, round: int, timeout_s: float = MERGED_TIMEOUT_S) -> MergedRound:
         """Round ``round``'s result on this peer, once the round has ended (by its deadline at latest)."""
         result = await self._call("lora.merged", {"round": round}, timeout_s)
         delta = await trio.to_thread.run_sync(_load, Path(result["file"]))
-        return Merged(
+        return MergedRound(
             round=int(result["round"]),
             delta=delta,
             weight=float(result["weight"]),
