@@ -123,7 +123,12 @@ class LoraAdapter:
 
     def parameters(self) -> list[nn.Parameter]:
         """The tensors that train (for the optimizer)."""
-        return [p for layer in self.layers.values() for p in (layer.lora_A.weight, layer.lora_B.weight) if p.requires_grad]
+        return [
+            p
+            for layer in self.layers.values()
+            for p in (layer.lora_A.weight, layer.lora_B.weight)
+            if p.requires_grad
+        ]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every A and B under PEFT's names (detached, sharing memory with the adapter)."""
@@ -149,7 +154,11 @@ class LoraAdapter:
             value = state[key]
             if tuple(value.shape) != tuple(target.shape):
                 raise ValueError(f"{key}: shape {tuple(value.shape)}, adapter has {tuple(target.shape)}")
-            if not self.config.train_a and key.endswith(".lora_A.weight") and not torch.equal(value.to(target), target):
+            if (
+                not self.config.train_a
+                and key.endswith(".lora_A.weight")
+                and not torch.equal(value.to(target), target)
+            ):
                 raise ValueError(f"{key} differs from the A frozen from seed {self.config.a_seed}")
         with torch.no_grad():
             for key, target in own.items():
@@ -158,7 +167,9 @@ class LoraAdapter:
     def flat(self) -> npt.NDArray[np.float32]:
         """The exchanged tensors (B, or A and B) as one new float32 array in :attr:`layout`'s order."""
         state = self.state_dict()
-        return self.layout.flatten({name: state[name].cpu().float().numpy() for name, _ in self.layout.entries})
+        return self.layout.flatten(
+            {name: state[name].cpu().float().numpy() for name, _ in self.layout.entries}
+        )
 
     def load_flat(self, flat: npt.NDArray[np.float32]) -> None:
         """Set the exchanged tensors from a flat array in :attr:`layout`'s order."""
@@ -193,11 +204,15 @@ def _match_targets(model: nn.Module, target_modules: Sequence[str]) -> dict[str,
         names = [name for name in modules if name == target or name.endswith("." + target)]
         if not names:
             linears = sorted(name for name, module in modules.items() if isinstance(module, nn.Linear))
-            raise ValueError(f"target module {target!r} matches no module; the nn.Linear modules are {linears}")
+            raise ValueError(
+                f"target module {target!r} matches no module; the nn.Linear modules are {linears}"
+            )
         for name in names:
             module = modules[name]
             if not isinstance(module, nn.Linear):
-                raise TypeError(f"target {target!r} matches {name!r}, a {type(module).__name__}, not an nn.Linear")
+                raise TypeError(
+                    f"target {target!r} matches {name!r}, a {type(module).__name__}, not an nn.Linear"
+                )
             matched[name] = module
     return dict(sorted(matched.items()))
 

@@ -27,7 +27,16 @@ from torch import nn
 from pyagent.lora.adapter import LoraAdapter, LoraConfig
 from pyagent.lora.merge import Merge
 
-__all__ = ["Peer", "RoundRecord", "Task", "TaskConfig", "TrainConfig", "make_task", "run_rounds", "train_alone"]
+__all__ = [
+    "Peer",
+    "RoundRecord",
+    "Task",
+    "TaskConfig",
+    "TrainConfig",
+    "make_task",
+    "run_rounds",
+    "train_alone",
+]
 
 
 @dataclass(frozen=True)
@@ -87,7 +96,9 @@ def make_task(config: TaskConfig) -> Task:
                 out_features, in_features = layer.weight.shape
                 left = torch.randn(out_features, config.change_rank, generator=generator)
                 right = torch.randn(config.change_rank, in_features, generator=generator)
-                layer.weight += config.change_scale * (left @ right) / (config.change_rank * in_features) ** 0.5
+                layer.weight += (
+                    config.change_scale * (left @ right) / (config.change_rank * in_features) ** 0.5
+                )
     block = config.in_features // config.peers
     centres = torch.randn(config.peers, config.in_features, generator=generator) * 0.3
 

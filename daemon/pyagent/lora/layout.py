@@ -56,17 +56,21 @@ class DeltaLayout:
         if set(tensors) != {name for name, _ in self.entries}:
             missing = sorted({name for name, _ in self.entries} - set(tensors))
             extra = sorted(set(tensors) - {name for name, _ in self.entries})
-            raise LayoutMismatchError(f"tensors do not fit layout {self.fingerprint}: missing {missing}, extra {extra}")
+            raise LayoutMismatchError(
+                f"tensors do not fit layout {self.fingerprint}: missing {missing}, extra {extra}"
+            )
         out = np.empty(self.numel, dtype=np.float32)
         for (name, shape), view in zip(self.entries, self._views(out), strict=True):
             value = np.asarray(tensors[name])
             if value.shape != shape:
-                raise LayoutMismatchError(f"{name}: shape {value.shape}, layout {self.fingerprint} has {shape}")
+                raise LayoutMismatchError(
+                    f"{name}: shape {value.shape}, layout {self.fingerprint} has {shape}"
+                )
             view[...] = value
         return out
 
     def unflatten(self, flat: npt.NDArray[np.float32]) -> dict[str, npt.NDArray[np.float32]]:
-        """The named tensors of ``flat``, as views into it (copy them to keep them past ``flat``'s changes)."""
+        """The named tensors of ``flat``, as views into it: copy one to keep it past changes to ``flat``."""
         if flat.dtype != np.float32 or flat.shape != (self.numel,):
             raise LayoutMismatchError(
                 f"layout {self.fingerprint} takes a float32 array of shape ({self.numel},), "

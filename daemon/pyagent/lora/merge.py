@@ -35,7 +35,9 @@ class Merge(Protocol):
     ) -> Merged: ...
 
 
-def weighted_mean(arrays: Sequence[npt.NDArray[np.float32]], weights: Sequence[float]) -> npt.NDArray[np.float32]:
+def weighted_mean(
+    arrays: Sequence[npt.NDArray[np.float32]], weights: Sequence[float]
+) -> npt.NDArray[np.float32]:
     """``sum(w_i * a_i) / sum(w_i)``, accumulated in float64."""
     if len(arrays) != len(weights) or not arrays:
         raise ValueError(f"{len(arrays)} arrays and {len(weights)} weights: need as many, at least one")
@@ -48,7 +50,9 @@ def weighted_mean(arrays: Sequence[npt.NDArray[np.float32]], weights: Sequence[f
     return (acc / total).astype(np.float32)
 
 
-def exact_mean(round_number: int, deltas: Sequence[npt.NDArray[np.float32]], weights: Sequence[float]) -> Merged:
+def exact_mean(
+    round_number: int, deltas: Sequence[npt.NDArray[np.float32]], weights: Sequence[float]
+) -> Merged:
     """The reference: every delta sent as raw float32."""
     return Merged(weighted_mean(deltas, weights), tuple(delta.nbytes for delta in deltas))
 
@@ -71,7 +75,9 @@ class CodecMerge:
         self, round_number: int, deltas: Sequence[npt.NDArray[np.float32]], weights: Sequence[float]
     ) -> Merged:
         frames = [self._encode(round_number, peer, delta) for peer, delta in enumerate(deltas)]
-        decoded = [decode(frame, numel_max=delta.size)[1] for frame, delta in zip(frames, deltas, strict=True)]
+        decoded = [
+            decode(frame, numel_max=delta.size)[1] for frame, delta in zip(frames, deltas, strict=True)
+        ]
         return Merged(weighted_mean(decoded, weights), tuple(len(frame) for frame in frames))
 
     def _encode(self, round_number: int, peer: int, delta: npt.NDArray[np.float32]) -> bytes:
