@@ -6,9 +6,11 @@ drives them only through their control APIs, exactly as an operator's CLI would.
 2. every node pinging every other through the sans-I/O ping core;
 3. the sharded KV store (``demo_kv``): writes keep going while a shard's leader is killed with SIGKILL
    and restarted, and every acknowledged write is read back;
-4. failure detection: one node is killed with SIGKILL and the survivors' view of it goes from alive to
+4. LoRA delta averaging (``demo_lora``): every node's peer fine-tunes an adapter on its own data, the
+   mesh merges the deltas, and the merged adapter beats each local one on held-out data;
+5. failure detection: one node is killed with SIGKILL and the survivors' view of it goes from alive to
    suspect to dead, with timings;
-5. then the survivors keep pinging until the duration ends or Ctrl-C, and stop cleanly.
+6. then the survivors keep pinging until the duration ends or Ctrl-C, and stop cleanly.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pyagent import demo_kv
+from pyagent import demo_kv, demo_lora
 from pyagent.controlclient import ControlError
 from pyagent.localmesh import LocalPeer, converged, member_states, start_mesh, stop_all, wait_until
 from pyagent.proto import membership
@@ -110,6 +112,7 @@ def main(count: int, duration_s: float | None) -> int:
             time.sleep(ROUND_INTERVAL_S)
         if count >= 3:
             ok &= demo_kv.show_kv(peers, _say)
+            ok &= demo_lora.show_lora(peers, _say)
             ok &= watch_failure(peers[-1], peers[:-1])
             live = peers[:-1]
         else:
@@ -132,8 +135,8 @@ def main(count: int, duration_s: float | None) -> int:
     if ok:
         shutil.rmtree(base, ignore_errors=True)
         _say(
-            "demo finished: the mesh formed, every ping answered, no acknowledged write was lost, the crash "
-            "was detected, all stopped cleanly"
+            "demo finished: the mesh formed, every ping answered, no acknowledged write was lost, the merged "
+            "adapter beat every local one, the crash was detected, all stopped cleanly"
         )
     else:
         _say(f"demo finished with errors; logs kept in {base}")

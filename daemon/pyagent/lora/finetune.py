@@ -152,6 +152,8 @@ class RoundRecord:
     """The merged adapter's loss on the held-out set."""
     bytes_sent: tuple[int, ...]
     """What each peer sent this round."""
+    local_losses: tuple[float, ...]
+    """Each peer's held-out loss after its local training, before the merge."""
 
 
 def run_rounds(
@@ -173,10 +175,11 @@ def run_rounds(
         for peer in peers:
             peer.train(train.local_steps)
             deltas.append(peer.adapter.flat() - start)
+        local_losses = tuple(peer.eval_loss(task.eval_set) for peer in peers)
         merged = merge(round_number, deltas, weights)
         for peer in peers:
             peer.adapter.load_flat(start + merged.delta)
-        record = RoundRecord(round_number, peers[0].eval_loss(task.eval_set), merged.bytes_sent)
+        record = RoundRecord(round_number, peers[0].eval_loss(task.eval_set), merged.bytes_sent, local_losses)
         records.append(record)
         if on_round is not None:
             on_round(record, peers)
