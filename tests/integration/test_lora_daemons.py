@@ -102,6 +102,7 @@ def test_three_daemons_on_defaults_merge_a_round(mesh: Callable[..., list[LocalP
     )
     assert status.returncode == 0, status.stderr
     assert re.search(r"^rounds completed +1$", status.stdout, re.MULTILINE), status.stdout
+    assert "lora round 0 finished (complete): 3 peers" in peers[0].log_text()
 
 
 def test_a_peer_killed_mid_round_leaves_the_exact_mean_of_what_was_delivered(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The LoRA plugin's file handling: how a delta file is read, and how merged rounds are kept."""
+"""The LoRA plugin: how a delta file is read, how merged rounds are kept, and what a round shows in metrics."""
 
 from __future__ import annotations
 
@@ -6,9 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from pyagent_lora.methods import MERGED_KEPT, _keep_merged, _read_delta
 
 from pyagent.node.control import InvalidParams
+from pyagent.node.metrics import Metrics
+from pyagent.proto.lora import RoundFinished
+from pyagent_lora import telemetry
 
 
 def test_a_delta_over_the_limit_is_refused_from_its_header(tmp_path: Path) -> None:
@@ -52,3 +57,21 @@ def test_only_the_newest_merged_rounds_are_kept(tmp_path: Path) -> None:
     kept = sorted(int(p.stem.removeprefix("round-")) for p in tmp_path.glob("round-*.npy"))
     assert kept == list(range(3, MERGED_KEPT + 3))
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_a_finished_round_shows_in_the_prometheus_text() -> None:
+    metrics = Metrics()
+    telemetry.add_metrics(metrics)
+    finished = RoundFinished(3, 4, 40.0, 1_500_000, 1000, 2000, timed_out=False)
+    telemetry.record_round(metrics, finished)
+    telemetry.record_round(metrics, finished)
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        for sample in family.samples
+    }
+    assert samples[("pyagent_lora_rounds_total", (("outcome", "complete"),))] == 2
+    assert samples[("pyagent_lora_sent_bytes_total", ())] == 2000
+    assert samples[("pyagent_lora_received_bytes_total", ())] == 4000
+    assert samples[("pyagent_lora_round_peers", ())] == 4
+    assert samples[("pyagent_lora_round_seconds_count", ())] == 2

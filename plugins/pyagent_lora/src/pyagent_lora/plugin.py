@@ -2,8 +2,8 @@
 
 The protocol core is ``pyagent.proto.lora`` (sans-I/O, also run by simnet's ``lora`` kit); this plugin
 builds it for the daemon and gives it its control methods and commands. The core and the methods pull in
-numpy and the Rust codecs, so they are imported inside the hooks that the daemon calls: the CLI, which
-loads every plugin to build its parser, stays instant.
+numpy, the Rust codecs and prometheus_client, so they are imported inside the hooks that the daemon
+calls: the CLI, which loads every plugin to build its parser, stays instant.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from pyagent.hookspecs import ControlMethod, hookimpl
 from pyagent_lora import cli
 
 if TYPE_CHECKING:
+    from pyagent.hookspecs import NodeHandle
+    from pyagent.node.metrics import Metrics
     from pyagent.proto.component import Component
     from pyagent.proto.context import NodeContext
 
@@ -44,3 +46,19 @@ def pyagent_control_methods() -> dict[str, ControlMethod]:
 @hookimpl
 def pyagent_add_cli_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cli.add_commands(subparsers)
+
+
+@hookimpl
+def pyagent_add_metrics(metrics: Metrics, node: NodeHandle) -> None:
+    from pyagent_lora import telemetry
+
+    telemetry.add_metrics(metrics)
+
+
+@hookimpl
+def pyagent_notice(node: NodeHandle, notice: object) -> None:
+    from pyagent.proto.lora import RoundFinished
+    from pyagent_lora import telemetry
+
+    if isinstance(notice, RoundFinished):
+        telemetry.record_round(node.metrics, notice)
