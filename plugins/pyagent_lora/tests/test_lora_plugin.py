@@ -1,4 +1,4 @@
-"""The LoRA plugin: how a delta file is read, how merged rounds are kept, and what a round shows in metrics."""
+"""The LoRA plugin: reading delta files, keeping merged rounds, and what a round shows in metrics."""
 
 from __future__ import annotations
 
