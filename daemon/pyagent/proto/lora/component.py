@@ -118,6 +118,8 @@ class LoraAveraging(Component):
         self._relay_codec = values.codec_for(config, relay=True)
         self._feedback: LoraErrorFeedback | None = None
         self._round: _Round | None = None
+        # Finished rounds, kept to answer a slower member whose copy of our report was lost.
+        self._past: OrderedDict[int, _Round] = OrderedDict()
         self._last_contributed = -1
         self._results: OrderedDict[int, MergeResult] = OrderedDict()
         self._waiters: dict[int, int] = {}  # request id -> round
@@ -137,13 +139,7 @@ class LoraAveraging(Component):
 
     @property
     def codec_name(self) -> str:
-        config = self.config
-        own = (
-            config.codec
-            if config.k_per_chunk == 0 or config.codec == "f32"
-            else (f"{config.codec} top-{config.k_per_chunk}/{config.chunk_size}")
-        )
-        return f"{own}, relay {config.relay_codec}"
+        return values.describe(self.config)
 
     # --- local requests -------------------------------------------------------------------------------
 
@@ -255,6 +251,10 @@ class LoraAveraging(Component):
         if self._feedback is None or self._feedback.shape != delta.shape:
             self._feedback = LoraErrorFeedback(delta.shape) if self.config.error_feedback else None
         state.value = delta
+        if self._round is not None:
+            self._past[self._round.number] = self._round
+            while len(self._past) > self.config.rounds_kept:
+                self._past.popitem(last=False)
         self._round = state
         for index in range(len(state.steps)):
             share_us = self.config.round_timeout_ms * US_PER_MS // len(state.steps)
@@ -364,6 +364,8 @@ class LoraAveraging(Component):
         self._results[state.number] = result
         while len(self._results) > self.config.rounds_kept:
             self._results.popitem(last=False)
+        for step in state.steps:
+            step.held.clear()  # the values are merged; only the reports may still be asked for
         self.rounds_completed += 1
         self.bytes_sent_total += state.bytes_sent
         self.bytes_received_total += state.bytes_received
@@ -423,7 +425,9 @@ class LoraAveraging(Component):
     def on_message(self, event: MessageReceived, now_us: int, out: Ready) -> None:
         report = messages.decode_report(event.message)
         state = self._round
-        if state is None or report.round != state.number or report.step >= len(state.steps):
+        if state is None or report.round != state.number:
+            state = self._past.get(report.round)
+        if state is None or report.step >= len(state.steps):
             return
         step = state.steps[report.step]
         if event.peer not in step.others:
