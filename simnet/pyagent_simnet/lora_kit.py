@@ -48,8 +48,8 @@ from pyagent.composition import CoreFactory
 from pyagent.errors import ConfigError
 from pyagent.proto import lora, membership
 from pyagent.proto.component import Component
-from pyagent.proto.lora.values import describe
 from pyagent.proto.context import NodeContext
+from pyagent.proto.lora.values import describe
 from pyagent.proto.membership.commands import UpdateLocalMetadata
 from pyagent.proto.membership.metadata import Metadata
 from pyagent.proto.membership.records import MemberRecord, State
