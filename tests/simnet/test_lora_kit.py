@@ -24,7 +24,9 @@ def run(scenario: str, seed: int, *overrides: str) -> Outcome:
 
 
 def figures(outcome: Outcome) -> dict[str, object]:
-    return {k: v for k, v in outcome.result.items() if k.startswith("lora_") and k != "lora_bytes_sent_per_peer"}
+    return {
+        k: v for k, v in outcome.result.items() if k.startswith("lora_") and k != "lora_bytes_sent_per_peer"
+    }
 
 
 @pytest.mark.parametrize("seed", CI_SEEDS)
@@ -64,13 +66,22 @@ def test_three_poisoned_peers_of_16_move_the_merged_eval_loss_less_than_2_percen
 
 def test_the_plain_mean_without_clipping_is_wrecked_by_the_same_attack() -> None:
     outcome = run("lora-poisoned", 1, "lora.aggregator='mean'", "lora.norm_clip=0.0")
-    assert outcome.result["lora_eval_loss_final"] > 100 * run("lora-poisoned", 1).result["lora_eval_loss_final"]
+    assert (
+        outcome.result["lora_eval_loss_final"] > 100 * run("lora-poisoned", 1).result["lora_eval_loss_final"]
+    )
 
 
-def test_the_disagreement_check_fails_when_peers_vanish_from_a_partial_grid() -> None:
-    outcome = run("lora-agreement", 1, "lora.kill_fraction=0.07", "lora.kill_round=2", "lora.kill_after_ms=1.0")
-    assert outcome.exit_code == EXIT_SAFETY
-    assert any("disagreement" in problem for problem in outcome.problems)
+def test_peers_vanishing_mid_round_split_that_round_and_the_next_rounds_agree_again() -> None:
+    churn = ("lora.kill_fraction=0.07", "lora.kill_after_ms=1.0")
+    outcome = run("lora-agreement", 1, *churn, "lora.kill_round=2")
+    assert outcome.exit_code == EXIT_OK, (outcome.problems, figures(outcome))
+    by_round = outcome.result["lora_disagreement_by_round"]
+    assert by_round[1] > 1e-3  # the kill round: peers named different survivors
+    assert max(by_round[3:]) == 0.0  # 60 peers, a partial grid, and every peer holds the same numbers
+    # The check fails when the kill hits the last round.
+    last = run("lora-agreement", 1, *churn, "lora.kill_round=6")
+    assert last.exit_code == EXIT_SAFETY
+    assert any("disagreement" in problem for problem in last.problems)
 
 
 def test_a_seed_replays_exactly() -> None:

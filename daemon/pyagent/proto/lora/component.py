@@ -67,14 +67,12 @@ class MembersView(Protocol):
 class _Round:
     """This peer's state for one round."""
 
-    def __init__(
-        self, number: int, started_us: int, numel: int, groups: list[tuple[PeerId, ...]], me: PeerId
-    ):
+    def __init__(self, number: int, started_us: int, numel: int, plans: list[grid.StepPlan], me: PeerId):
         self.number = number
         self.started_us = started_us
         self.numel = numel
         self.members = 0
-        self.steps = [Step(index, group, me) for index, group in enumerate(groups)]
+        self.steps = [Step(index, plan, me) for index, plan in enumerate(plans)]
         self.current = 0
         self.gone: set[PeerId] = set()
         self.bytes_sent = 0
@@ -241,8 +239,8 @@ class LoraAveraging(Component):
 
     def _start_round(self, number: int, delta: Vector, weight: float, now_us: int, out: Ready) -> None:
         members = self._live_members()
-        groups = grid.steps(number, members, self.local_peer, self.config.group_size_max)
-        state = _Round(number, now_us, delta.size, groups, self.local_peer)
+        plans = grid.plan(number, members, self.local_peer, self.config.group_size_max)
+        state = _Round(number, now_us, delta.size, plans, self.local_peer)
         # Transfers of earlier rounds that never reported back are not followed any more.
         self._outgoing.clear()
         state.members = len(members)
@@ -281,10 +279,10 @@ class LoraAveraging(Component):
             if not step.sent:
                 self._send_value(state, step, out)
             if step.my_report is None:
-                step.given_up |= step.missing_from_reports() | (state.gone & set(step.others))
+                step.given_up |= step.missing_from_reports() | (state.gone & set(step.other_senders))
                 if not step.frames_settled():
                     return
-                self._send_report(state, step, step.others, out)
+                self._send_report(state, step, step.other_receivers, out)
             _, pending = step.common_set()
             if pending:
                 return
@@ -295,9 +293,11 @@ class LoraAveraging(Component):
         first = state.current == 0
         codec = self._own_codec if first else self._relay_codec
         feedback = self._feedback if first else None
-        if not step.others:
+        if step.plan.senders == (self.local_peer,):
             step.held[self.local_peer] = Held(state.weight, state.contributors, state.value)
             return
+        # Even with no one to send to, this peer averages the decoded value: the other groups of its
+        # block get its unit's value decoded, and every group must average the same numbers.
         encoded = values.encode(state.value, codec, feedback)
         step.held[self.local_peer] = Held(state.weight, state.contributors, encoded.values)
         blob = messages.DeltaBlob(
@@ -312,7 +312,7 @@ class LoraAveraging(Component):
         signature = self._identity.sign(messages.signed_bytes(self.local_peer, blob))
         data = messages.encode_blob(_signed(blob, signature))
         source = BytesSource(data)
-        for peer in step.others:
+        for peer in step.plan.send_to:
             if peer in state.gone:
                 continue
             self._next_transfer += 1
@@ -333,7 +333,7 @@ class LoraAveraging(Component):
         if not step.sent:
             self._send_value(state, step, out)
         if step.my_report is None:
-            self._send_report(state, step, step.others, out)
+            self._send_report(state, step, step.other_receivers, out)
         common, _ = step.common_set()
         used = sorted(peer for peer in common if peer in step.held) or [self.local_peer]
         held = [step.held[peer] for peer in used]
@@ -403,7 +403,7 @@ class LoraAveraging(Component):
             return
         if kind == "frames":
             step = state.steps[int(index)]
-            step.given_up |= set(step.others) - set(step.held)
+            step.given_up |= set(step.other_senders) - set(step.held)
             if state.current == int(index):
                 self._advance(state, now_us, out)
             return
@@ -416,7 +416,7 @@ class LoraAveraging(Component):
         step = state.steps[state.current]
         if step.my_report is not None:
             silent = tuple(
-                peer for peer in step.others if peer not in step.reports and peer not in state.gone
+                peer for peer in step.other_receivers if peer not in step.reports and peer not in state.gone
             )
             self._send_report(state, step, silent, out)
 
@@ -430,7 +430,7 @@ class LoraAveraging(Component):
         if state is None or report.step >= len(state.steps):
             return
         step = state.steps[report.step]
-        if event.peer not in step.others:
+        if event.peer not in step.other_receivers:
             raise RemoteProtocolError(
                 f"report from {event.peer}, not in this peer's group of step {report.step}"
             )
@@ -530,7 +530,7 @@ class LoraAveraging(Component):
         """A verified blob of the current round: hold its values in its step, if it belongs there."""
         state = self._round
         assert state is not None and blob.round == state.number
-        if blob.step >= len(state.steps) or peer not in state.steps[blob.step].others:
+        if blob.step >= len(state.steps) or peer not in state.steps[blob.step].other_senders:
             self._reject("not_in_group")
             return
         step = state.steps[blob.step]
