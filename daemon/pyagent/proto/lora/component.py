@@ -256,9 +256,10 @@ class LoraAveraging(Component):
         self._round = state
         for index in range(len(state.steps)):
             share_us = self.config.round_timeout_ms * US_PER_MS // len(state.steps)
-            out.timers.append(
-                SetTimer(self._key("frames", number, index), now_us + index * share_us + share_us // 2)
-            )
+            # Peers start a round at different times (each when its training ends), so values are
+            # waited for most of the step; the last quarter is left for the reports.
+            frames_us = now_us + index * share_us + share_us * 3 // 4
+            out.timers.append(SetTimer(self._key("frames", number, index), frames_us))
             out.timers.append(SetTimer(self._key("decide", number, index), now_us + (index + 1) * share_us))
         out.timers.append(SetTimer(self.timer_key("retry"), now_us + self.config.report_retry_ms * US_PER_MS))
         for key in sorted(k for k in self._early if k[0] <= number):

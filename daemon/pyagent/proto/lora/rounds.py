@@ -3,8 +3,8 @@ agreed on.
 
 A step ends in two phases. First each peer sends its value to those that average it (``grid``) and
 waits until it holds or has given up on the value of every sender of its group (given up: the transfer
-broke, the peer disconnected, another receiver reported it missing too, or half the step's time passed).
-Then it reports the set of senders it holds (``have``) to its group, and the group agrees on the
+broke, the peer disconnected, another receiver reported it missing too, or three quarters of the step's
+time passed). Then it reports the set of senders it holds (``have``) to its group, and the group agrees on the
 **common set**: the largest set of receivers that reported and whose every report holds every other's
 value, and the senders all of them hold (``common_set``). Every member that sees
 the same reports computes the same set, and the mean over it, so survivors stay identical, and a member
