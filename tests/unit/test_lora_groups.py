@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,43 +12,45 @@ from libp2p.peer.id import ID
 from pyagent.errors import ConfigError
 from pyagent.node.signing import NodeSigner
 from pyagent.proto.lora import Config
-from pyagent.proto.lora.grid import grid_sides, steps
+from pyagent.proto.lora.grid import plan, step_count
 
 
 @settings(max_examples=50, deadline=None)
 @given(st.integers(1, 100), st.integers(2, 16), st.integers(0, 1000))
-def test_groups_are_symmetric_bounded_and_the_same_on_every_peer(
+def test_every_group_agrees_on_its_plan_and_every_value_reaches_everyone_exactly_once(
     count: int, size_max: int, round_number: int
 ) -> None:
     members = [f"peer{i}" for i in range(count)]
-    sides = grid_sides(count, size_max)
-    assert all(2 <= side <= size_max for side in sides)
-    product = 1
-    for side in sides:
-        product *= side
-    assert product >= count
-    assert len(sides) <= max(1, count - 1).bit_length()  # about log2(N) steps at worst (groups of 2)
-    plans = {peer: steps(round_number, members, peer, size_max) for peer in members}
-    for peer, plan in plans.items():
-        assert len(plan) == len(sides)
-        for index, group in enumerate(plan):
-            assert peer in group and len(group) <= size_max
-            # Everyone in my group computes the same group for this step.
-            assert all(plans[other][index] == group for other in group)
+    plans = {peer: plan(round_number, members, peer, size_max) for peer in members}
+    assert all(len(steps) == step_count(count, size_max) for steps in plans.values())
+    # Each peer's delta is a one-hot vector of weight 1; each step averages the senders' values.
+    values = {peer: np.eye(count)[i] for i, peer in enumerate(members)}
+    weights = dict.fromkeys(members, 1.0)
+    for index in range(step_count(count, size_max)):
+        for peer, steps in plans.items():
+            part = steps[index]
+            assert peer in part.receivers and peer in part.senders and len(part.senders) <= size_max
+            assert all(plans[other][index].senders == part.senders for other in part.receivers)
+            assert all(peer in plans[other][index].senders for other in part.send_to)
+        values = {
+            peer: sum(weights[s] * values[s] for s in plans[peer][index].senders)
+            / sum(weights[s] for s in plans[peer][index].senders)
+            for peer in members
+        }
+        weights = {peer: sum(weights[s] for s in plans[peer][index].senders) for peer in members}
+    for peer in members:
+        np.testing.assert_allclose(values[peer], np.full(count, 1 / count))
+        assert weights[peer] == count
 
 
-def test_a_full_grid_reaches_everyone_in_its_steps() -> None:
-    members = [f"peer{i}" for i in range(64)]
-    reached = {peer: {peer} for peer in members}
-    for index in range(len(grid_sides(64, 4))):
-        groups = {peer: steps(9, members, peer, 4)[index] for peer in members}
-        reached = {peer: set().union(*(reached[o] for o in groups[peer])) for peer in members}
-    assert all(len(seen) == 64 for seen in reached.values())
+def test_rounds_take_about_log_n_steps() -> None:
+    assert [step_count(n, 4) for n in (1, 2, 4, 5, 16, 17, 64, 65)] == [0, 1, 1, 2, 2, 3, 3, 4]
+    assert step_count(64, 2) == 6
 
 
 def test_each_round_shuffles_the_groups() -> None:
     members = [f"peer{i}" for i in range(16)]
-    assert steps(1, members, "peer0", 4) != steps(2, members, "peer0", 4)
+    assert plan(1, members, "peer0", 4) != plan(2, members, "peer0", 4)
 
 
 @pytest.mark.parametrize(

@@ -67,14 +67,12 @@ class MembersView(Protocol):
 class _Round:
     """This peer's state for one round."""
 
-    def __init__(
-        self, number: int, started_us: int, numel: int, groups: list[tuple[PeerId, ...]], me: PeerId
-    ):
+    def __init__(self, number: int, started_us: int, numel: int, plans: list[grid.StepPlan], me: PeerId):
         self.number = number
         self.started_us = started_us
         self.numel = numel
         self.members = 0
-        self.steps = [Step(index, group, me) for index, group in enumerate(groups)]
+        self.steps = [Step(index, plan, me) for index, plan in enumerate(plans)]
         self.current = 0
         self.gone: set[PeerId] = set()
         self.bytes_sent = 0
@@ -118,6 +116,8 @@ class LoraAveraging(Component):
         self._relay_codec = values.codec_for(config, relay=True)
         self._feedback: LoraErrorFeedback | None = None
         self._round: _Round | None = None
+        # Finished rounds, kept to answer a slower member whose copy of our report was lost.
+        self._past: OrderedDict[int, _Round] = OrderedDict()
         self._last_contributed = -1
         self._results: OrderedDict[int, MergeResult] = OrderedDict()
         self._waiters: dict[int, int] = {}  # request id -> round
@@ -137,13 +137,7 @@ class LoraAveraging(Component):
 
     @property
     def codec_name(self) -> str:
-        config = self.config
-        own = (
-            config.codec
-            if config.k_per_chunk == 0 or config.codec == "f32"
-            else (f"{config.codec} top-{config.k_per_chunk}/{config.chunk_size}")
-        )
-        return f"{own}, relay {config.relay_codec}"
+        return values.describe(self.config)
 
     # --- local requests -------------------------------------------------------------------------------
 
@@ -246,8 +240,8 @@ class LoraAveraging(Component):
 
     def _start_round(self, number: int, delta: Vector, weight: float, now_us: int, out: Ready) -> None:
         members = self._live_members()
-        groups = grid.steps(number, members, self.local_peer, self.config.group_size_max)
-        state = _Round(number, now_us, delta.size, groups, self.local_peer)
+        plans = grid.plan(number, members, self.local_peer, self.config.group_size_max)
+        state = _Round(number, now_us, delta.size, plans, self.local_peer)
         # Transfers of earlier rounds that never reported back are not followed any more.
         self._outgoing.clear()
         state.members = len(members)
@@ -256,12 +250,17 @@ class LoraAveraging(Component):
         if self._feedback is None or self._feedback.shape != delta.shape:
             self._feedback = LoraErrorFeedback(delta.shape) if self.config.error_feedback else None
         state.value = delta
+        if self._round is not None:
+            self._past[self._round.number] = self._round
+            while len(self._past) > self.config.rounds_kept:
+                self._past.popitem(last=False)
         self._round = state
         for index in range(len(state.steps)):
             share_us = self.config.round_timeout_ms * US_PER_MS // len(state.steps)
-            out.timers.append(
-                SetTimer(self._key("frames", number, index), now_us + index * share_us + share_us // 2)
-            )
+            # Peers start a round at different times (each when its training ends), so values are
+            # waited for most of the step; the last quarter is left for the reports.
+            frames_us = now_us + index * share_us + share_us * 3 // 4
+            out.timers.append(SetTimer(self._key("frames", number, index), frames_us))
             out.timers.append(SetTimer(self._key("decide", number, index), now_us + (index + 1) * share_us))
         out.timers.append(SetTimer(self.timer_key("retry"), now_us + self.config.report_retry_ms * US_PER_MS))
         for key in sorted(k for k in self._early if k[0] <= number):
@@ -282,10 +281,10 @@ class LoraAveraging(Component):
             if not step.sent:
                 self._send_value(state, step, out)
             if step.my_report is None:
-                step.given_up |= step.missing_from_reports() | (state.gone & set(step.others))
+                step.given_up |= step.missing_from_reports() | (state.gone & set(step.other_senders))
                 if not step.frames_settled():
                     return
-                self._send_report(state, step, step.others, out)
+                self._send_report(state, step, step.other_receivers, out)
             _, pending = step.common_set()
             if pending:
                 return
@@ -296,9 +295,11 @@ class LoraAveraging(Component):
         first = state.current == 0
         codec = self._own_codec if first else self._relay_codec
         feedback = self._feedback if first else None
-        if not step.others:
+        if step.plan.senders == (self.local_peer,):
             step.held[self.local_peer] = Held(state.weight, state.contributors, state.value)
             return
+        # Even with no one to send to, this peer averages the decoded value: the other groups of its
+        # block get its unit's value decoded, and every group must average the same numbers.
         encoded = values.encode(state.value, codec, feedback)
         step.held[self.local_peer] = Held(state.weight, state.contributors, encoded.values)
         blob = messages.DeltaBlob(
@@ -313,7 +314,7 @@ class LoraAveraging(Component):
         signature = self._identity.sign(messages.signed_bytes(self.local_peer, blob))
         data = messages.encode_blob(_signed(blob, signature))
         source = BytesSource(data)
-        for peer in step.others:
+        for peer in step.plan.send_to:
             if peer in state.gone:
                 continue
             self._next_transfer += 1
@@ -334,7 +335,7 @@ class LoraAveraging(Component):
         if not step.sent:
             self._send_value(state, step, out)
         if step.my_report is None:
-            self._send_report(state, step, step.others, out)
+            self._send_report(state, step, step.other_receivers, out)
         common, _ = step.common_set()
         used = sorted(peer for peer in common if peer in step.held) or [self.local_peer]
         held = [step.held[peer] for peer in used]
@@ -365,6 +366,8 @@ class LoraAveraging(Component):
         self._results[state.number] = result
         while len(self._results) > self.config.rounds_kept:
             self._results.popitem(last=False)
+        for step in state.steps:
+            step.held.clear()  # the values are merged; only the reports may still be asked for
         self.rounds_completed += 1
         self.bytes_sent_total += state.bytes_sent
         self.bytes_received_total += state.bytes_received
@@ -402,7 +405,7 @@ class LoraAveraging(Component):
             return
         if kind == "frames":
             step = state.steps[int(index)]
-            step.given_up |= set(step.others) - set(step.held)
+            step.given_up |= set(step.other_senders) - set(step.held)
             if state.current == int(index):
                 self._advance(state, now_us, out)
             return
@@ -415,7 +418,7 @@ class LoraAveraging(Component):
         step = state.steps[state.current]
         if step.my_report is not None:
             silent = tuple(
-                peer for peer in step.others if peer not in step.reports and peer not in state.gone
+                peer for peer in step.other_receivers if peer not in step.reports and peer not in state.gone
             )
             self._send_report(state, step, silent, out)
 
@@ -424,10 +427,12 @@ class LoraAveraging(Component):
     def on_message(self, event: MessageReceived, now_us: int, out: Ready) -> None:
         report = messages.decode_report(event.message)
         state = self._round
-        if state is None or report.round != state.number or report.step >= len(state.steps):
+        if state is None or report.round != state.number:
+            state = self._past.get(report.round)
+        if state is None or report.step >= len(state.steps):
             return
         step = state.steps[report.step]
-        if event.peer not in step.others:
+        if event.peer not in step.other_receivers:
             raise RemoteProtocolError(
                 f"report from {event.peer}, not in this peer's group of step {report.step}"
             )
@@ -527,7 +532,7 @@ class LoraAveraging(Component):
         """A verified blob of the current round: hold its values in its step, if it belongs there."""
         state = self._round
         assert state is not None and blob.round == state.number
-        if blob.step >= len(state.steps) or peer not in state.steps[blob.step].others:
+        if blob.step >= len(state.steps) or peer not in state.steps[blob.step].other_senders:
             self._reject("not_in_group")
             return
         step = state.steps[blob.step]

@@ -28,7 +28,7 @@ class Config:
     # A round ends by this long after it started, whatever is missing; each step gets an equal share.
     round_timeout_ms: int = 30_000
     # Unanswered reports are sent again this often (messages can be lost; transfers cannot).
-    report_retry_ms: int = 500
+    report_retry_ms: int = 200
     # Robust aggregation: norm clipping first (each value to at most ``norm_clip`` x the group's median
     # norm; 0 = off), then ``aggregator``.
     aggregator: str = "mean"

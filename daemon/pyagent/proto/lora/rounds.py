@@ -1,11 +1,12 @@
 """One round on one peer, step by step: who is in each step's group, what arrived, and what the group
 agreed on.
 
-A step ends in two phases. First each member sends its value to the others and waits until it holds or
-has given up on every other member's value (given up: the transfer broke, the peer disconnected, someone
-else reported it missing too, or half the step's time passed). Then it reports the set of senders it
-holds (``have``) to the group, and the members agree on the **common set**: the largest set of members
-that reported and whose every report holds every other's value (``common_set``). Every member that sees
+A step ends in two phases. First each peer sends its value to those that average it (``grid``) and
+waits until it holds or has given up on the value of every sender of its group (given up: the transfer
+broke, the peer disconnected, another receiver reported it missing too, or three quarters of the step's
+time passed). Then it reports the set of senders it holds (``have``) to its group, and the group agrees on the
+**common set**: the largest set of receivers that reported and whose every report holds every other's
+value, and the senders all of them hold (``common_set``). Every member that sees
 the same reports computes the same set, and the mean over it, so survivors stay identical, and a member
 that vanished mid-transfer is left out by everyone. A member whose report never comes is waited for
 until the step's deadline unless some report in the set already leaves it out.
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from pyagent.proto.lora.grid import StepPlan
 from pyagent.proto.types import PeerId
 
 Vector = npt.NDArray[np.float32]
@@ -35,7 +37,7 @@ class Held:
 @dataclass(slots=True)
 class Step:
     index: int
-    group: tuple[PeerId, ...]
+    plan: StepPlan
     me: PeerId
     held: dict[PeerId, Held] = field(default_factory=dict)
     given_up: set[PeerId] = field(default_factory=set)
@@ -45,11 +47,15 @@ class Step:
     decided: bool = False
 
     @property
-    def others(self) -> tuple[PeerId, ...]:
-        return tuple(peer for peer in self.group if peer != self.me)
+    def other_senders(self) -> tuple[PeerId, ...]:
+        return tuple(peer for peer in self.plan.senders if peer != self.me)
+
+    @property
+    def other_receivers(self) -> tuple[PeerId, ...]:
+        return tuple(peer for peer in self.plan.receivers if peer != self.me)
 
     def frames_settled(self) -> bool:
-        return all(peer in self.held or peer in self.given_up for peer in self.others)
+        return all(peer in self.held or peer in self.given_up for peer in self.other_senders)
 
     def report(self) -> frozenset[PeerId]:
         """Fix this member's report: the senders whose values it holds. Sent once, never changed."""
@@ -57,29 +63,35 @@ class Step:
         self.my_report = frozenset(self.held)
         return self.my_report
 
-    def all_reports(self) -> dict[PeerId, frozenset[PeerId]]:
-        assert self.my_report is not None
-        return {**self.reports, self.me: self.my_report}
-
     def common_set(self) -> tuple[frozenset[PeerId], frozenset[PeerId]]:
-        """The common set from the reports held, and the members still worth waiting for: those with
-        no report here that no report in the set leaves out."""
-        reports = self.all_reports()
-        members = set(reports)
+        """The senders the group averages, from the reports held, and the receivers still worth waiting
+        for: those with no report here that no report in the set leaves out.
+
+        A receiver counts only once it reported (it is a sender too, for its own unit); a stand-in
+        counts when every counted receiver holds its value."""
+        assert self.my_report is not None
+        reports = {**self.reports, self.me: self.my_report}
+        counted = set(reports)
         while True:
-            kept = {peer for peer in members if all(peer in reports[other] for other in members)}
-            if kept == members:
+            kept = {peer for peer in counted if all(peer in reports[other] for other in counted)}
+            if kept == counted:
                 break
-            members = kept
+            counted = kept
+        receivers = set(self.plan.receivers)
+        senders = frozenset(
+            peer
+            for peer in self.plan.senders
+            if (peer in counted or peer not in receivers) and all(peer in reports[other] for other in counted)
+        )
         pending = frozenset(
             peer
-            for peer in self.group
-            if peer not in reports and all(peer in reports[other] for other in members)
+            for peer in self.plan.receivers
+            if peer not in reports and all(peer in reports[other] for other in counted)
         )
-        return frozenset(members), pending
+        return senders, pending
 
     def missing_from_reports(self) -> set[PeerId]:
-        """Members whose values we lack and some other member reported lacking too: waiting is useless,
+        """Senders whose values we lack and another receiver reported lacking too: waiting is useless,
         they cannot end up in the common set."""
-        lacking = set(self.others) - set(self.held) - self.given_up
+        lacking = set(self.other_senders) - set(self.held) - self.given_up
         return {peer for peer in lacking if any(peer not in have for have in self.reports.values())}

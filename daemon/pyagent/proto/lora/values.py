@@ -38,6 +38,14 @@ def codec_for(config: Config, relay: bool) -> LoraCodec | None:
     return LoraCodec(name, config.block_size, config.chunk_size, config.k_per_chunk)
 
 
+def describe(config: Config) -> str:
+    """The codecs of ``config`` in words, for status and reports: ``int2 top-123/4096, relay int8``."""
+    own = config.codec
+    if config.codec != "f32" and config.k_per_chunk:
+        own = f"{config.codec} top-{config.k_per_chunk}/{config.chunk_size}"
+    return f"{own}, relay {config.relay_codec}"
+
+
 def encode(values: Vector, codec: LoraCodec | None, feedback: LoraErrorFeedback | None) -> Encoded:
     """``values`` as sent; ``feedback`` (own deltas only) adds what earlier frames left out and keeps what
     this one leaves out. Rounding is to the nearest level, so the same values always encode alike."""
