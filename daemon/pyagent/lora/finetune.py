@@ -18,6 +18,7 @@ with the same adapter, whatever the codec lost (error feedback carries that loss
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -58,6 +59,13 @@ class TrainConfig:
     local_steps: int = 10
     batch_size: int = 64
     learning_rate: float = 1e-2
+    final_learning_rate: float = 1e-3
+    """Reached at the last round on a cosine, so the loss settles and runs compare at their end."""
+
+    def learning_rate_at(self, round_number: int, rounds: int) -> float:
+        progress = round_number / max(rounds - 1, 1)
+        cosine = 0.5 * (1 + math.cos(math.pi * progress))
+        return self.final_learning_rate + (self.learning_rate - self.final_learning_rate) * cosine
 
 
 @dataclass
@@ -132,7 +140,9 @@ class Peer:
         """Its weight in a merge: its sample count."""
         return float(len(self.x))
 
-    def train(self, steps: int) -> None:
+    def train(self, steps: int, learning_rate: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
         for _ in range(steps):
             batch = torch.randint(len(self.x), (self.train_config.batch_size,), generator=self.generator)
             loss = nn.functional.mse_loss(self.model(self.x[batch]), self.y[batch])
@@ -171,7 +181,7 @@ def run_rounds(
         start = peers[0].adapter.flat()
         deltas = []
         for peer in peers:
-            peer.train(train.local_steps)
+            peer.train(train.local_steps, train.learning_rate_at(round_number, rounds))
             deltas.append(peer.adapter.flat() - start)
         merged = merge(round_number, deltas, weights)
         for peer in peers:
@@ -188,9 +198,9 @@ def train_alone(task: Task, lora: LoraConfig, train: TrainConfig, rounds: int) -
     every round, as ``losses[round][peer]``."""
     peers = [Peer(task, index, lora, train) for index in range(len(task.slices))]
     losses = []
-    for _ in range(rounds):
+    for round_number in range(rounds):
         for peer in peers:
-            peer.train(train.local_steps)
+            peer.train(train.local_steps, train.learning_rate_at(round_number, rounds))
         losses.append([peer.eval_loss(task.eval_set) for peer in peers])
     return losses
 
