@@ -2,12 +2,15 @@
 
 Run: ``.venv/bin/python bench/lora.py [--quick] [--rounds R]``. Peers fine-tune FFA-LoRA adapters on
 non-IID slices of the generated task of ``pyagent.lora.finetune`` for R rounds, merging every round
-through a codec (``pyagent.lora.merge.CodecMerge``): the exact weighted mean of the decoded deltas, with
-or without per-peer error feedback. The reference merges raw float32 deltas. For each codec it prints
-the bits each peer sent per exchanged parameter (whole frames, and payload only: frames less their
-header and hash), the merged adapter's held-out loss after R rounds and its gap to the reference's,
-relative; then the fewest bits whose gap is within 1 % (the target: at most 0.5 bits, top-k plus INT2
-plus error feedback, against hivemind's blockwise 8-bit, about 8.01).
+through a codec (``pyagent.lora.merge.CodecMerge``, stochastic rounding): the exact weighted mean of
+the decoded deltas, with or without per-peer error feedback. The reference merges raw float32 deltas.
+For each codec it prints the bits each peer sent per exchanged parameter (whole frames, and payload
+only: frames less their header and hash), the merged adapter's held-out loss after R rounds and its
+gap to the reference's, relative; then the fewest bits whose gap is within 1 % (the target: at most
+0.5 bits, top-k plus INT2 plus error feedback, against hivemind's blockwise 8-bit, about 8.01).
+
+The gaps carry noise: a codec changes the run's trajectory. The reference run again with other batch
+draws shows how much (printed as the noise gap).
 
 Then, with A and B both trained, how far averaging A and B apart lands from the exact mean of B @ A.
 Every run starts from the same seeds; torch runs on one thread so figures do not depend on the load.
@@ -78,9 +81,9 @@ def frame_overhead() -> int:
 
 
 def run_case(
-    task: Task, lora: LoraConfig, train: TrainConfig, rounds: int, merge: Merge
+    task: Task, lora: LoraConfig, train: TrainConfig, rounds: int, merge: Merge, seed: int = 0
 ) -> tuple[float, list[tuple[int, ...]]]:
-    records, _ = run_rounds(task, lora, train, merge, rounds)
+    records, _ = run_rounds(task, lora, train, merge, rounds, seed=seed)
     return records[-1].eval_loss, [record.bytes_sent for record in records]
 
 
@@ -140,19 +143,19 @@ def both_trained(task: Task, lora: LoraConfig, train: TrainConfig, rounds: int, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smaller task and fewer rounds (about 20 s)")
+    parser.add_argument("--quick", action="store_true", help="a smaller task, fewer rounds (about 40 s)")
     parser.add_argument("--rounds", type=int, help="rounds of local training and merging")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.quick:
         task_config = TaskConfig(peers=4, in_features=32, hidden=128, out_features=8, samples_per_peer=1024)
-        rounds, rank = args.rounds or 60, 8
+        rounds, rank = args.rounds or 120, 8
     else:
         task_config = TaskConfig(peers=4, in_features=64, hidden=256, out_features=16, samples_per_peer=2048)
-        rounds, rank = args.rounds or 200, 16
+        rounds, rank = args.rounds or 400, 16
     train = TrainConfig(local_steps=2, learning_rate=1e-2, final_learning_rate=1e-3)
     task = make_task(task_config)
-    lora = LoraConfig(task.target_modules, rank=rank, alpha=2.0 * rank)
+    lora = LoraConfig(task.target_modules, rank=rank, alpha=2 * rank)
     overhead = frame_overhead()
 
     started = time.perf_counter()
@@ -166,12 +169,16 @@ def main() -> None:
         f"exact FP32 mean: loss {reference:.6f}, 32 bits per parameter "
         f"({time.perf_counter() - started:.1f} s a run)"
     )
+    other_draws, _ = run_case(task, lora, train, rounds, exact_mean, seed=1)
+    print(f"noise gap: the same, other batch draws: {100 * (other_draws - reference) / reference:+.2f}%")
     print(f"frame overhead (header and hash): {overhead} bytes a frame")
     print(f"{'codec':<18} {'feedback':>8} {'frame bits':>10} {'payload bits':>12} {'loss':>10} {'gap':>8}")
     results = []
     for case in CASES:
         for feedback in (False, True):
-            loss, sent = run_case(task, lora, train, rounds, CodecMerge(case.codec, error_feedback=feedback))
+            loss, sent = run_case(
+                task, lora, train, rounds, CodecMerge(case.codec, feedback, stochastic=True)
+            )
             frame_bits, payload_bits = bits_per_parameter(sent, numel, overhead)
             result = Result(
                 case.label + (" +ef" if feedback else ""),

@@ -147,7 +147,7 @@ class Peer:
             batch = torch.randint(len(self.x), (self.train_config.batch_size,), generator=self.generator)
             loss = nn.functional.mse_loss(self.model(self.x[batch]), self.y[batch])
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            torch.autograd.backward(loss)
             self.optimizer.step()
 
     def eval_loss(self, data: tuple[torch.Tensor, torch.Tensor]) -> float:
@@ -171,10 +171,12 @@ def run_rounds(
     merge: Merge,
     rounds: int,
     on_round: Callable[[RoundRecord, list[Peer]], None] | None = None,
+    seed: int = 0,
 ) -> tuple[list[RoundRecord], list[Peer]]:
     """``rounds`` rounds of local training and merging; the records, and the peers (each holding the
-    merged adapter). ``on_round`` sees every record as it is made, with the peers."""
-    peers = [Peer(task, index, lora, train) for index in range(len(task.slices))]
+    merged adapter). ``on_round`` sees every record as it is made, with the peers; ``seed`` picks the
+    peers' batches."""
+    peers = [Peer(task, index, lora, train, seed) for index in range(len(task.slices))]
     weights = [peer.weight for peer in peers]
     records = []
     for round_number in range(rounds):
