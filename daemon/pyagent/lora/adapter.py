@@ -45,7 +45,7 @@ class LoraConfig:
 
     target_modules: tuple[str, ...]
     rank: int = 8
-    alpha: float = 16.0
+    alpha: int = 16
     train_a: bool = False
     a_seed: int = 0
 
@@ -90,7 +90,8 @@ class LoraLinear(nn.Module):
             self.lora_B.weight.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.scaling * self.lora_B(self.lora_A(x))
+        out: torch.Tensor = self.base(x) + self.scaling * self.lora_B(self.lora_A(x))
+        return out
 
     def delta_weight(self) -> torch.Tensor:
         """What the adapter adds to the base weight: ``scaling * B @ A``."""
@@ -121,7 +122,7 @@ class LoraAdapter:
         tag = "A and B train" if config.train_a else f"A frozen from seed {config.a_seed}"
         self.layout = DeltaLayout.from_shapes(exchanged, tag=f"rank {config.rank}, {tag}")
 
-    def parameters(self) -> list[nn.Parameter]:
+    def parameters(self) -> list[torch.Tensor]:
         """The tensors that train (for the optimizer)."""
         return [
             p

@@ -18,6 +18,7 @@ with the same adapter, whatever the codec lost (error feedback carries that loss
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -58,6 +59,13 @@ class TrainConfig:
     local_steps: int = 10
     batch_size: int = 64
     learning_rate: float = 1e-2
+    final_learning_rate: float = 1e-3
+    """Reached at the last round on a cosine, so the loss settles and runs compare at their end."""
+
+    def learning_rate_at(self, round_number: int, rounds: int) -> float:
+        progress = round_number / max(rounds - 1, 1)
+        cosine = 0.5 * (1 + math.cos(math.pi * progress))
+        return self.final_learning_rate + (self.learning_rate - self.final_learning_rate) * cosine
 
 
 @dataclass
@@ -132,12 +140,14 @@ class Peer:
         """Its weight in a merge: its sample count."""
         return float(len(self.x))
 
-    def train(self, steps: int) -> None:
+    def train(self, steps: int, learning_rate: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
         for _ in range(steps):
             batch = torch.randint(len(self.x), (self.train_config.batch_size,), generator=self.generator)
             loss = nn.functional.mse_loss(self.model(self.x[batch]), self.y[batch])
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            torch.autograd.backward(loss)
             self.optimizer.step()
 
     def eval_loss(self, data: tuple[torch.Tensor, torch.Tensor]) -> float:
@@ -163,17 +173,19 @@ def run_rounds(
     merge: Merge,
     rounds: int,
     on_round: Callable[[RoundRecord, list[Peer]], None] | None = None,
+    seed: int = 0,
 ) -> tuple[list[RoundRecord], list[Peer]]:
     """``rounds`` rounds of local training and merging; the records, and the peers (each holding the
-    merged adapter). ``on_round`` sees every record as it is made, with the peers."""
-    peers = [Peer(task, index, lora, train) for index in range(len(task.slices))]
+    merged adapter). ``on_round`` sees every record as it is made, with the peers; ``seed`` picks the
+    peers' batches."""
+    peers = [Peer(task, index, lora, train, seed) for index in range(len(task.slices))]
     weights = [peer.weight for peer in peers]
     records = []
     for round_number in range(rounds):
         start = peers[0].adapter.flat()
         deltas = []
         for peer in peers:
-            peer.train(train.local_steps)
+            peer.train(train.local_steps, train.learning_rate_at(round_number, rounds))
             deltas.append(peer.adapter.flat() - start)
         local_losses = tuple(peer.eval_loss(task.eval_set) for peer in peers)
         merged = merge(round_number, deltas, weights)
@@ -191,9 +203,9 @@ def train_alone(task: Task, lora: LoraConfig, train: TrainConfig, rounds: int) -
     every round, as ``losses[round][peer]``."""
     peers = [Peer(task, index, lora, train) for index in range(len(task.slices))]
     losses = []
-    for _ in range(rounds):
+    for round_number in range(rounds):
         for peer in peers:
-            peer.train(train.local_steps)
+            peer.train(train.local_steps, train.learning_rate_at(round_number, rounds))
         losses.append([peer.eval_loss(task.eval_set) for peer in peers])
     return losses
 
