@@ -149,8 +149,8 @@ def both_trained(task: Task, lora: LoraConfig, train: TrainConfig, rounds: int, 
             f"max {max(series):.2e}, last {series[-1]:.2e}"
         )
     print(
-        f"  held-out loss after {rounds} rounds: {records[-1].eval_loss:.6f} "
-        f"(FFA-LoRA, A frozen: {ffa_loss:.6f})"
+        f"  held-out loss after {rounds} rounds (one run, batch seed 0): {records[-1].eval_loss:.6f}; "
+        f"FFA-LoRA's, the reference above: {ffa_loss:.6f}"
     )
 
 
