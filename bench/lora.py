@@ -10,7 +10,7 @@ gap to the reference's, relative; then the fewest bits whose gap is within 1 % (
 0.5 bits, top-k plus INT2 plus error feedback, against hivemind's blockwise 8-bit, about 8.01).
 
 The gaps carry noise: a codec changes the run's trajectory. The reference run again with other batch
-draws shows how much (printed as the noise gap).
+draws shows how much (printed as the noise gap); ``--seeds N`` averages N runs per codec to lower it.
 
 Then, with A and B both trained, how far averaging A and B apart lands from the exact mean of B @ A.
 Every run starts from the same seeds; torch runs on one thread so figures do not depend on the load.
@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
@@ -81,10 +82,22 @@ def frame_overhead() -> int:
 
 
 def run_case(
-    task: Task, lora: LoraConfig, train: TrainConfig, rounds: int, merge: Merge, seed: int = 0
+    task: Task,
+    lora: LoraConfig,
+    train: TrainConfig,
+    rounds: int,
+    make_merge: Callable[[], Merge],
+    seeds: range,
 ) -> tuple[float, list[tuple[int, ...]]]:
-    records, _ = run_rounds(task, lora, train, merge, rounds, seed=seed)
-    return records[-1].eval_loss, [record.bytes_sent for record in records]
+    """The final held-out loss, averaged over runs with the batch draws of ``seeds``, and what every
+    peer sent every round of them."""
+    losses: list[float] = []
+    sent: list[tuple[int, ...]] = []
+    for seed in seeds:
+        records, _ = run_rounds(task, lora, train, make_merge(), rounds, seed=seed)
+        losses.append(records[-1].eval_loss)
+        sent.extend(record.bytes_sent for record in records)
+    return float(np.mean(losses)), sent
 
 
 class ProductErrorProbe:
@@ -136,15 +149,18 @@ def both_trained(task: Task, lora: LoraConfig, train: TrainConfig, rounds: int, 
             f"max {max(series):.2e}, last {series[-1]:.2e}"
         )
     print(
-        f"  held-out loss after {rounds} rounds: {records[-1].eval_loss:.6f} "
-        f"(FFA-LoRA, A frozen: {ffa_loss:.6f})"
+        f"  held-out loss after {rounds} rounds (one run, batch seed 0): {records[-1].eval_loss:.6f}; "
+        f"FFA-LoRA's, the reference above: {ffa_loss:.6f}"
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smaller task, fewer rounds (about 40 s)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smaller task, fewer rounds (about 30 s of CPU)"
+    )
     parser.add_argument("--rounds", type=int, help="rounds of local training and merging")
+    parser.add_argument("--seeds", type=int, default=1, help="runs per codec, with other batch draws")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.quick:
@@ -159,25 +175,28 @@ def main() -> None:
     overhead = frame_overhead()
 
     started = time.perf_counter()
-    reference, _ = run_case(task, lora, train, rounds, exact_mean)
+    seeds = range(args.seeds)
+    reference, _ = run_case(task, lora, train, rounds, lambda: exact_mean, seeds)
     numel = Peer(task, 0, lora, train).adapter.layout.numel
     print(
         f"{task_config.peers} peers, {numel:,} exchanged parameters (FFA-LoRA rank {rank}: B only), "
-        f"{rounds} rounds of {train.local_steps} local steps, loss = held-out MSE after the last round"
+        f"{rounds} rounds of {train.local_steps} local steps, loss = held-out MSE after the last round, "
+        f"mean of {args.seeds} run(s)"
     )
     print(
         f"exact FP32 mean: loss {reference:.6f}, 32 bits per parameter "
         f"({time.perf_counter() - started:.1f} s a run)"
     )
-    other_draws, _ = run_case(task, lora, train, rounds, exact_mean, seed=1)
-    print(f"noise gap: the same, other batch draws: {100 * (other_draws - reference) / reference:+.2f}%")
+    other_seeds = range(args.seeds, 2 * args.seeds)
+    other_draws, _ = run_case(task, lora, train, rounds, lambda: exact_mean, other_seeds)
+    print(f"noise gap: exact FP32, other batch draws: {100 * (other_draws - reference) / reference:+.2f}%")
     print(f"frame overhead (header and hash): {overhead} bytes a frame")
     print(f"{'codec':<18} {'feedback':>8} {'frame bits':>10} {'payload bits':>12} {'loss':>10} {'gap':>8}")
     results = []
     for case in CASES:
         for feedback in (False, True):
             loss, sent = run_case(
-                task, lora, train, rounds, CodecMerge(case.codec, feedback, stochastic=True)
+                task, lora, train, rounds, partial(CodecMerge, case.codec, feedback, stochastic=True), seeds
             )
             frame_bits, payload_bits = bits_per_parameter(sent, numel, overhead)
             result = Result(

@@ -1,6 +1,6 @@
 """Peers fine-tune LoRA adapters on their own slices of a generated task and merge them every round.
 
-Run: ``.venv/bin/python examples/lora_finetune.py [--peers 4] [--rounds 30] [--out lora-example]``
+Run: ``.venv/bin/python examples/lora_finetune.py [--peers 4] [--rounds 30] [--out out/lora-example]``
 (needs ``pyagent[torch]``; ``./dev setup`` installs it). Nothing is downloaded: ``pyagent.lora.finetune``
 makes the task, a small pretrained MLP and a low-rank change of it to learn, and gives each peer inputs
 that vary along its own block of dimensions only (non-IID). Each round every peer trains a few steps,
@@ -68,7 +68,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peers", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--out", type=Path, default=Path("lora-example"))
+    parser.add_argument("--out", type=Path, default=Path("out/lora-example"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     task = make_task(TaskConfig(peers=args.peers, in_features=8 * args.peers))
