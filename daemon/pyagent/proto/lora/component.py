@@ -126,8 +126,9 @@ class LoraAveraging(Component):
         self._outgoing: dict[int, tuple[int, PeerId]] = {}
         self._next_transfer = 0
         self._refused: OrderedDict[tuple[PeerId, int], None] = OrderedDict()
-        # Verified blobs for rounds this peer has not started yet, by (round, sender, step).
-        self._early: dict[tuple[int, PeerId, int], messages.DeltaBlob] = {}
+        # Verified blobs for rounds this peer has not started yet, by (round, sender, step), with their
+        # size on the wire.
+        self._early: dict[tuple[int, PeerId, int], tuple[messages.DeltaBlob, int]] = {}
         self.rounds_completed = 0
         self.bytes_sent_total = 0
         self.bytes_received_total = 0
@@ -263,8 +264,9 @@ class LoraAveraging(Component):
             out.timers.append(SetTimer(self._key("decide", number, index), now_us + (index + 1) * share_us))
         out.timers.append(SetTimer(self.timer_key("retry"), now_us + self.config.report_retry_ms * US_PER_MS))
         for key in sorted(k for k in self._early if k[0] <= number):
-            blob = self._early.pop(key)
+            blob, size = self._early.pop(key)
             if key[0] == number:
+                state.bytes_received += size
                 self._accept(key[1], blob, now_us, out)
         if state.finished:  # alone in the mesh: the merged delta is this peer's own
             self._finish(state, now_us, out)
@@ -519,12 +521,11 @@ class LoraAveraging(Component):
                 blob.round <= self._last_contributed + self.config.rounds_kept
                 and len(self._early) < INCOMING_MAX
             ):
-                self._early[(blob.round, peer, blob.step)] = blob
+                self._early[(blob.round, peer, blob.step)] = (blob, len(data))
             return
         if state is None or blob.round != state.number or state.finished:
             return
-        if state is not None:
-            state.bytes_received += len(data)
+        state.bytes_received += len(data)
         self._accept(peer, blob, now_us, out)
 
     def _accept(self, peer: PeerId, blob: messages.DeltaBlob, now_us: int, out: Ready) -> None:
