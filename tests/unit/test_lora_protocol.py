@@ -248,3 +248,22 @@ def test_a_peer_whose_delta_has_another_length_is_left_out() -> None:
         status = mesh.replies[mesh.request(peer, LoraStatus())].value
         assert isinstance(status, dict) and status["rejected"]["wrong_length"] == 1
         assert status["rounds_completed"] == 1 and status["peers_last_round"] == 3
+
+
+def test_a_hook_that_returns_a_bad_delta_fails_the_contribution() -> None:
+    class Hooks:
+        def pyagent_lora_transform_delta(self, round: int, delta: np.ndarray) -> np.ndarray:
+            return np.full(delta.size, np.nan, dtype=np.float32)
+
+    mesh = Mesh(peers(1), LOSSLESS, hooks=Hooks())
+    error = mesh.contribute("p000", 1, np.ones(4, dtype=np.float32), 1.0).error
+    assert error is not None and error.code == "invalid" and "pyagent_lora_transform_delta" in error.message
+
+
+def test_a_strided_delta_is_taken_as_its_values() -> None:
+    names = peers(2)
+    mesh = Mesh(names, LOSSLESS)
+    strided = np.arange(2 * NUMEL, dtype=np.float32)[::2]
+    waits = run_round(mesh, dict.fromkeys(names, strided), dict.fromkeys(names, 1.0))
+    mesh.run(until_us=0)
+    np.testing.assert_array_equal(mesh.result(waits[names[0]]).delta, strided)
