@@ -130,10 +130,11 @@ class LoraKit(Kit):
         state = _state(sim)
 
         def build(ctx: NodeContext) -> Component:
+            members: lora.MembersView = OracleMembers(sim)
             if state.table["members"] == "membership":
-                members: lora.MembersView = ctx.sibling(membership.Membership.name)  # type: ignore[assignment]
-            else:
-                members = OracleMembers(sim)
+                found = ctx.sibling(membership.Membership.name)
+                assert isinstance(found, membership.Membership)
+                members = found
             identity = state.keyring.identity(ctx.local_peer)
             return lora.LoraAveraging(
                 ctx.local_peer, ctx.rng(lora.NAME), state.config, members, identity, hooks=ctx.hooks

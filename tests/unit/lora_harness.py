@@ -55,6 +55,9 @@ class Mesh:
     next_request: int = 1
     # Applied to every blob a peer sends (a test's way to damage bytes on the wire).
     tamper: Callable[[str, bytes], bytes] | None = None
+    # Messages (reports) lost on the way: every n-th one when > 0.
+    lose_every: int = 0
+    messages_sent: int = 0
 
     def __post_init__(self) -> None:
         for peer in self.peers:
@@ -144,6 +147,9 @@ class Mesh:
             assert isinstance(timer, SetTimer)
             self.timers[(peer, timer.key)] = timer.at_us
         for send in out.send:
+            self.messages_sent += 1
+            if self.lose_every and self.messages_sent % self.lose_every == 0:
+                continue
             self.queue.append((send.peer, MessageReceived(peer, send.protocol, send.message)))
         for transfer in out.transfers:
             data = transfer.source.read(0, transfer.source.size)

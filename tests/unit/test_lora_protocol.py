@@ -202,3 +202,68 @@ def test_the_transform_hook_replaces_the_delta_before_it_is_sent() -> None:
     waits = run_round(mesh, deltas, {p: 1.0 for p in names})
     mesh.run()
     np.testing.assert_array_equal(mesh.result(waits[names[1]]).delta, np.full(NUMEL, 0.5, dtype=np.float32))
+
+
+def test_lost_reports_are_asked_for_again_and_the_peers_still_agree() -> None:
+    names = peers(20)
+    mesh = Mesh(names, Config(codec="f32", relay_codec="f32", group_size_max=4), lose_every=7)
+    deltas, weights = deltas_for(names, 11)
+    waits = run_round(mesh, deltas, weights)
+    mesh.run()
+    results = [mesh.result(waits[p]) for p in names]
+    assert all(r.peers == tuple(names) for r in results)
+    assert all(np.array_equal(r.delta, results[0].delta) for r in results)
+    np.testing.assert_allclose(results[0].delta, exact_mean(deltas, weights, tuple(names)), rtol=1e-5)
+
+
+def test_values_that_arrive_before_the_peer_contributes_wait_for_its_round() -> None:
+    names = peers(6)
+    mesh = Mesh(names, LOSSLESS)
+    deltas, weights = deltas_for(names, 12)
+    early, late = names[:3], names[3:]
+    for peer in early:
+        mesh.contribute(peer, 1, deltas[peer], weights[peer])
+    mesh.run(until_us=0)  # the early peers' values reach the late ones before these contribute
+    for peer in late:
+        mesh.contribute(peer, 1, deltas[peer], weights[peer])
+    waits = {p: mesh.await_merged(p, 1) for p in names}
+    mesh.run(until_us=0)
+    expected = exact_mean(deltas, weights, tuple(names))
+    for peer in names:
+        result = mesh.result(waits[peer])
+        assert result.peers == tuple(names)
+        np.testing.assert_allclose(result.delta, expected, rtol=1e-5)
+    assert all(mesh.result(waits[p]).bytes_received > 0 for p in late)
+
+
+def test_a_peer_whose_delta_has_another_length_is_left_out() -> None:
+    names = peers(4)
+    mesh = Mesh(names, LOSSLESS)
+    deltas, weights = deltas_for(names, 13)
+    deltas[names[3]] = deltas[names[3]][:-1]
+    waits = run_round(mesh, deltas, weights)
+    mesh.run()
+    for peer in names[:3]:
+        assert mesh.result(waits[peer]).peers == tuple(names[:3])
+        status = mesh.replies[mesh.request(peer, LoraStatus())].value
+        assert isinstance(status, dict) and status["rejected"]["wrong_length"] == 1
+        assert status["rounds_completed"] == 1 and status["peers_last_round"] == 3
+
+
+def test_a_hook_that_returns_a_bad_delta_fails_the_contribution() -> None:
+    class Hooks:
+        def pyagent_lora_transform_delta(self, round: int, delta: np.ndarray) -> np.ndarray:
+            return np.full(delta.size, np.nan, dtype=np.float32)
+
+    mesh = Mesh(peers(1), LOSSLESS, hooks=Hooks())
+    error = mesh.contribute("p000", 1, np.ones(4, dtype=np.float32), 1.0).error
+    assert error is not None and error.code == "invalid" and "pyagent_lora_transform_delta" in error.message
+
+
+def test_a_strided_delta_is_taken_as_its_values() -> None:
+    names = peers(2)
+    mesh = Mesh(names, LOSSLESS)
+    strided = np.arange(2 * NUMEL, dtype=np.float32)[::2]
+    waits = run_round(mesh, dict.fromkeys(names, strided), dict.fromkeys(names, 1.0))
+    mesh.run(until_us=0)
+    np.testing.assert_array_equal(mesh.result(waits[names[0]]).delta, strided)

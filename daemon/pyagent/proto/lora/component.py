@@ -126,8 +126,9 @@ class LoraAveraging(Component):
         self._outgoing: dict[int, tuple[int, PeerId]] = {}
         self._next_transfer = 0
         self._refused: OrderedDict[tuple[PeerId, int], None] = OrderedDict()
-        # Verified blobs for rounds this peer has not started yet, by (round, sender, step).
-        self._early: dict[tuple[int, PeerId, int], messages.DeltaBlob] = {}
+        # Verified blobs for rounds this peer has not started yet, by (round, sender, step), with their
+        # size on the wire.
+        self._early: dict[tuple[int, PeerId, int], tuple[messages.DeltaBlob, int]] = {}
         self.rounds_completed = 0
         self.bytes_sent_total = 0
         self.bytes_received_total = 0
@@ -171,44 +172,36 @@ class LoraAveraging(Component):
         }
 
     def _contribute(self, request_id: int, command: Contribute, now_us: int, out: Ready) -> None:
-        problem = self._check_contribution(command)
-        if problem is not None:
+        if command.round <= self._last_contributed:
             code = "stale_round" if command.round < self._last_contributed else "invalid"
-            out.apply.append(Reply.fail(request_id, code, problem))
+            message = (
+                f"round {command.round} is not after round {self._last_contributed}, already contributed"
+            )
+            out.apply.append(Reply.fail(request_id, code, message))
             return
-        delta = np.ascontiguousarray(command.delta, dtype=np.float32)
-        if self._hooks is not None:
-            replaced = self._hooks.pyagent_lora_transform_delta(round=command.round, delta=delta)
+        problem = _delta_problem(command.delta, self.config.numel_max) or _weight_problem(command.weight)
+        delta = command.delta
+        if problem is None and self._hooks is not None:
+            replaced = self._hooks.pyagent_lora_transform_delta(round=command.round, delta=command.delta)
             if replaced is not None:
-                if not isinstance(replaced, np.ndarray) or replaced.shape != delta.shape:
-                    out.apply.append(
-                        Reply.fail(request_id, "invalid", "pyagent_lora_transform_delta changed the shape")
-                    )
-                    return
-                delta = np.ascontiguousarray(replaced, dtype=np.float32)
+                problem = _delta_problem(replaced, self.config.numel_max)
+                if problem is None and replaced.shape != command.delta.shape:
+                    problem = "pyagent_lora_transform_delta changed the delta's shape"
+                if problem is not None:
+                    problem = f"pyagent_lora_transform_delta's replacement: {problem}"
+                delta = replaced
+        if problem is not None:
+            out.apply.append(Reply.fail(request_id, "invalid", problem))
+            return
         if self._round is not None and not self._round.finished:
             # A newer round replaces an unfinished one: it ends now with what it has.
             self._round.timed_out = True
             while not self._round.finished:
                 self._decide(self._round, now_us, out)
         self._last_contributed = command.round
-        self._start_round(command.round, delta, float(command.weight), now_us, out)
+        # The codecs read the array in place: it must be one contiguous block.
+        self._start_round(command.round, np.ascontiguousarray(delta), float(command.weight), now_us, out)
         out.apply.append(Reply(request_id))
-
-    def _check_contribution(self, command: Contribute) -> str | None:
-        if command.round <= self._last_contributed:
-            return f"round {command.round} is not after round {self._last_contributed}, already contributed"
-        delta = command.delta
-        if not isinstance(delta, np.ndarray) or delta.ndim != 1 or delta.dtype != np.float32:
-            return "delta must be a 1-D numpy float32 array"
-        if not 1 <= delta.size <= self.config.numel_max:
-            return f"delta must hold 1..{self.config.numel_max} values, got {delta.size}"
-        if not np.isfinite(delta).all():
-            return "delta must be finite"
-        weight = command.weight
-        if not isinstance(weight, int | float) or not math.isfinite(weight) or weight <= 0:
-            return f"weight must be a positive finite number, got {weight!r}"
-        return None
 
     def _await(self, request_id: int, command: AwaitMerged, out: Ready) -> None:
         result = self._results.get(command.round)
@@ -264,8 +257,9 @@ class LoraAveraging(Component):
             out.timers.append(SetTimer(self._key("decide", number, index), now_us + (index + 1) * share_us))
         out.timers.append(SetTimer(self.timer_key("retry"), now_us + self.config.report_retry_ms * US_PER_MS))
         for key in sorted(k for k in self._early if k[0] <= number):
-            blob = self._early.pop(key)
+            blob, size = self._early.pop(key)
             if key[0] == number:
+                state.bytes_received += size
                 self._accept(key[1], blob, now_us, out)
         if state.finished:  # alone in the mesh: the merged delta is this peer's own
             self._finish(state, now_us, out)
@@ -520,12 +514,11 @@ class LoraAveraging(Component):
                 blob.round <= self._last_contributed + self.config.rounds_kept
                 and len(self._early) < INCOMING_MAX
             ):
-                self._early[(blob.round, peer, blob.step)] = blob
+                self._early[(blob.round, peer, blob.step)] = (blob, len(data))
             return
         if state is None or blob.round != state.number or state.finished:
             return
-        if state is not None:
-            state.bytes_received += len(data)
+        state.bytes_received += len(data)
         self._accept(peer, blob, now_us, out)
 
     def _accept(self, peer: PeerId, blob: messages.DeltaBlob, now_us: int, out: Ready) -> None:
@@ -551,6 +544,22 @@ class LoraAveraging(Component):
                 step.held[peer] = Held(blob.weight, blob.contributors, decoded)
         if state.steps[state.current] is step:
             self._advance(state, now_us, out)
+
+
+def _delta_problem(delta: object, numel_max: int) -> str | None:
+    if not isinstance(delta, np.ndarray) or delta.ndim != 1 or delta.dtype != np.float32:
+        return "delta must be a 1-D numpy float32 array"
+    if not 1 <= delta.size <= numel_max:
+        return f"delta must hold 1..{numel_max} values, got {delta.size}"
+    if not np.isfinite(delta).all():
+        return "delta must be finite"
+    return None
+
+
+def _weight_problem(weight: object) -> str | None:
+    if not isinstance(weight, int | float) or not math.isfinite(weight) or weight <= 0:
+        return f"weight must be a positive finite number, got {weight!r}"
+    return None
 
 
 def _signed(blob: messages.DeltaBlob, signature: bytes) -> messages.DeltaBlob:

@@ -4,12 +4,13 @@ agreed on.
 A step ends in two phases. First each peer sends its value to those that average it (``grid``) and
 waits until it holds or has given up on the value of every sender of its group (given up: the transfer
 broke, the peer disconnected, another receiver reported it missing too, or three quarters of the step's
-time passed). Then it reports the set of senders it holds (``have``) to its group, and the group agrees on the
-**common set**: the largest set of receivers that reported and whose every report holds every other's
-value, and the senders all of them hold (``common_set``). Every member that sees
-the same reports computes the same set, and the mean over it, so survivors stay identical, and a member
-that vanished mid-transfer is left out by everyone. A member whose report never comes is waited for
-until the step's deadline unless some report in the set already leaves it out.
+time passed). Then it reports the set of senders it holds (``have``) to its group, and the group agrees
+on the **common set**: the receivers that reported and whose reports all hold each other's values
+(receivers are left out one at a time, the one in most conflicts first, until no conflict is left), and
+the senders all of them hold (``common_set``). Every receiver that sees the same reports computes the
+same set, and the mean over it, so survivors stay identical, and a peer that vanished mid-transfer is
+left out by everyone. A receiver whose report never comes is waited for until the step's deadline,
+unless some report in the set already leaves it out.
 """
 
 from __future__ import annotations
@@ -73,10 +74,15 @@ class Step:
         reports = {**self.reports, self.me: self.my_report}
         counted = set(reports)
         while True:
-            kept = {peer for peer in counted if all(peer in reports[other] for other in counted)}
-            if kept == counted:
+            conflicts = {
+                peer: sum(1 for other in counted if peer not in reports[other] or other not in reports[peer])
+                for peer in counted
+            }
+            if not any(conflicts.values()):
                 break
-            counted = kept
+            # Leave out the receiver in the most conflicts (a tie: the largest id), one at a time, so
+            # one peer that holds nobody's value does not empty the set.
+            counted.remove(max(counted, key=lambda peer: (conflicts[peer], peer)))
         receivers = set(self.plan.receivers)
         senders = frozenset(
             peer
