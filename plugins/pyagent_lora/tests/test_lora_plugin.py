@@ -10,9 +10,15 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pyagent_lora.methods import MERGED_KEPT, _keep_merged, _read_delta
 
+from pyagent import identity, pluginhost
+from pyagent.composition import STANDARD, build_core
 from pyagent.node.control import InvalidParams
 from pyagent.node.metrics import Metrics
-from pyagent.proto.lora import RoundFinished
+from pyagent.node.signing import NodeSigner
+from pyagent.proto.component import Component
+from pyagent.proto.context import NodeContext
+from pyagent.proto.lora import LoraAveraging, RoundFinished
+from pyagent.proto.membership import Membership
 from pyagent_lora import telemetry
 
 
@@ -75,3 +81,20 @@ def test_a_finished_round_shows_in_the_prometheus_text() -> None:
     assert samples[("pyagent_lora_received_bytes_total", ())] == 4000
     assert samples[("pyagent_lora_round_peers", ())] == 4
     assert samples[("pyagent_lora_round_seconds_count", ())] == 2
+
+
+def test_a_node_with_membership_and_a_key_averages_and_a_bare_one_does_not(tmp_path: Path) -> None:
+    plugins = pluginhost.load_plugins()
+    bare = build_core("12D3KooWLocal", 7, plugins=plugins)
+    assert "lora" not in [component.name for component in bare.components]
+
+    key_pair = identity.create(tmp_path / "identity.key")
+    peer = identity.peer_id_of(key_pair)
+
+    def gossip(ctx: NodeContext) -> Component:
+        return Membership(ctx.local_peer, ctx.rng(Membership.name))
+
+    core = build_core(
+        peer, 7, plugins=plugins, core_factories=(*STANDARD, gossip), identity=NodeSigner(key_pair)
+    )
+    assert isinstance(core.component("lora"), LoraAveraging)
