@@ -12,6 +12,7 @@ use raft::{RawNode, SnapshotStatus, StateRole};
 
 use super::frame::{self, FrameBuilder, MESSAGE_BYTES_MAX};
 use super::group::{role_of, Batch, Group};
+use super::quiesce::QUIESCE_CONTEXT;
 use super::recover;
 use super::rng::SplitMix64;
 use super::storage::GroupStorage;
@@ -96,6 +97,8 @@ pub struct Driver {
     /// Held messages whose batch became durable; the next ready sends them at once.
     released: Vec<(u64, Message)>,
     created: Vec<u64>,
+    /// Nodes the caller's membership holds down: a leader may go quiet without them.
+    down: BTreeSet<u64>,
 }
 
 fn panic_reason(payload: Box<dyn std::any::Any + Send>) -> String {
@@ -148,6 +151,7 @@ impl Driver {
             in_flight: VecDeque::new(),
             released: Vec::new(),
             created: Vec::new(),
+            down: BTreeSet::new(),
         })
     }
 
@@ -187,7 +191,8 @@ impl Driver {
             .ok_or_else(|| Error::Invalid(format!("no raft group {group_id}")))
     }
 
-    fn leader(&mut self, group_id: u64) -> Result<&mut Group> {
+    /// The group of which this node is the leader, woken: the caller is about to give it work.
+    fn wake_leader(&mut self, group_id: u64) -> Result<&mut Group> {
         let group = self.group(group_id)?;
         let raft = &group.raw().raft;
         if raft.state != StateRole::Leader {
@@ -195,6 +200,7 @@ impl Driver {
                 leader_id: raft.leader_id,
             });
         }
+        group.wake();
         Ok(group)
     }
 
@@ -315,13 +321,42 @@ impl Driver {
         self.groups.keys().copied().collect()
     }
 
+    /// One logical tick for every group that is not quiet.
     pub fn tick(&mut self) -> Result<()> {
         self.guard(|d| {
             for group in d.groups.values_mut() {
-                group.with(|raw| raw.tick());
+                group.tick(&d.down);
             }
             Ok(())
         })
+    }
+
+    /// The caller's membership holds `node` suspect, dead or gone: wake every group it is in, so
+    /// that followers whose leader it was elect another, and a leader cut off with it steps down.
+    /// Leaders may go quiet again without it.
+    pub fn peer_down(&mut self, node: u64) -> Result<()> {
+        self.guard(|d| {
+            d.down.insert(node);
+            d.wake_groups_of(node);
+            Ok(())
+        })
+    }
+
+    /// `node` is alive again: wake every group it is in, so its leaders bring it up to date.
+    pub fn peer_up(&mut self, node: u64) -> Result<()> {
+        self.guard(|d| {
+            d.down.remove(&node);
+            d.wake_groups_of(node);
+            Ok(())
+        })
+    }
+
+    fn wake_groups_of(&mut self, node: u64) {
+        for group in self.groups.values_mut() {
+            if group.has_member(node) {
+                group.wake();
+            }
+        }
     }
 
     /// A frame from `from_node`: decoded and checked whole before any message is stepped.
@@ -401,8 +436,11 @@ impl Driver {
             self.insert_group(group_id, GroupStorage::empty(group_id), 0)?;
             self.created.push(group_id);
         }
-        // raft-rs refuses a response from a peer it does not track; that is a lost message.
-        let _ = self.group(group_id)?.with(|raw| raw.step(message));
+        let group = self
+            .groups
+            .get_mut(&group_id)
+            .expect("the group exists or was created");
+        group.step(message, &self.down);
         Ok(())
     }
 
@@ -412,7 +450,7 @@ impl Driver {
             if data.len() > PROPOSAL_BYTES_MAX {
                 return invalid(format!("a proposal above {PROPOSAL_BYTES_MAX} bytes"));
             }
-            let group = d.leader(group_id)?;
+            let group = d.wake_leader(group_id)?;
             group
                 .with(|raw| raw.propose(Vec::new(), data.to_vec()))
                 .map_err(|_| Error::NotLeader {
@@ -434,7 +472,7 @@ impl Driver {
             if changes.len() > MEMBERS_MAX || changes.iter().any(|&(_, id)| id == 0) {
                 return invalid(format!("1 to {MEMBERS_MAX} changes of non-zero ids"));
             }
-            let group = d.leader(group_id)?;
+            let group = d.wake_leader(group_id)?;
             let raft = &group.raw().raft;
             // raft-rs would turn these into an empty entry and say nothing; refuse instead.
             if raft.has_pending_conf() {
@@ -481,14 +519,18 @@ impl Driver {
             if ctx.len() > MESSAGE_BYTES_MAX / 2 {
                 return invalid("read_index ctx too large");
             }
-            d.leader(group_id)?.with(|raw| raw.read_index(ctx.to_vec()));
+            if ctx == QUIESCE_CONTEXT {
+                return invalid("that read_index ctx is the driver's quiesce marker");
+            }
+            d.wake_leader(group_id)?
+                .with(|raw| raw.read_index(ctx.to_vec()));
             Ok(())
         })
     }
 
     pub fn transfer_leader(&mut self, group_id: u64, to: u64) -> Result<()> {
         self.guard(|d| {
-            d.leader(group_id)?.with(|raw| raw.transfer_leader(to));
+            d.wake_leader(group_id)?.with(|raw| raw.transfer_leader(to));
             Ok(())
         })
     }
@@ -521,6 +563,10 @@ impl Driver {
                 let collected = group.collect(group_id, &mut batch);
                 readies.push((group_id, collected.number, collected.snapshot_index));
             }
+            // After raft-rs's own messages, so a follower steps the heartbeat before the quiesce.
+            batch
+                .send_now
+                .extend(group.outbox.drain(..).map(|message| (group_id, message)));
         }
         let mut send_now = std::mem::take(&mut self.released);
         send_now.append(&mut batch.send_now);
@@ -690,7 +736,8 @@ impl Driver {
 
     pub fn status(&mut self, group_id: u64) -> Result<GroupStatus> {
         self.guard(|d| {
-            let raft = &d.group(group_id)?.raw().raft;
+            let group = d.group(group_id)?;
+            let raft = &group.raw().raft;
             let conf = raft.prs().conf().to_conf_state();
             let progress = (raft.state == StateRole::Leader).then(|| {
                 let mut progress: Vec<(u64, u64)> = raft
@@ -713,6 +760,7 @@ impl Driver {
                 voters_outgoing: conf.voters_outgoing,
                 learners: conf.learners,
                 progress,
+                quiet: group.is_quiet(),
             })
         })
     }

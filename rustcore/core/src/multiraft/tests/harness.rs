@@ -399,6 +399,32 @@ impl Cluster {
         self.node(leader).driver.propose(group_id, data).unwrap()
     }
 
+    /// Frames every node has handed out so far (both lanes).
+    pub fn frames_sent(&self) -> usize {
+        self.nodes
+            .values()
+            .flat_map(|node| &node.readies)
+            .map(|ready| ready.send_now.len() + ready.send_after_persist.len())
+            .sum()
+    }
+
+    /// Membership on every other node holds `id` down (`up` false) or alive again.
+    pub fn tell_membership(&mut self, id: u64, up: bool) {
+        for (&other, node) in &mut self.nodes {
+            if other != id {
+                if up {
+                    node.driver.peer_up(id).unwrap();
+                } else {
+                    node.driver.peer_down(id).unwrap();
+                }
+            }
+        }
+    }
+
+    pub fn is_quiet(&mut self, id: u64, group_id: u64) -> bool {
+        self.node(id).driver.status(group_id).unwrap().quiet
+    }
+
     pub fn values(&self, id: u64, group_id: u64) -> Vec<Vec<u8>> {
         self.nodes[&id].sm[&group_id].values.clone()
     }

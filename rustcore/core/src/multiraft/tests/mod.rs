@@ -1,6 +1,7 @@
 //! The driver's behaviour, on an in-memory cluster (see `harness`).
 
 mod harness;
+mod quiesce;
 
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
@@ -9,11 +10,11 @@ use super::frame::FrameBuilder;
 use super::{ConfChangeKind, Config, Driver, Error, Role, Write, INIT_INDEX};
 use harness::{decode_frame, Cluster};
 
-fn groups(n: u64) -> Vec<u64> {
+pub(super) fn groups(n: u64) -> Vec<u64> {
     (0..n).collect()
 }
 
-fn three_nodes(seed: u64, group_count: u64) -> Cluster {
+pub(super) fn three_nodes(seed: u64, group_count: u64) -> Cluster {
     let mut cluster = Cluster::new(&[1, 2, 3], seed);
     for group_id in groups(group_count) {
         cluster.bootstrap(group_id, &[1, 2, 3]);
@@ -115,7 +116,7 @@ fn many_groups_share_one_write_batch_and_one_frame_per_peer() {
             );
         }
     }
-    // Idle groups still heartbeat, but in one frame per peer per ready.
+    // Groups heartbeat until they go quiet, in one frame per peer per ready.
     for _ in 0..5 {
         cluster.tick();
     }
