@@ -49,7 +49,7 @@ def one_key_per_shard(shards: int = SHARDS_DEFAULT) -> dict[int, bytes]:
 
 
 def idle_rates(peers: Sequence[LocalPeer], idle_s: float) -> dict[str, float]:
-    """Per member over ``idle_s``: the KV protocol's and every protocol's bytes/s, sent, and sent + received."""
+    """Per member over ``idle_s``: the KV protocol's and every protocol's bytes/s, sent and in + out."""
     before = [p.call("stats") for p in peers]
     started = time.monotonic()
     time.sleep(idle_s)
@@ -95,7 +95,9 @@ async def write_every_shard(peer: LocalPeer, keys: Sequence[bytes]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--idle-s", type=float, default=20.0, help="the measured idle window")
     parser.add_argument("--quiet-s", type=float, default=3.0, help="idle time before the window starts")
     parser.add_argument("--samples", type=int, default=16, help="shards whose wake latency is timed")
@@ -114,9 +116,10 @@ def main() -> None:
             quiet, awake = trio.run(wake_latencies, system.peers[0], sampled)
         finally:
             system.stop()
-    print(f"3 daemons, {SHARDS_DEFAULT} shards x 3 replicas, idle {args.idle_s:.0f} s after {args.quiet_s:.0f} s:")
-    print(f"  raft (kv protocol) bytes/s per member: out {rates['kv_sent']:7.0f}, in + out {rates['kv']:7.0f}")
-    print(f"  all protocols bytes/s per member:      out {rates['all_sent']:7.0f}, in + out {rates['all']:7.0f}")
+    window = f"idle {args.idle_s:.0f} s after {args.quiet_s:.0f} s"
+    print(f"3 daemons, {SHARDS_DEFAULT} shards x 3 replicas, {window}; bytes/s per member:")
+    print(f"  raft (kv protocol): out {rates['kv_sent']:7.0f}, in + out {rates['kv']:7.0f}")
+    print(f"  all protocols:      out {rates['all_sent']:7.0f}, in + out {rates['all']:7.0f}")
     print(f"  put to an idle shard (wakes it):   {describe_ms(quiet)}")
     print(f"  put to the same shard right after: {describe_ms(awake)}")
 

@@ -212,8 +212,16 @@ class MultiRaft:
         applied: dict[int, int],
     ) -> list[int]: ...
     def groups(self) -> list[int]: ...
-    # One logical tick for every group.
+    # One logical tick for every group that is not quiet. A leader whose group stayed settled (every
+    # live replica caught up, everything committed and applied, nothing pending) for election_tick
+    # ticks goes quiet and tells its replicas, which go quiet too: a quiet group sends nothing. A
+    # proposal, read, conf change, leadership transfer or a peer's message wakes it.
     def tick(self) -> None: ...
+    # Membership holds this node suspect, dead or gone: wake every group it is in (so followers
+    # elect, and a leader cut off steps down); leaders may go quiet again without it.
+    def peer_down(self, node: int) -> None: ...
+    # The node is alive again: wake every group it is in, so that it is brought up to date.
+    def peer_up(self, node: int) -> None: ...
     # A frame from a peer: decoded and checked whole first (ValueError, nothing stepped), then each
     # message is stepped. A message for an unknown group creates it (see RaftReady.created) when a
     # leader or candidate sent it (append, heartbeat, snapshot, (pre)vote request); else it is dropped.
@@ -251,8 +259,8 @@ class MultiRaft:
     def report_snapshot(self, group_id: int, to: int, ok: bool) -> None: ...
     def report_unreachable(self, group_id: int, to: int) -> None: ...
     # role ("leader" | "follower" | "candidate" | "pre_candidate"), term, leader_id, commit, applied,
-    # first_index, last_index, voters, voters_outgoing (non-empty in a joint config), learners, and
-    # for a leader progress {node_id: matched index}.
+    # first_index, last_index, voters, voters_outgoing (non-empty in a joint config), learners, quiet
+    # (the group is idle and not ticked), and for a leader progress {node_id: matched index}.
     def status(self, group_id: int) -> dict[str, object]: ...
 
 # LoRA delta codecs (docs/lora.md, "Codecs"). Arrays go in through the buffer protocol: C-contiguous
