@@ -99,6 +99,8 @@ pub struct Driver {
     created: Vec<u64>,
     /// Nodes the caller's membership holds down: a leader may go quiet without them.
     down: BTreeSet<u64>,
+    /// The group the current call is working on, so that a panic's reason names it.
+    touching: Option<u64>,
 }
 
 fn panic_reason(payload: Box<dyn std::any::Any + Send>) -> String {
@@ -152,6 +154,7 @@ impl Driver {
             released: Vec::new(),
             created: Vec::new(),
             down: BTreeSet::new(),
+            touching: None,
         })
     }
 
@@ -165,10 +168,14 @@ impl Driver {
         if let Some(reason) = &self.poisoned {
             return Err(Error::Fatal(reason.clone()));
         }
+        self.touching = None;
         match catch_unwind(AssertUnwindSafe(|| f(self))) {
             Ok(result) => result,
             Err(payload) => {
-                let reason = panic_reason(payload);
+                let reason = match self.touching {
+                    Some(group_id) => format!("group {group_id}: {}", panic_reason(payload)),
+                    None => panic_reason(payload),
+                };
                 self.poisoned = Some(reason.clone());
                 Err(Error::Fatal(reason))
             }
@@ -186,6 +193,7 @@ impl Driver {
     }
 
     fn group(&mut self, group_id: u64) -> Result<&mut Group> {
+        self.touching = Some(group_id);
         self.groups
             .get_mut(&group_id)
             .ok_or_else(|| Error::Invalid(format!("no raft group {group_id}")))
@@ -324,7 +332,8 @@ impl Driver {
     /// One logical tick for every group that is not quiet.
     pub fn tick(&mut self) -> Result<()> {
         self.guard(|d| {
-            for group in d.groups.values_mut() {
+            for (&group_id, group) in &mut d.groups {
+                d.touching = Some(group_id);
                 group.tick(&d.down);
             }
             Ok(())
@@ -436,6 +445,7 @@ impl Driver {
             self.insert_group(group_id, GroupStorage::empty(group_id), 0)?;
             self.created.push(group_id);
         }
+        self.touching = Some(group_id);
         let group = self
             .groups
             .get_mut(&group_id)
@@ -556,6 +566,7 @@ impl Driver {
             if batch.writes.len() + WRITES_PER_GROUP_MAX > WRITES_MAX {
                 break;
             }
+            self.touching = Some(group_id);
             if std::mem::take(&mut group.snapshot_wanted) {
                 needs_snapshot.push(group_id);
             }
@@ -588,6 +599,7 @@ impl Driver {
         } else {
             // Nothing written and nothing pending: these readies are durable already.
             for (group_id, number, _) in readies {
+                self.touching = Some(group_id);
                 if let Some(group) = self.groups.get_mut(&group_id) {
                     group.with(|raw| raw.on_persist_ready(number));
                 }
@@ -632,6 +644,7 @@ impl Driver {
             {
                 let batch = d.in_flight.pop_front().expect("checked");
                 for (group_id, number, snapshot_index) in batch.readies {
+                    d.touching = Some(group_id);
                     let Some(group) = d.groups.get_mut(&group_id) else {
                         continue;
                     };

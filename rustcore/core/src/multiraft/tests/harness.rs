@@ -408,6 +408,31 @@ impl Cluster {
             .sum()
     }
 
+    /// Cut `id` off, and let membership on both sides notice.
+    pub fn isolate(&mut self, id: u64) {
+        self.cut.insert(id);
+        self.tell_both_sides(id, false);
+    }
+
+    /// Heal what `isolate(id)` did.
+    pub fn rejoin(&mut self, id: u64) {
+        self.cut.remove(&id);
+        self.tell_both_sides(id, true);
+    }
+
+    fn tell_both_sides(&mut self, id: u64, up: bool) {
+        self.tell_membership(id, up);
+        let others: Vec<u64> = self.nodes.keys().copied().filter(|&o| o != id).collect();
+        let driver = &mut self.node(id).driver;
+        for other in others {
+            if up {
+                driver.peer_up(other).unwrap();
+            } else {
+                driver.peer_down(other).unwrap();
+            }
+        }
+    }
+
     /// Membership on every other node holds `id` down (`up` false) or alive again.
     pub fn tell_membership(&mut self, id: u64, up: bool) {
         for (&other, node) in &mut self.nodes {

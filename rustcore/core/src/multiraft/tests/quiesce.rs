@@ -137,12 +137,7 @@ fn a_quiet_group_whose_leader_died_elects_after_the_membership_wake() {
 fn a_quiet_leader_cut_off_steps_down_once_woken_and_the_majority_elects() {
     let mut cluster = quiet_mesh(26);
     let cut_off = cluster.leader_of(3).unwrap();
-    cluster.cut.insert(cut_off);
-    // Each side's membership holds the other side down.
-    for id in other_than(cut_off) {
-        cluster.node(cut_off).driver.peer_down(id).unwrap();
-    }
-    cluster.tell_membership(cut_off, false);
+    cluster.isolate(cut_off);
     ticks(&mut cluster, 3 * election_tick());
     let status = cluster.node(cut_off).driver.status(3).unwrap();
     assert_ne!(status.role, Role::Leader, "the cut-off leader kept leading");
@@ -156,11 +151,7 @@ fn a_quiet_leader_cut_off_steps_down_once_woken_and_the_majority_elects() {
     // The heal: the old leader rejoins, catches up, and the group goes quiet everywhere.
     cluster.propose(3, b"while cut");
     cluster.settle();
-    cluster.cut.clear();
-    for id in other_than(cut_off) {
-        cluster.node(cut_off).driver.peer_up(id).unwrap();
-    }
-    cluster.tell_membership(cut_off, true);
+    cluster.rejoin(cut_off);
     ticks(&mut cluster, 2 * SETTLE_TICKS);
     assert_eq!(cluster.values(cut_off, 3).last().unwrap(), b"while cut");
     assert!(all_quiet(&mut cluster, 3));
