@@ -13,6 +13,11 @@ the KV protocol's bytes/s (Raft frames: heartbeats, appends, their replies) and 
 Then the wake latency: a put through node-1 to each of ``--samples`` shards that have been idle for the
 whole window (quiet ones once quiescence is in), then at once a second put to the same shard, which is
 awake now. Both go through the same daemon and follow the same forwarding, so the difference is the wake.
+
+Last, failover: two shards led by node-3, one kept busy by a writer through node-1 (awake: its followers'
+election timers run) and one idle (quiet: its followers wait for membership to suspect node-3). node-3 is
+killed with ``kill -9``, and each shard is timed from the kill until a put to it, sent at the kill,
+succeeds through node-1.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from raft_pyagent import PyAgent
 KV_SENT = f"protocol_sent_bytes{{protocol={PROTOCOL_ID}}}"
 KV_RECEIVED = f"protocol_received_bytes{{protocol={PROTOCOL_ID}}}"
 VALUE = b"v" * 100
+FAILOVER_TIMEOUT_S = 60.0
+BUSY_PAUSE_S = 0.02
+BUSY_BEFORE_KILL_S = 1.0
 
 
 def one_key_per_shard(shards: int = SHARDS_DEFAULT) -> dict[int, bytes]:
@@ -88,6 +96,39 @@ def describe_ms(samples: Sequence[float]) -> str:
     return f"p50 {statistics.median(samples):6.1f} ms  max {max(samples):6.1f} ms  (n={len(samples)})"
 
 
+async def failover(peers: Sequence[LocalPeer], busy: bytes, idle: bytes) -> tuple[float, float]:
+    """Seconds from ``kill -9`` of ``peers[2]`` until a put to the busy key's shard, and one to the idle
+    key's, succeed through ``peers[0]``."""
+    async with KvClient.open(peers[0].home, timeout_s=FAILOVER_TIMEOUT_S) as kv:
+        killed = trio.Event()
+
+        async def keep_busy() -> None:
+            while not killed.is_set():
+                await kv.put(busy, VALUE)
+                await trio.sleep(BUSY_PAUSE_S)
+
+        took: dict[bytes, float] = {}
+
+        async def time_put(key: bytes) -> None:
+            took[key] = await timed_put(kv, key) / 1000
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keep_busy)
+            await trio.sleep(BUSY_BEFORE_KILL_S)
+            peers[2].kill()
+            killed.set()
+            nursery.start_soon(time_put, busy)
+            nursery.start_soon(time_put, idle)
+    return took[busy], took[idle]
+
+
+def two_shards_led_by(peer: LocalPeer, leader: LocalPeer, keys: dict[int, bytes]) -> tuple[bytes, bytes]:
+    led = [keys[s["shard"]] for s in peer.call("kv.shards") if s["leader"] == leader.peer_id]
+    if len(led) < 2:
+        raise RuntimeError(f"{leader.name} leads {len(led)} shards; need 2")
+    return led[0], led[1]
+
+
 async def write_every_shard(peer: LocalPeer, keys: Sequence[bytes]) -> None:
     async with KvClient.open(peer.home) as kv:
         for key in keys:
@@ -114,6 +155,9 @@ def main() -> None:
             rates = idle_rates(system.peers, args.idle_s)
             sampled = [keys[shard] for shard in sorted(keys)[: args.samples]]
             quiet, awake = trio.run(wake_latencies, system.peers[0], sampled)
+            time.sleep(args.quiet_s)
+            busy, idle = two_shards_led_by(system.peers[0], system.peers[2], keys)
+            busy_s, idle_s = trio.run(failover, system.peers, busy, idle)
         finally:
             system.stop()
     window = f"idle {args.idle_s:.0f} s after {args.quiet_s:.0f} s"
@@ -122,6 +166,9 @@ def main() -> None:
     print(f"  all protocols:      out {rates['all_sent']:7.0f}, in + out {rates['all']:7.0f}")
     print(f"  put to an idle shard (wakes it):   {describe_ms(quiet)}")
     print(f"  put to the same shard right after: {describe_ms(awake)}")
+    print("kill -9 of node-3, until a put sent at the kill succeeds:")
+    print(f"  a shard it led, kept busy:  {busy_s:5.2f} s")
+    print(f"  a shard it led, idle:       {idle_s:5.2f} s")
 
 
 if __name__ == "__main__":

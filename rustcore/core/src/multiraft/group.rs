@@ -161,16 +161,18 @@ impl Group {
         }
     }
 
-    /// Step a peer's message. A quiesce heartbeat that fits quiets a follower; any other message
-    /// wakes a quiet group, except a reply in this term that leaves a quiet leader settled (the
+    /// Step a peer's message. A quiesce heartbeat that fits quiets a follower (one that does not is
+    /// stepped as an ordinary heartbeat); any other message wakes a quiet group, except a reply in this term that leaves a quiet leader settled (the
     /// answers to its last heartbeats arrive after it went quiet). An awake group's settled ticks
     /// go on counting: its leader judges each tick whether the group is still settled.
-    pub fn step(&mut self, message: Message, down: &BTreeSet<u64>) {
+    pub fn step(&mut self, mut message: Message, down: &BTreeSet<u64>) {
         if quiesce::is_quiesce_heartbeat(&message) {
             if self.with(|raw| quiesce::accept_quiesce(&mut raw.raft, &message)) {
                 self.quiet = true;
+                return;
             }
-            return;
+            // Not for this replica's log: an ordinary heartbeat, answered.
+            message.context = Default::default();
         }
         let reply_in_term = message.term == self.raw.raft.term
             && matches!(

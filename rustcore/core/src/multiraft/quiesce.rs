@@ -9,8 +9,9 @@
 //!   `MsgHeartbeat` whose context is [`QUIESCE_CONTEXT`] and which names the leader's last index
 //!   and term.
 //! - A follower whose log ends exactly there goes quiet too ([`accept_quiesce`]), without stepping
-//!   the heartbeat: its reply would wake the leader. A follower whose log does not fit stays awake;
-//!   its election timer then wakes the group.
+//!   the heartbeat: its reply would wake the leader. A follower whose log does not fit (or a replica
+//!   that is no follower of this leader) steps it as an ordinary heartbeat instead: it wakes and
+//!   answers, and an answer that shows it behind wakes the leader, which brings it up to date.
 //! - Any proposal, read, conf change or leadership transfer wakes the group, and so does any
 //!   message from a peer, except the heartbeat replies a quiet leader still gets for its last
 //!   heartbeats (they change nothing while the group stays settled).
@@ -71,9 +72,12 @@ pub fn is_settled(raft: &Raft<GroupStorage>, down: &BTreeSet<u64>) -> bool {
     2 * live > conf.voters.len()
 }
 
-/// The quiesce heartbeat a settled leader sends `to`.
+/// The quiesce heartbeat a settled leader sends `to`. Its commit index is, as in raft-rs's own
+/// heartbeats, no further than what `to` is known to hold, so that stepping it as an ordinary
+/// heartbeat is safe on any replica.
 pub fn quiesce_heartbeat(raft: &Raft<GroupStorage>, to: u64) -> Message {
     let last = raft.raft_log.last_index();
+    let matched = raft.prs().get(to).map_or(0, |progress| progress.matched);
     let mut message = Message::default();
     message.set_msg_type(MessageType::MsgHeartbeat);
     message.from = raft.id;
@@ -81,7 +85,7 @@ pub fn quiesce_heartbeat(raft: &Raft<GroupStorage>, to: u64) -> Message {
     message.term = raft.term;
     message.index = last;
     message.log_term = raft.term;
-    message.commit = raft.raft_log.committed;
+    message.commit = raft.raft_log.committed.min(matched);
     message.context = QUIESCE_CONTEXT.to_vec().into();
     message
 }

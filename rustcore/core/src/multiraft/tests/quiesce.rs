@@ -1,8 +1,12 @@
 //! Idle groups go quiet, wake on work and on membership news, and still elect and step down.
 
-use super::harness::Cluster;
+use raft::eraftpb::{Message, MessageType};
+
+use super::harness::{decode_frame, Cluster};
 use super::{groups, three_nodes};
-use crate::multiraft::{Config, Role};
+use crate::multiraft::frame::FrameBuilder;
+use crate::multiraft::quiesce::QUIESCE_CONTEXT;
+use crate::multiraft::{Config, Error, Role};
 
 const GROUPS: u64 = 4;
 /// Ticks after which a settled group is quiet everywhere: the leader waits an election timeout
@@ -197,4 +201,41 @@ fn quiet_groups_and_wakes_replay_from_the_seed() {
     let (leaders, transcript) = run(42);
     assert_eq!(run(42), (leaders, transcript.clone()));
     assert_ne!(run(43).1, transcript);
+}
+
+#[test]
+fn a_quiesce_heartbeat_that_does_not_fit_is_answered_as_a_heartbeat() {
+    let mut cluster = three_nodes(28, 1);
+    let leader = cluster.leader_of(0).unwrap();
+    let follower = other_than(leader)[0];
+    let status = cluster.node(leader).driver.status(0).unwrap();
+    let mut message = Message::default();
+    message.set_msg_type(MessageType::MsgHeartbeat);
+    (message.from, message.to, message.term) = (leader, follower, status.term);
+    // One entry beyond the follower's log: it must not go quiet on it.
+    (message.index, message.log_term) = (status.last_index + 1, status.term);
+    message.commit = status.commit;
+    message.context = QUIESCE_CONTEXT.to_vec().into();
+    let mut builder = FrameBuilder::default();
+    builder.push(0, &message);
+    let frame = builder.finish().remove(0);
+    let node = cluster.node(follower);
+    node.driver.step(leader, &frame).unwrap();
+    assert!(!node.driver.status(0).unwrap().quiet);
+    let ready = node.driver.ready().unwrap();
+    let answers: Vec<_> = [ready.send_now, ready.send_after_persist]
+        .concat()
+        .iter()
+        .flat_map(|(_, frame)| decode_frame(frame))
+        .map(|(_, m)| (m.get_msg_type(), m.to))
+        .collect();
+    assert_eq!(answers, vec![(MessageType::MsgHeartbeatResponse, leader)]);
+}
+
+#[test]
+fn the_quiesce_marker_is_refused_as_a_read_context() {
+    let mut cluster = three_nodes(29, 1);
+    let leader = cluster.leader_of(0).unwrap();
+    let refused = cluster.node(leader).driver.read_index(0, QUIESCE_CONTEXT);
+    assert!(matches!(refused, Err(Error::Invalid(_))));
 }
