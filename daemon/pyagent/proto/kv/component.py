@@ -14,6 +14,11 @@ driver's Ready into ours:
 Requests reach the leader of their shard: a node that is not the leader forwards the request to the
 peer it believes leads, following ``not_leader`` hints (``requests``).
 
+Idle shards go quiet: the driver stops ticking a group whose replicas all hold its whole log, so it sends
+nothing until a request or a peer's message wakes it. A quiet follower runs no election timer, so this
+component follows membership (``_follow_membership``, every tick) and tells the driver which peers are down
+or back; the driver wakes every group such a peer is in.
+
 Who creates the groups: the node that starts a new mesh bootstraps every shard's group with itself as
 the only voter (``FoundShards``). The leader of each group then adds the replicas that placement names,
 as learners first, promoting each once it has caught up, and hands leadership to the placement's

@@ -13,8 +13,8 @@
 //!   that is no follower of this leader) steps it as an ordinary heartbeat instead: it wakes and
 //!   answers, and an answer that shows it behind wakes the leader, which brings it up to date.
 //! - Any proposal, read, conf change or leadership transfer wakes the group, and so does any
-//!   message from a peer, except the heartbeat replies a quiet leader still gets for its last
-//!   heartbeats (they change nothing while the group stays settled).
+//!   message from a peer, except the answers a quiet leader still gets to its last messages
+//!   (heartbeat and append replies of its term that leave the group settled).
 //! - Followers of a quiet group cannot notice a dead leader by timeout, so the caller tells the
 //!   driver when membership holds a peer down or up again (`Driver::peer_down`, `peer_up`), which
 //!   wakes every group that peer is in. A woken leader forgets who was recently active, so check
