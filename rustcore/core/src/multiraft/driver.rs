@@ -2,7 +2,6 @@
 //! ties a batch's durability back to each group's raft-rs ready number.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use protobuf::Message as _;
 use raft::eraftpb::{
@@ -12,6 +11,7 @@ use raft::{RawNode, SnapshotStatus, StateRole};
 
 use super::frame::{self, FrameBuilder, MESSAGE_BYTES_MAX};
 use super::group::{role_of, Batch, Group};
+use super::panics;
 use super::quiesce::QUIESCE_CONTEXT;
 use super::recover;
 use super::rng::SplitMix64;
@@ -103,16 +103,6 @@ pub struct Driver {
     touching: Option<u64>,
 }
 
-fn panic_reason(payload: Box<dyn std::any::Any + Send>) -> String {
-    if let Some(text) = payload.downcast_ref::<&str>() {
-        (*text).to_owned()
-    } else if let Some(text) = payload.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "raft-rs panicked".to_owned()
-    }
-}
-
 /// Messages a peer may send us. Proposals, read-index and transfer requests are never
 /// forwarded (those calls refuse on a follower), and local messages never travel.
 fn is_remote(msg_type: MessageType) -> bool {
@@ -144,6 +134,8 @@ fn creates_replica(msg_type: MessageType) -> bool {
 impl Driver {
     pub fn new(config: Config) -> Result<Self> {
         config.validate()?;
+        // The driver reports the panics it catches itself (`guard`), as one line.
+        panics::silence_caught_panics();
         Ok(Self {
             config,
             logger: slog::Logger::root(slog::Discard, slog::o!()),
@@ -169,12 +161,12 @@ impl Driver {
             return Err(Error::Fatal(reason.clone()));
         }
         self.touching = None;
-        match catch_unwind(AssertUnwindSafe(|| f(self))) {
+        match panics::catch(|| f(self)) {
             Ok(result) => result,
-            Err(payload) => {
+            Err(panic) => {
                 let reason = match self.touching {
-                    Some(group_id) => format!("group {group_id}: {}", panic_reason(payload)),
-                    None => panic_reason(payload),
+                    Some(group_id) => format!("group {group_id}: {panic}"),
+                    None => panic,
                 };
                 self.poisoned = Some(reason.clone());
                 Err(Error::Fatal(reason))

@@ -9,13 +9,15 @@
 //!
 //! Modules: [`frame`] is the wire format; `storage` keeps each group's persisted state in memory
 //! for raft-rs and produces the writes; `group` wraps one `RawNode`; `driver` runs them all;
-//! `quiesce` decides when an idle group stops ticking and what wakes it; `recover` rebuilds
-//! groups from what was persisted; `keys` names what is persisted.
+//! `quiesce` decides when an idle group stops ticking and what wakes it; `panics` turns a raft-rs
+//! panic into one fatal error; `recover` rebuilds groups from what was persisted; `keys` names what
+//! is persisted.
 
 mod driver;
 pub mod frame;
 mod group;
 mod keys;
+mod panics;
 mod quiesce;
 mod recover;
 pub(crate) mod rng;

@@ -494,6 +494,10 @@ fn a_raft_panic_poisons_the_driver() {
         panic!("the forged heartbeat did not poison the driver");
     };
     assert!(reason.starts_with("group 0: "), "{reason}");
+    assert!(
+        reason.contains("out of range") && reason.contains("raft_log.rs:"),
+        "{reason}"
+    );
     assert!(matches!(driver.tick(), Err(Error::Fatal(_))));
     assert!(matches!(driver.has_ready(), Err(Error::Fatal(_))));
 }
