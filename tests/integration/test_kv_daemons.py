@@ -1,7 +1,8 @@
 """The sharded KV store on real daemons over real libp2p on 127.0.0.1, with their default config.
 
 - Three daemons started with ``--bootstrap`` take ``pyagent kv put`` with no manual step, and each shard
-  ends up with three replicas.
+  ends up with three replicas; once idle, every shard goes quiet and the mesh sends (next to) no Raft
+  frames.
 - Concurrent clients write and read while the leader of a shard is killed with ``kill -9``, restarted,
   and killed again; the recorded history is linearizable, and what the mesh holds at the end agrees
   with every acknowledged write (the final reads are part of the checked history).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,10 +22,14 @@ import trio
 from kv_workload import KEYS, Tally, final_reads, run_client
 
 from pyagent.localmesh import LocalPeer, wait_until
+from pyagent.proto.kv.messages import PROTOCOL_ID
 from pyagent.proto.kv.placement import shard_of
 from pyagent_simnet.linearizability import HistoryRecorder, check
 
 SHARDS = 64
+KV_FRAMES_SENT = f"protocol_sent_frames{{protocol={PROTOCOL_ID}}}"
+IDLE_WINDOW_S = 3.0
+IDLE_FRAMES_MAX = 12
 
 
 def pyagent(peer: LocalPeer, *args: str) -> subprocess.CompletedProcess[str]:
@@ -38,6 +44,15 @@ def pyagent(peer: LocalPeer, *args: str) -> subprocess.CompletedProcess[str]:
 def replicated(peer: LocalPeer, replicas: int) -> bool:
     shards = peer.call("kv.shards")
     return len(shards) == SHARDS and all(len(s["voters"]) == replicas and s["leader"] for s in shards)
+
+
+def quiet(peer: LocalPeer) -> bool:
+    return all(s["quiet"] for s in peer.call("kv.shards"))
+
+
+def kv_frames_sent(peer: LocalPeer) -> int:
+    sent: int = peer.call("stats").get(KV_FRAMES_SENT, 0)
+    return sent
 
 
 def leader_of(peers: list[LocalPeer], shard: int) -> LocalPeer:
@@ -71,6 +86,14 @@ def test_three_bootstrapped_daemons_take_writes_with_no_manual_step(
         60,
         "leadership is spread over the three peers",
     )
+    # Then the idle shards go quiet, and the mesh stops sending Raft frames.
+    wait_until(lambda: all(quiet(p) for p in peers), 60, "every shard is quiet on every peer")
+    before = [kv_frames_sent(p) for p in peers]
+    time.sleep(IDLE_WINDOW_S)
+    sent = sum(kv_frames_sent(p) for p in peers) - sum(before)
+    # Awake, each daemon sends ~20 heartbeat frames a second to each peer; a wake (say a false suspicion
+    # by membership on this loaded machine) costs a few before the shards settle again.
+    assert sent <= IDLE_FRAMES_MAX, f"{sent} Raft frames in {IDLE_WINDOW_S} s of an idle mesh"
 
 
 @pytest.mark.parametrize("count", [3, 5])

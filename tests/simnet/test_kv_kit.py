@@ -26,6 +26,15 @@ POWER_LOSS_ONLY = (
     "kv.leader_crash_at_s=[]",
 )
 PLANTED_SEEDS = range(1, 4)
+# No clients and no faults: the shards are founded, replicated and balanced, then left alone.
+IDLE = (
+    "kv.clients=0",
+    "faults=[]",
+    "kv.leader_crash_at_s=[]",
+    "kv.checks.completed_min=0",
+    "kv.checks.recovery_bound_s=0",
+    "checks.liveness=false",
+)
 
 
 def fresh_run(seed: int, *overrides: str) -> Outcome:
@@ -104,6 +113,18 @@ def test_a_write_retried_after_a_silent_try_applies_once() -> None:
     # be proposed after the client has moved on.
     for seed in (1, 2, 3):
         assert_clean(fresh_run(seed, "kv.attempt_timeout_ms=500"))
+
+
+def test_an_idle_mesh_goes_quiet() -> None:
+    # The second half of the run (simnet's late window) carries membership's traffic and nothing of the
+    # idle shards: the same mesh without the KV store sends as much. Awake, their heartbeats would add
+    # some 2 kB/s per peer to membership's ~40 B/s.
+    idle = fresh_run(1, *IDLE)
+    membership_only = fresh_run(1, *IDLE, 'components=["membership"]')
+    assert idle.exit_code == EXIT_OK, explain(idle)
+    assert idle.result["bytes_per_peer_per_s"] > 2 * membership_only.result["bytes_per_peer_per_s"]
+    late, late_membership = (o.result["late_bytes_per_peer_per_s"] for o in (idle, membership_only))
+    assert late - late_membership <= 0.1 * late_membership, (late, late_membership)
 
 
 @pytest.mark.slow

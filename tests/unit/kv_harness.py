@@ -4,7 +4,7 @@ Each node is a real ``NodeCore`` holding one ``RaftKv`` (with the real multi-Raf
 the one ``Interpreter``. Messages go through the real frame codec and arrive after a fixed latency;
 timers fire in time order; writes go to the node's ``MemoryStore`` and are durable at once (so a killed
 node restarts from everything it was told was persisted); a transfer arrives whole. Membership is a
-fixed view: every node that is up is alive.
+fixed view: every node that is up is alive, and every node that is down is dead (at once).
 """
 
 from __future__ import annotations
@@ -57,6 +57,12 @@ class View:
 
     def members(self) -> list[Any]:
         return [Record(peer) for peer, node in self.cluster.nodes.items() if node.up]
+
+    def member(self, peer: str) -> Any:
+        node = self.cluster.nodes.get(peer)
+        if node is None:
+            return None
+        return Record(peer, State.ALIVE if node.up else State.DEAD)
 
 
 @dataclass

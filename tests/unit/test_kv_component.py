@@ -221,3 +221,52 @@ def test_a_leader_whose_transfer_aborts_keeps_serving() -> None:
     assert node.kv.counters["forwards"] == forwards, "the leader forwarded its own shard's write"
     cluster.cut.clear()
     assert ok(cluster.request(target, Get(key))) == b"after"
+
+
+def _all_quiet(cluster: Cluster) -> bool:
+    return all(s.quiet for node in cluster.nodes.values() if node.up for s in node.kv.shard_statuses())
+
+
+def test_an_idle_cluster_goes_quiet_and_sends_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster = formed()
+    ok(cluster.request("peer-0", Put(b"idle", b"soon")))
+    cluster.run_for(15)  # past the leader balancing that placement asks for
+    assert _all_quiet(cluster)
+    frames = []
+    deliver = cluster.deliver
+    monkeypatch.setattr(cluster, "deliver", lambda *frame: (frames.append(frame), deliver(*frame)))
+    cluster.run_for(5)
+    assert frames == []
+    # A write wakes its shard, and it goes quiet again.
+    ok(cluster.request("peer-2", Put(b"idle", b"woken")))
+    assert frames and not _all_quiet(cluster)
+    cluster.run_for(2)
+    assert _all_quiet(cluster)
+    assert ok(cluster.request("peer-1", Get(b"idle", stale=True))) == b"woken"
+
+
+def test_membership_news_wakes_a_quiet_shard_whose_leader_died(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kv_harness
+
+    cluster = formed()
+    key = b"sleeper"
+    ok(cluster.request("peer-0", Put(key, b"1")))
+    cluster.run_for(15)
+    assert _all_quiet(cluster)
+    victim = cluster.leader_of(shard_of(key, SHARDS))
+    assert victim is not None
+    # Until membership says so, nobody notices: quiet followers run no election timer.
+    monkeypatch.setattr(kv_harness.View, "member", lambda self, peer: kv_harness.Record(peer))
+    cluster.kill(victim)
+    other = next(p for p in cluster.nodes if p != victim)
+    reply = cluster.request(other, Put(key, b"2"), within_s=10)
+    assert reply.error is not None and reply.error.code == "unavailable", reply
+    monkeypatch.undo()
+    ok(cluster.request(other, Put(key, b"3"), within_s=10))
+    new_leader = cluster.leader_of(shard_of(key, SHARDS))
+    assert new_leader not in (None, victim)
+    cluster.start(victim)
+    assert ok(cluster.request(victim, Get(key))) == b"3"
+    # The restarted node's groups started awake; everything settles quiet again with it.
+    cluster.run_for(5)
+    assert _all_quiet(cluster)

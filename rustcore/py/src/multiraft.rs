@@ -259,6 +259,14 @@ impl MultiRaft {
         result.map_err(|error| raft_error(py, error))
     }
 
+    fn peer_down(&self, py: Python<'_>, node: u64) -> PyResult<()> {
+        self.call(py, |d| d.peer_down(node))
+    }
+
+    fn peer_up(&self, py: Python<'_>, node: u64) -> PyResult<()> {
+        self.call(py, |d| d.peer_up(node))
+    }
+
     fn step(&self, py: Python<'_>, from_node: u64, frame: &[u8]) -> PyResult<()> {
         let result = py.detach(|| self.driver().step(from_node, frame));
         result.map_err(|error| raft_error(py, error))
@@ -362,6 +370,7 @@ impl MultiRaft {
         dict.set_item("voters", status.voters)?;
         dict.set_item("voters_outgoing", status.voters_outgoing)?;
         dict.set_item("learners", status.learners)?;
+        dict.set_item("quiet", status.quiet)?;
         if let Some(progress) = status.progress {
             let progress: BTreeMap<u64, u64> = progress.into_iter().collect();
             dict.set_item("progress", progress)?;

@@ -14,6 +14,11 @@ driver's Ready into ours:
 Requests reach the leader of their shard: a node that is not the leader forwards the request to the
 peer it believes leads, following ``not_leader`` hints (``requests``).
 
+Idle shards go quiet: the driver stops ticking a group whose replicas all hold its whole log, so it sends
+nothing until a request or a peer's message wakes it. A quiet follower runs no election timer, so this
+component follows membership (``_follow_membership``, every tick) and tells the driver which peers are down
+or back; the driver wakes every group such a peer is in.
+
 Who creates the groups: the node that starts a new mesh bootstraps every shard's group with itself as
 the only voter (``FoundShards``). The leader of each group then adds the replicas that placement names,
 as learners first, promoting each once it has caught up, and hands leadership to the placement's
@@ -95,6 +100,8 @@ class MembersView(Protocol):
 
     def members(self) -> list[MemberRecord]: ...
 
+    def member(self, peer: PeerId) -> MemberRecord | None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class FoundShards:
@@ -117,6 +124,8 @@ class ShardStatus:
     lag: int
     # Why the shard is not as placement wants it, for the operator (empty when it is).
     warning: str
+    # This replica is idle and not ticking: its group sends nothing until work or membership news wakes it.
+    quiet: bool
 
 
 class RaftKv(Component):
@@ -154,6 +163,8 @@ class RaftKv(Component):
         self._requests = Requests(config.parked_requests_max)
         self._leaders: dict[int, int] = {}  # shard -> leader node id, as this node last heard
         self._peers: dict[int, PeerId] = {self.node_id: local_peer}
+        # Raft nodes membership holds suspect, dead or gone, as last told to the driver.
+        self._down: set[int] = set()
         # This node's own session, for writes whose client brought none (the CLI, forwarded requests).
         self._client = rng.getrandbits(63) | 1
         self._next_seq = 1
@@ -204,6 +215,7 @@ class RaftKv(Component):
 
     def on_timer(self, suffix: str, now_us: int, out: Ready) -> None:
         out.timers.append(SetTimer(self.timer_key("tick"), now_us + self.config.tick_ms * US_PER_MS))
+        self._follow_membership()
         self.driver.tick()
         for waiting in self._requests.expired(now_us):
             self._fail(waiting, "unavailable", "no leader of this shard answered in time; retry", out)
@@ -756,6 +768,7 @@ class RaftKv(Component):
                     tuple(self._peer_name(n) for n in s["learners"]),
                     lag,
                     warning,
+                    s["quiet"],
                 )
             )
         return statuses
@@ -766,6 +779,22 @@ class RaftKv(Component):
         return status
 
     # --- peers ----------------------------------------------------------------------------------------
+
+    def _follow_membership(self) -> None:
+        """Tell the driver which Raft peers membership holds down, and which are alive again. Idle groups
+        are quiet, with no election timer running, so a failed replica is noticed through membership's
+        failure detector: the driver wakes every group the peer is in."""
+        for node, peer in self._peers.items():
+            record = None if node == self.node_id else self._members.member(peer)
+            if record is None:
+                continue
+            down = record.state is not State.ALIVE
+            if down and node not in self._down:
+                self._down.add(node)
+                self.driver.peer_down(node)
+            elif not down and node in self._down:
+                self._down.discard(node)
+                self.driver.peer_up(node)
 
     def _learn_peer(self, peer: PeerId) -> None:
         self._peers.setdefault(node_id_of(peer), peer)

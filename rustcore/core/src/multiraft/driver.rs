@@ -2,7 +2,6 @@
 //! ties a batch's durability back to each group's raft-rs ready number.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use protobuf::Message as _;
 use raft::eraftpb::{
@@ -12,6 +11,8 @@ use raft::{RawNode, SnapshotStatus, StateRole};
 
 use super::frame::{self, FrameBuilder, MESSAGE_BYTES_MAX};
 use super::group::{role_of, Batch, Group};
+use super::panics;
+use super::quiesce::QUIESCE_CONTEXT;
 use super::recover;
 use super::rng::SplitMix64;
 use super::storage::GroupStorage;
@@ -96,16 +97,10 @@ pub struct Driver {
     /// Held messages whose batch became durable; the next ready sends them at once.
     released: Vec<(u64, Message)>,
     created: Vec<u64>,
-}
-
-fn panic_reason(payload: Box<dyn std::any::Any + Send>) -> String {
-    if let Some(text) = payload.downcast_ref::<&str>() {
-        (*text).to_owned()
-    } else if let Some(text) = payload.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "raft-rs panicked".to_owned()
-    }
+    /// Nodes the caller's membership holds down: a leader may go quiet without them.
+    down: BTreeSet<u64>,
+    /// The group the current call is working on, so that a panic's reason names it.
+    touching: Option<u64>,
 }
 
 /// Messages a peer may send us. Proposals, read-index and transfer requests are never
@@ -139,6 +134,8 @@ fn creates_replica(msg_type: MessageType) -> bool {
 impl Driver {
     pub fn new(config: Config) -> Result<Self> {
         config.validate()?;
+        // The driver reports the panics it catches itself (`guard`), as one line.
+        panics::silence_caught_panics();
         Ok(Self {
             config,
             logger: slog::Logger::root(slog::Discard, slog::o!()),
@@ -148,6 +145,8 @@ impl Driver {
             in_flight: VecDeque::new(),
             released: Vec::new(),
             created: Vec::new(),
+            down: BTreeSet::new(),
+            touching: None,
         })
     }
 
@@ -161,10 +160,14 @@ impl Driver {
         if let Some(reason) = &self.poisoned {
             return Err(Error::Fatal(reason.clone()));
         }
-        match catch_unwind(AssertUnwindSafe(|| f(self))) {
+        self.touching = None;
+        match panics::catch(|| f(self)) {
             Ok(result) => result,
-            Err(payload) => {
-                let reason = panic_reason(payload);
+            Err(panic) => {
+                let reason = match self.touching {
+                    Some(group_id) => format!("group {group_id}: {panic}"),
+                    None => panic,
+                };
                 self.poisoned = Some(reason.clone());
                 Err(Error::Fatal(reason))
             }
@@ -182,12 +185,14 @@ impl Driver {
     }
 
     fn group(&mut self, group_id: u64) -> Result<&mut Group> {
+        self.touching = Some(group_id);
         self.groups
             .get_mut(&group_id)
             .ok_or_else(|| Error::Invalid(format!("no raft group {group_id}")))
     }
 
-    fn leader(&mut self, group_id: u64) -> Result<&mut Group> {
+    /// The group of which this node is the leader, woken: the caller is about to give it work.
+    fn wake_leader(&mut self, group_id: u64) -> Result<&mut Group> {
         let group = self.group(group_id)?;
         let raft = &group.raw().raft;
         if raft.state != StateRole::Leader {
@@ -195,6 +200,7 @@ impl Driver {
                 leader_id: raft.leader_id,
             });
         }
+        group.wake();
         Ok(group)
     }
 
@@ -315,13 +321,43 @@ impl Driver {
         self.groups.keys().copied().collect()
     }
 
+    /// One logical tick for every group that is not quiet.
     pub fn tick(&mut self) -> Result<()> {
         self.guard(|d| {
-            for group in d.groups.values_mut() {
-                group.with(|raw| raw.tick());
+            for (&group_id, group) in &mut d.groups {
+                d.touching = Some(group_id);
+                group.tick(&d.down);
             }
             Ok(())
         })
+    }
+
+    /// The caller's membership holds `node` suspect, dead or gone: wake every group it is in, so
+    /// that followers whose leader it was elect another, and a leader cut off with it steps down.
+    /// Leaders may go quiet again without it.
+    pub fn peer_down(&mut self, node: u64) -> Result<()> {
+        self.guard(|d| {
+            d.down.insert(node);
+            d.wake_groups_of(node);
+            Ok(())
+        })
+    }
+
+    /// `node` is alive again: wake every group it is in, so its leaders bring it up to date.
+    pub fn peer_up(&mut self, node: u64) -> Result<()> {
+        self.guard(|d| {
+            d.down.remove(&node);
+            d.wake_groups_of(node);
+            Ok(())
+        })
+    }
+
+    fn wake_groups_of(&mut self, node: u64) {
+        for group in self.groups.values_mut() {
+            if group.has_member(node) {
+                group.wake();
+            }
+        }
     }
 
     /// A frame from `from_node`: decoded and checked whole before any message is stepped.
@@ -401,8 +437,12 @@ impl Driver {
             self.insert_group(group_id, GroupStorage::empty(group_id), 0)?;
             self.created.push(group_id);
         }
-        // raft-rs refuses a response from a peer it does not track; that is a lost message.
-        let _ = self.group(group_id)?.with(|raw| raw.step(message));
+        self.touching = Some(group_id);
+        let group = self
+            .groups
+            .get_mut(&group_id)
+            .expect("the group exists or was created");
+        group.step(message, &self.down);
         Ok(())
     }
 
@@ -412,7 +452,7 @@ impl Driver {
             if data.len() > PROPOSAL_BYTES_MAX {
                 return invalid(format!("a proposal above {PROPOSAL_BYTES_MAX} bytes"));
             }
-            let group = d.leader(group_id)?;
+            let group = d.wake_leader(group_id)?;
             group
                 .with(|raw| raw.propose(Vec::new(), data.to_vec()))
                 .map_err(|_| Error::NotLeader {
@@ -434,7 +474,7 @@ impl Driver {
             if changes.len() > MEMBERS_MAX || changes.iter().any(|&(_, id)| id == 0) {
                 return invalid(format!("1 to {MEMBERS_MAX} changes of non-zero ids"));
             }
-            let group = d.leader(group_id)?;
+            let group = d.wake_leader(group_id)?;
             let raft = &group.raw().raft;
             // raft-rs would turn these into an empty entry and say nothing; refuse instead.
             if raft.has_pending_conf() {
@@ -481,14 +521,18 @@ impl Driver {
             if ctx.len() > MESSAGE_BYTES_MAX / 2 {
                 return invalid("read_index ctx too large");
             }
-            d.leader(group_id)?.with(|raw| raw.read_index(ctx.to_vec()));
+            if ctx == QUIESCE_CONTEXT {
+                return invalid("that read_index ctx is the driver's quiesce marker");
+            }
+            d.wake_leader(group_id)?
+                .with(|raw| raw.read_index(ctx.to_vec()));
             Ok(())
         })
     }
 
     pub fn transfer_leader(&mut self, group_id: u64, to: u64) -> Result<()> {
         self.guard(|d| {
-            d.leader(group_id)?.with(|raw| raw.transfer_leader(to));
+            d.wake_leader(group_id)?.with(|raw| raw.transfer_leader(to));
             Ok(())
         })
     }
@@ -514,6 +558,7 @@ impl Driver {
             if batch.writes.len() + WRITES_PER_GROUP_MAX > WRITES_MAX {
                 break;
             }
+            self.touching = Some(group_id);
             if std::mem::take(&mut group.snapshot_wanted) {
                 needs_snapshot.push(group_id);
             }
@@ -521,6 +566,10 @@ impl Driver {
                 let collected = group.collect(group_id, &mut batch);
                 readies.push((group_id, collected.number, collected.snapshot_index));
             }
+            // After raft-rs's own messages, so a follower steps the heartbeat before the quiesce.
+            batch
+                .send_now
+                .extend(group.outbox.drain(..).map(|message| (group_id, message)));
         }
         let mut send_now = std::mem::take(&mut self.released);
         send_now.append(&mut batch.send_now);
@@ -542,6 +591,7 @@ impl Driver {
         } else {
             // Nothing written and nothing pending: these readies are durable already.
             for (group_id, number, _) in readies {
+                self.touching = Some(group_id);
                 if let Some(group) = self.groups.get_mut(&group_id) {
                     group.with(|raw| raw.on_persist_ready(number));
                 }
@@ -586,6 +636,7 @@ impl Driver {
             {
                 let batch = d.in_flight.pop_front().expect("checked");
                 for (group_id, number, snapshot_index) in batch.readies {
+                    d.touching = Some(group_id);
                     let Some(group) = d.groups.get_mut(&group_id) else {
                         continue;
                     };
@@ -690,7 +741,8 @@ impl Driver {
 
     pub fn status(&mut self, group_id: u64) -> Result<GroupStatus> {
         self.guard(|d| {
-            let raft = &d.group(group_id)?.raw().raft;
+            let group = d.group(group_id)?;
+            let raft = &group.raw().raft;
             let conf = raft.prs().conf().to_conf_state();
             let progress = (raft.state == StateRole::Leader).then(|| {
                 let mut progress: Vec<(u64, u64)> = raft
@@ -713,6 +765,7 @@ impl Driver {
                 voters_outgoing: conf.voters_outgoing,
                 learners: conf.learners,
                 progress,
+                quiet: group.is_quiet(),
             })
         })
     }

@@ -1,9 +1,12 @@
-//! One replica: a raft-rs `RawNode` whose election timeouts come from the driver's seed, and
-//! the translation of its `Ready` into the driver's batch.
+//! One replica: a raft-rs `RawNode` whose election timeouts come from the driver's seed, whether
+//! it is quiet (see `quiesce`), and the translation of its `Ready` into the driver's batch.
 
-use raft::eraftpb::{EntryType, Message};
+use std::collections::BTreeSet;
+
+use raft::eraftpb::{EntryType, Message, MessageType};
 use raft::{RawNode, StateRole};
 
+use super::quiesce;
 use super::rng::SplitMix64;
 use super::storage::GroupStorage;
 use super::{Committed, EntryKind, Role, RoleChange, Write};
@@ -20,6 +23,12 @@ pub struct Group {
     pub delivered: u64,
     /// raft-rs asked for a snapshot that was not registered (or too old).
     pub snapshot_wanted: bool,
+    /// Not ticked: the group is idle (see `quiesce`).
+    quiet: bool,
+    /// Consecutive ticks this leader's group has been settled.
+    settled_ticks: usize,
+    /// Messages of the driver's own (quiesce heartbeats), sent after raft-rs's in the next ready.
+    pub outbox: Vec<Message>,
 }
 
 /// The parts of a group's ready that the driver merges into its batch.
@@ -63,6 +72,9 @@ impl Group {
             pending_writes: Vec::new(),
             delivered: 0,
             snapshot_wanted: false,
+            quiet: false,
+            settled_ticks: 0,
+            outbox: Vec::new(),
         };
         group.delivered = group.raw.raft.raft_log.applied;
         group.retime();
@@ -99,7 +111,82 @@ impl Group {
     }
 
     pub fn needs_ready(&self) -> bool {
-        !self.pending_writes.is_empty() || self.snapshot_wanted || self.raw.has_ready()
+        !self.pending_writes.is_empty()
+            || self.snapshot_wanted
+            || !self.outbox.is_empty()
+            || self.raw.has_ready()
+    }
+
+    pub fn is_quiet(&self) -> bool {
+        self.quiet
+    }
+
+    /// Whether `node` is a voter or learner of this group.
+    pub fn has_member(&self, node: u64) -> bool {
+        self.raw.raft.prs().iter().any(|(&id, _)| id == node)
+    }
+
+    /// One logical tick, unless the group is quiet. A leader whose group stayed settled for an
+    /// election timeout's worth of ticks goes quiet and tells its replicas.
+    pub fn tick(&mut self, down: &BTreeSet<u64>) {
+        if self.quiet {
+            return;
+        }
+        self.with(|raw| raw.tick());
+        if !quiesce::is_settled(&self.raw.raft, down) {
+            self.settled_ticks = 0;
+            return;
+        }
+        self.settled_ticks += 1;
+        if self.settled_ticks >= self.election_tick {
+            let raft = &self.raw.raft;
+            let replicas = raft
+                .prs()
+                .iter()
+                .map(|(&id, _)| id)
+                .filter(|&id| id != raft.id);
+            let heartbeats: Vec<Message> = replicas
+                .map(|to| quiesce::quiesce_heartbeat(raft, to))
+                .collect();
+            self.outbox.extend(heartbeats);
+            self.quiet = true;
+        }
+    }
+
+    /// Someone has work for this group, or news of a replica: it ticks again.
+    pub fn wake(&mut self) {
+        self.settled_ticks = 0;
+        if std::mem::take(&mut self.quiet) {
+            quiesce::forget_activity(&mut self.raw.raft);
+        }
+    }
+
+    /// Step a peer's message. A quiesce heartbeat that fits quiets a follower (one that does not is
+    /// stepped as an ordinary heartbeat); any other message wakes a quiet group, except a reply in this term that leaves a quiet leader settled (the
+    /// answers to its last heartbeats arrive after it went quiet). An awake group's settled ticks
+    /// go on counting: its leader judges each tick whether the group is still settled.
+    pub fn step(&mut self, mut message: Message, down: &BTreeSet<u64>) {
+        if quiesce::is_quiesce_heartbeat(&message) {
+            if self.with(|raw| quiesce::accept_quiesce(&mut raw.raft, &message)) {
+                self.quiet = true;
+                return;
+            }
+            // Not for this replica's log: an ordinary heartbeat, answered.
+            message.context = Default::default();
+        }
+        let reply_in_term = message.term == self.raw.raft.term
+            && matches!(
+                message.get_msg_type(),
+                MessageType::MsgHeartbeatResponse | MessageType::MsgAppendResponse
+            );
+        if self.quiet && !reply_in_term {
+            self.wake();
+        }
+        // raft-rs refuses a response from a peer it does not track; that is a lost message.
+        let _ = self.with(|raw| raw.step(message));
+        if self.quiet && (self.raw.has_ready() || !quiesce::is_settled(&self.raw.raft, down)) {
+            self.wake();
+        }
     }
 
     /// Take this group's ready into `batch`, update the in-memory storage to match, and

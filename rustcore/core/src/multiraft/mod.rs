@@ -9,12 +9,16 @@
 //!
 //! Modules: [`frame`] is the wire format; `storage` keeps each group's persisted state in memory
 //! for raft-rs and produces the writes; `group` wraps one `RawNode`; `driver` runs them all;
-//! `recover` rebuilds groups from what was persisted; `keys` names what is persisted.
+//! `quiesce` decides when an idle group stops ticking and what wakes it; `panics` turns a raft-rs
+//! panic into one fatal error; `recover` rebuilds groups from what was persisted; `keys` names what
+//! is persisted.
 
 mod driver;
 pub mod frame;
 mod group;
 mod keys;
+mod panics;
+mod quiesce;
 mod recover;
 pub(crate) mod rng;
 mod storage;
@@ -191,4 +195,6 @@ pub struct GroupStatus {
     pub learners: Vec<u64>,
     /// For a leader: `(node, matched index)` per peer, in node order.
     pub progress: Option<Vec<(u64, u64)>>,
+    /// The group is idle and not ticked (see `quiesce`).
+    pub quiet: bool,
 }

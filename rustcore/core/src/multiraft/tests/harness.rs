@@ -399,6 +399,57 @@ impl Cluster {
         self.node(leader).driver.propose(group_id, data).unwrap()
     }
 
+    /// Frames every node has handed out so far (both lanes).
+    pub fn frames_sent(&self) -> usize {
+        self.nodes
+            .values()
+            .flat_map(|node| &node.readies)
+            .map(|ready| ready.send_now.len() + ready.send_after_persist.len())
+            .sum()
+    }
+
+    /// Cut `id` off, and let membership on both sides notice.
+    pub fn isolate(&mut self, id: u64) {
+        self.cut.insert(id);
+        self.tell_both_sides(id, false);
+    }
+
+    /// Heal what `isolate(id)` did.
+    pub fn rejoin(&mut self, id: u64) {
+        self.cut.remove(&id);
+        self.tell_both_sides(id, true);
+    }
+
+    fn tell_both_sides(&mut self, id: u64, up: bool) {
+        self.tell_membership(id, up);
+        let others: Vec<u64> = self.nodes.keys().copied().filter(|&o| o != id).collect();
+        let driver = &mut self.node(id).driver;
+        for other in others {
+            if up {
+                driver.peer_up(other).unwrap();
+            } else {
+                driver.peer_down(other).unwrap();
+            }
+        }
+    }
+
+    /// Membership on every other node holds `id` down (`up` false) or alive again.
+    pub fn tell_membership(&mut self, id: u64, up: bool) {
+        for (&other, node) in &mut self.nodes {
+            if other != id {
+                if up {
+                    node.driver.peer_up(id).unwrap();
+                } else {
+                    node.driver.peer_down(id).unwrap();
+                }
+            }
+        }
+    }
+
+    pub fn is_quiet(&mut self, id: u64, group_id: u64) -> bool {
+        self.node(id).driver.status(group_id).unwrap().quiet
+    }
+
     pub fn values(&self, id: u64, group_id: u64) -> Vec<Vec<u8>> {
         self.nodes[&id].sm[&group_id].values.clone()
     }

@@ -1,6 +1,7 @@
 //! The driver's behaviour, on an in-memory cluster (see `harness`).
 
 mod harness;
+mod quiesce;
 
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
@@ -9,11 +10,11 @@ use super::frame::FrameBuilder;
 use super::{ConfChangeKind, Config, Driver, Error, Role, Write, INIT_INDEX};
 use harness::{decode_frame, Cluster};
 
-fn groups(n: u64) -> Vec<u64> {
+pub(super) fn groups(n: u64) -> Vec<u64> {
     (0..n).collect()
 }
 
-fn three_nodes(seed: u64, group_count: u64) -> Cluster {
+pub(super) fn three_nodes(seed: u64, group_count: u64) -> Cluster {
     let mut cluster = Cluster::new(&[1, 2, 3], seed);
     for group_id in groups(group_count) {
         cluster.bootstrap(group_id, &[1, 2, 3]);
@@ -115,7 +116,7 @@ fn many_groups_share_one_write_batch_and_one_frame_per_peer() {
             );
         }
     }
-    // Idle groups still heartbeat, but in one frame per peer per ready.
+    // Groups heartbeat until they go quiet, in one frame per peer per ready.
     for _ in 0..5 {
         cluster.tick();
     }
@@ -489,7 +490,14 @@ fn a_raft_panic_poisons_the_driver() {
     // A heartbeat that commits far past the follower's log makes raft-rs panic.
     let forged = heartbeat(leader, follower, term, 1_000_000);
     let driver = &mut cluster.node(follower).driver;
-    assert!(matches!(driver.step(leader, &forged), Err(Error::Fatal(_))));
+    let Err(Error::Fatal(reason)) = driver.step(leader, &forged) else {
+        panic!("the forged heartbeat did not poison the driver");
+    };
+    assert!(reason.starts_with("group 0: "), "{reason}");
+    assert!(
+        reason.contains("out of range") && reason.contains("raft_log.rs:"),
+        "{reason}"
+    );
     assert!(matches!(driver.tick(), Err(Error::Fatal(_))));
     assert!(matches!(driver.has_ready(), Err(Error::Fatal(_))));
 }
@@ -522,8 +530,8 @@ fn recover_refuses_inconsistent_state() {
     );
 }
 
-/// Random ticks, proposals, partitions, fsyncs, compactions (so lagging replicas need snapshots)
-/// and crashes that lose unsynced writes: replicas
+/// Random ticks, proposals, partitions (which membership notices), fsyncs, compactions (so
+/// lagging replicas need snapshots) and crashes that lose unsynced writes: replicas
 /// never disagree on what they applied, and after healing they all converge.
 #[test]
 fn random_faults_keep_replicas_consistent() {
@@ -557,8 +565,10 @@ fn random_faults_keep_replicas_consistent() {
                 }
                 30..=45 => cluster.sync(id),
                 46..=47 => {
-                    if !cluster.cut.remove(&id) && cluster.cut.is_empty() {
-                        cluster.cut.insert(id);
+                    if cluster.cut.contains(&id) {
+                        cluster.rejoin(id);
+                    } else if cluster.cut.is_empty() {
+                        cluster.isolate(id);
                     }
                 }
                 48 => {
@@ -580,7 +590,9 @@ fn random_faults_keep_replicas_consistent() {
                 }
             }
         }
-        cluster.cut.clear();
+        for id in cluster.cut.clone() {
+            cluster.rejoin(id);
+        }
         cluster.sync_writes = true;
         for id in 1..=3 {
             cluster.sync(id);
