@@ -21,8 +21,7 @@ import trio
 
 from pyagent.client import Mesh
 from pyagent.localmesh import LocalPeer, start_mesh, stop_all, wait_until
-from pyagent.lora.client import MergedRound
-from pyagent.proto.lora import PROTOCOL
+from pyagent.proto.lora import PROTOCOL, MergeResult
 
 NUMEL = 200_000
 LOSSLESS = '\n[lora]\ncodec = "f32"\nrelay_codec = "f32"\nround_timeout_ms = 20000\n'
@@ -45,7 +44,7 @@ async def contribute(home: Path, delta: npt.NDArray[np.float32], weight: float) 
         return await mesh.lora.contribute(delta, weight)
 
 
-async def merged(home: Path, round_: int) -> MergedRound:
+async def merged(home: Path, round_: int) -> MergeResult:
     async with Mesh.open(home) as mesh:
         return await mesh.lora.merged(round_)
 
@@ -73,11 +72,11 @@ def test_three_daemons_on_defaults_merge_a_round(mesh: Callable[..., list[LocalP
     peers = mesh_of(mesh, 3)
     values, weights = deltas(3, seed=1), [100.0, 300.0, 600.0]
 
-    async def main() -> list[MergedRound]:
+    async def main() -> list[MergeResult]:
         async with trio.open_nursery() as nursery:
             for peer, value, weight in zip(peers, values, weights, strict=True):
                 nursery.start_soon(contribute, peer.home, value, weight)
-        results: list[MergedRound] = []
+        results: list[MergeResult] = []
         for peer in peers:
             results.append(await merged(peer.home, 0))
         return results
@@ -112,7 +111,7 @@ def test_a_peer_killed_mid_round_leaves_the_exact_mean_of_what_was_delivered(tmp
         values, weights = deltas(3, seed=2), [1.0, 2.0, 3.0]
         victim = peers[2]
 
-        async def main() -> tuple[list[MergedRound], float]:
+        async def main() -> tuple[list[MergeResult], float]:
             started = trio.current_time()
             async with trio.open_nursery() as nursery:
                 for peer, value, weight in zip(peers[:2], values[:2], weights[:2], strict=True):

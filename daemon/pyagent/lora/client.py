@@ -9,7 +9,6 @@ it keeps under ``lora/merged/``. The control socket is owner-only, so the home i
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import numpy.typing as npt
 import trio
 
 from pyagent.controlconn import ClientError, ControlConnection
+from pyagent.proto.lora import MergeResult
 
 CONTRIBUTIONS_DIR = Path("lora") / "contributions"
 # A contribution is answered once the daemon has read and queued it.
@@ -30,19 +30,6 @@ RETRYABLE = frozenset({"busy"})
 
 class LoraError(ClientError):
     """The daemon refused a LoRA request; ``code`` says why (``invalid``, ``stale_round``...)."""
-
-
-@dataclass(frozen=True, slots=True)
-class MergedRound:
-    """A finished round as this peer ended it: the weighted mean of the deltas it was delivered."""
-
-    round: int
-    delta: npt.NDArray[np.float32]
-    weight: float
-    peers: tuple[str, ...]
-    bytes_sent: int
-    bytes_received: int
-    codec: str
 
 
 class LoraClient:
@@ -68,11 +55,11 @@ class LoraClient:
             path.unlink(missing_ok=True)
         return int(result["round"])
 
-    async def merged(self, round: int, timeout_s: float = MERGED_TIMEOUT_S) -> MergedRound:
+    async def merged(self, round: int, timeout_s: float = MERGED_TIMEOUT_S) -> MergeResult:
         """Round ``round``'s result on this peer, once the round has ended (by its deadline at latest)."""
         result = await self._call("lora.merged", {"round": round}, timeout_s)
         delta = await trio.to_thread.run_sync(_load, Path(result["file"]))
-        return MergedRound(
+        return MergeResult(
             round=int(result["round"]),
             delta=delta,
             weight=float(result["weight"]),

@@ -15,8 +15,8 @@ import numpy.typing as npt
 import trio
 
 from pyagent.client import Mesh
-from pyagent.lora.client import MergedRound
 from pyagent.lora.merge import Merged
+from pyagent.proto.lora import MergeResult
 
 
 class MeshMerge:
@@ -26,7 +26,7 @@ class MeshMerge:
     def __init__(self, homes: Sequence[Path], first_round: int = 0) -> None:
         self.homes = tuple(homes)
         self.first_round = first_round
-        self.last: list[MergedRound] = []
+        self.last: list[MergeResult] = []
         """Each daemon's view of the latest round: who took part, bytes, codec."""
 
     def __call__(
@@ -42,8 +42,8 @@ class MeshMerge:
 
     async def _round(
         self, number: int, deltas: Sequence[npt.NDArray[np.float32]], weights: Sequence[float]
-    ) -> list[MergedRound]:
-        results: list[MergedRound | None] = [None] * len(self.homes)
+    ) -> list[MergeResult]:
+        results: list[MergeResult | None] = [None] * len(self.homes)
 
         async def one(index: int) -> None:
             async with Mesh.open(self.homes[index]) as mesh:
