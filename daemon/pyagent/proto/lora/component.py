@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from pyagent.errors import RemoteProtocolError
-from pyagent.lora.codecs import LoraErrorFeedback
+from pyagent.lora.codecs import LoraCodec, LoraErrorFeedback, lora_choose_codec
 from pyagent.proto.component import Component
 from pyagent.proto.events import (
     LocalRequest,
@@ -39,6 +39,7 @@ from pyagent.proto.events import (
 from pyagent.proto.identity import Identity
 from pyagent.proto.lora import grid, messages, values
 from pyagent.proto.lora.aggregate import aggregate
+from pyagent.proto.lora.bandwidth import UplinkEstimate
 from pyagent.proto.lora.commands import (
     COMMAND_TYPES,
     AwaitMerged,
@@ -47,11 +48,11 @@ from pyagent.proto.lora.commands import (
     MergeResult,
     RoundFinished,
 )
-from pyagent.proto.lora.config import Config
+from pyagent.proto.lora.config import AUTO, Config
 from pyagent.proto.lora.rounds import Held, Step, Vector
 from pyagent.proto.membership.records import LIVE_STATES, MemberRecord
 from pyagent.proto.ready import BytesSource, Ready, Reply, Send, SetTimer, Transfer
-from pyagent.proto.types import US_PER_MS, PeerId, Rng
+from pyagent.proto.types import US_PER_MS, US_PER_S, PeerId, Rng
 
 NAME = "lora"
 # Requests waiting for a round's result, and incoming blobs being assembled at once.
@@ -112,7 +113,7 @@ class LoraAveraging(Component):
         # The plugins' pyagent_lora_transform_delta (hookspecs.py), or None.
         self._hooks = hooks
         self._blob_limits = messages.blob_limits(config.blob_bytes_max)
-        self._own_codec = values.codec_for(config, relay=False)
+        self._own_codec = None if config.codec == AUTO else values.codec_for(config, relay=False)
         self._relay_codec = values.codec_for(config, relay=True)
         self._feedback: LoraErrorFeedback | None = None
         self._round: _Round | None = None
@@ -122,8 +123,12 @@ class LoraAveraging(Component):
         self._results: OrderedDict[int, MergeResult] = OrderedDict()
         self._waiters: dict[int, int] = {}  # request id -> round
         self._incoming: dict[tuple[PeerId, int], bytearray] = {}
-        # Our transfers still running: id -> (round, receiver). Ids only grow, so they never repeat.
-        self._outgoing: dict[int, tuple[int, PeerId]] = {}
+        # Our transfers still running: id -> (round, receiver, started, bytes). Ids only grow, so they
+        # never repeat.
+        self._outgoing: dict[int, tuple[int, PeerId, int, int]] = {}
+        self._uplink = UplinkEstimate(config.bandwidth_guess_bytes_per_s)
+        # With codec = "auto": the codec the latest round chose for this peer's own delta.
+        self._chosen: str | None = None
         self._next_transfer = 0
         self._refused: OrderedDict[tuple[PeerId, int], None] = OrderedDict()
         # Verified blobs for rounds this peer has not started yet, by (round, sender, step), with their
@@ -138,7 +143,17 @@ class LoraAveraging(Component):
 
     @property
     def codec_name(self) -> str:
-        return values.describe(self.config)
+        return values.describe(self.config, chosen=self._chosen)
+
+    def _own_codec_for(self, state: _Round) -> LoraCodec | None:
+        """The codec of this peer's own delta this round: the configured one, or with "auto" the most
+        precise one whose frame moves within a quarter of a step at the measured bandwidth."""
+        if self.config.codec != AUTO:
+            return self._own_codec
+        step_s = self.config.round_timeout_ms * US_PER_MS / len(state.steps) / US_PER_S
+        codec = lora_choose_codec(self._uplink.bytes_per_s, state.numel, step_s / 4)
+        self._chosen = values.describe_codec(codec)
+        return codec
 
     # --- local requests -------------------------------------------------------------------------------
 
@@ -273,7 +288,7 @@ class LoraAveraging(Component):
         while not state.finished:
             step = state.steps[state.current]
             if not step.sent:
-                self._send_value(state, step, out)
+                self._send_value(state, step, now_us, out)
             if step.my_report is None:
                 step.given_up |= step.missing_from_reports() | (state.gone & set(step.other_senders))
                 if not step.frames_settled():
@@ -284,10 +299,10 @@ class LoraAveraging(Component):
                 return
             self._decide(state, now_us, out)
 
-    def _send_value(self, state: _Round, step: Step, out: Ready) -> None:
+    def _send_value(self, state: _Round, step: Step, now_us: int, out: Ready) -> None:
         step.sent = True
         first = state.current == 0
-        codec = self._own_codec if first else self._relay_codec
+        codec = self._own_codec_for(state) if first else self._relay_codec
         feedback = self._feedback if first else None
         if step.plan.senders == (self.local_peer,):
             step.held[self.local_peer] = Held(state.weight, state.contributors, state.value)
@@ -312,7 +327,7 @@ class LoraAveraging(Component):
             if peer in state.gone:
                 continue
             self._next_transfer += 1
-            self._outgoing[self._next_transfer] = (state.number, peer)
+            self._outgoing[self._next_transfer] = (state.number, peer, now_us, len(data))
             out.transfers.append(Transfer(peer, messages.PROTOCOL, self._next_transfer, source))
             state.bytes_sent += len(data)
 
@@ -327,7 +342,7 @@ class LoraAveraging(Component):
         """End the current step with the common set as it stands, and aggregate over it."""
         step = state.steps[state.current]
         if not step.sent:
-            self._send_value(state, step, out)
+            self._send_value(state, step, now_us, out)
         if step.my_report is None:
             self._send_report(state, step, step.other_receivers, out)
         common, _ = step.common_set()
@@ -459,7 +474,9 @@ class LoraAveraging(Component):
                 if target is not None and target[0] == self._round_number():
                     self._peer_gone(target[1], now_us, out)
             case TransferDone():
-                self._outgoing.pop(event.transfer_id, None)
+                sent = self._outgoing.pop(event.transfer_id, None)
+                if sent is not None:
+                    self._uplink.observe(sent[3], now_us - sent[2])
             case _:
                 pass
 

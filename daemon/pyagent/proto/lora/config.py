@@ -8,6 +8,9 @@ from typing import Any
 from pyagent.errors import ConfigError
 
 CODECS = ("f32", "fp16", "int8", "int4", "int2")
+# A peer's own delta may also take "auto": per round, the most precise codec whose frame moves within a
+# quarter of a step at the measured bandwidth (``bandwidth.py``; the core's ``lora_choose_codec``).
+AUTO = "auto"
 AGGREGATORS = ("mean", "trimmed_mean", "centered_clip")
 
 
@@ -18,6 +21,8 @@ class Config:
     # "f32" is lossless: the exact weighted mean of the delivered deltas, at 32 bits per value.
     codec: str = "int2"
     relay_codec: str = "int8"
+    # With codec = "auto": the bandwidth assumed until this peer's first transfers are measured.
+    bandwidth_guess_bytes_per_s: int = 12_500_000
     # Top-k: keep ``density`` of every ``chunk_size`` values (1.0 = dense). Blocks share one scale.
     density: float = 0.03
     chunk_size: int = 4096
@@ -58,10 +63,10 @@ class Config:
         return config
 
     def _check(self) -> None:
-        for key in ("codec", "relay_codec"):
-            if getattr(self, key) not in CODECS:
+        for key, allowed in (("codec", (*CODECS, AUTO)), ("relay_codec", CODECS)):
+            if getattr(self, key) not in allowed:
                 raise ConfigError(
-                    f"[lora] {key} must be one of {', '.join(CODECS)}, got {getattr(self, key)!r}"
+                    f"[lora] {key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}"
                 )
         if self.aggregator not in AGGREGATORS:
             raise ConfigError(
@@ -87,6 +92,7 @@ class Config:
             "numel_max",
             "blob_bytes_max",
             "rounds_kept",
+            "bandwidth_guess_bytes_per_s",
         ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"[lora] {key} must be a positive integer, got {getattr(self, key)}")

@@ -13,7 +13,7 @@ import numpy.typing as npt
 
 from pyagent.errors import RemoteProtocolError
 from pyagent.lora.codecs import LoraCodec, LoraErrorFeedback, LoraFrameError, decode
-from pyagent.proto.lora.config import Config
+from pyagent.proto.lora.config import AUTO, Config
 
 Vector = npt.NDArray[np.float32]
 _F32 = np.dtype("<f4")
@@ -38,12 +38,23 @@ def codec_for(config: Config, relay: bool) -> LoraCodec | None:
     return LoraCodec(name, config.block_size, config.chunk_size, config.k_per_chunk)
 
 
-def describe(config: Config) -> str:
-    """The codecs of ``config`` in words, for status and reports: ``int2 top-123/4096, relay int8``."""
-    own = config.codec
-    if config.codec != "f32" and config.k_per_chunk:
-        own = f"{config.codec} top-{config.k_per_chunk}/{config.chunk_size}"
-    return f"{own}, relay {config.relay_codec}"
+def describe_codec(codec: LoraCodec | None) -> str:
+    """One codec in words: ``f32``, ``int8``, ``int2 top-123/4096``."""
+    if codec is None:
+        return "f32"
+    if codec.k_per_chunk:
+        return f"{codec.codec} top-{codec.k_per_chunk}/{codec.chunk_size}"
+    return codec.codec
+
+
+def describe(config: Config, chosen: str | None = None) -> str:
+    """The codecs of ``config`` in words, for status and reports: ``int2 top-123/4096, relay int8``.
+    With codec = "auto", ``chosen`` is the codec the latest round picked (``auto: int4, relay int8``)."""
+    if config.codec == AUTO:
+        own = AUTO if chosen is None else f"{AUTO}: {chosen}"
+    else:
+        own = describe_codec(codec_for(config, relay=False))
+    return f"{own}, relay {describe_codec(codec_for(config, relay=True))}"
 
 
 def encode(values: Vector, codec: LoraCodec | None, feedback: LoraErrorFeedback | None) -> Encoded:
