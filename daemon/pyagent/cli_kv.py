@@ -91,7 +91,8 @@ def cmd_shards(args: argparse.Namespace, ctx: Any) -> int:
     rows = [
         [
             str(s["shard"]),
-            s["role"],
+            # A quiet group is idle and sends nothing until a request or membership news wakes it.
+            f"{s['role']} (quiet)" if s["quiet"] else s["role"],
             _short(s["leader"]),
             str(s["term"]),
             str(s["commit"]),
@@ -148,7 +149,7 @@ def register(sub: Any, command: Register, parser_class: type[argparse.ArgumentPa
     command(
         sub,
         "shards",
-        "the shards this node holds: role, leader, term, commit/applied index, replicas, lag",
+        "the shards this node holds: role (quiet: idle), leader, term, commit/applied index, replicas, lag",
         cmd_shards,
         json_output=True,
     )

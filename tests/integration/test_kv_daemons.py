@@ -88,6 +88,8 @@ def test_three_bootstrapped_daemons_take_writes_with_no_manual_step(
     )
     # Then the idle shards go quiet, and the mesh stops sending Raft frames.
     wait_until(lambda: all(quiet(p) for p in peers), 60, "every shard is quiet on every peer")
+    shown = pyagent(peers[0], "shards")
+    assert shown.returncode == 0 and "(quiet)" in shown.stdout, shown.stdout
     before = [kv_frames_sent(p) for p in peers]
     time.sleep(IDLE_WINDOW_S)
     sent = sum(kv_frames_sent(p) for p in peers) - sum(before)
