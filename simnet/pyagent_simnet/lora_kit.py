@@ -38,7 +38,7 @@ Signing: every node signs with a real Ed25519 key derived from the run's seed (`
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -151,42 +151,40 @@ class LoraKit(Kit):
         return LoraWorkload(sim)
 
     def plots(self, result: Mapping[str, Any], out_dir: Path) -> list[Path]:
-        written = []
-        disagreement = result.get("lora_disagreement_by_round") or []
-        if disagreement:
-            points = [(i + 1, max(v, 1e-12)) for i, v in enumerate(disagreement)]
-            written.append(
-                report.line(
-                    out_dir / "lora_agreement.png",
-                    points,
-                    "round",
-                    "max relative disagreement",
-                    "Agreement against round",
-                )
-            )
-        losses = result.get("lora_eval_loss_by_round") or []
-        if losses:
-            written.append(
-                report.line(
-                    out_dir / "lora_eval_loss.png",
-                    [(i, v) for i, v in enumerate(losses)],
-                    "round",
-                    "eval loss (honest peers)",
-                    "Merged eval loss against round",
-                )
-            )
-        sent = result.get("lora_bytes_sent_per_peer") or []
-        if sent:
-            written.append(
-                report.line(
-                    out_dir / "lora_bytes_per_peer.png",
-                    list(enumerate(sorted(sent))),
-                    "peer (sorted)",
-                    "bytes sent",
-                    "Bytes sent per peer",
-                )
-            )
-        return written
+        # (figure, file, x label, y label, title, the figure's values as points)
+        charts: tuple[
+            tuple[str, str, str, str, str, Callable[[list[float]], list[tuple[float, float]]]], ...
+        ] = (
+            (
+                "lora_disagreement_by_round",
+                "lora_agreement.png",
+                "round",
+                "max relative disagreement",
+                "Agreement against round",
+                lambda values: [(i + 1, max(v, 1e-12)) for i, v in enumerate(values)],
+            ),
+            (
+                "lora_eval_loss_by_round",
+                "lora_eval_loss.png",
+                "round",
+                "eval loss (honest peers)",
+                "Merged eval loss against round",
+                lambda values: list(enumerate(values)),
+            ),
+            (
+                "lora_bytes_sent_per_peer",
+                "lora_bytes_per_peer.png",
+                "peer (sorted)",
+                "bytes sent",
+                "Bytes sent per peer",
+                lambda values: list(enumerate(sorted(values))),
+            ),
+        )
+        return [
+            report.line(out_dir / name, points(result[key]), x_label, y_label, title)
+            for key, name, x_label, y_label, title, points in charts
+            if result.get(key)
+        ]
 
 
 class _KitState:
