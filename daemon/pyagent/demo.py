@@ -131,6 +131,8 @@ def main(count: int, duration_s: float | None) -> int:
     codes = stop_all(peers)
     for peer, code in zip(peers, codes, strict=True):
         _say(f"   {peer.name} stopped (exit code {code}{', killed by the demo' if code == -9 else ''})")
+        if code not in (0, -9):
+            _say(f"      its log ends: {peer.last_log_line()}")
     ok &= all(code in (0, -9) for code in codes)
     if ok:
         shutil.rmtree(base, ignore_errors=True)

@@ -126,6 +126,12 @@ class LocalPeer:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def last_log_line(self) -> str:
+        """The log's last line: for a daemon that crashed, the exception that ended it."""
+        # Strip the frame that trio's exception groups draw around a traceback.
+        lines = [line.strip(" |+-") for line in self.log_text().splitlines() if line.strip(" |+-")]
+        return lines[-1] if lines else "(empty log)"
+
 
 @dataclass(frozen=True)
 class Placement:

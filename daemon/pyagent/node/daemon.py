@@ -557,11 +557,15 @@ async def run(home: Path, config: Config) -> None:
             "daemon ready",
             extra={"peer_id": peer_id, "addrs": ",".join(host.announced_addrs()), "private": psk is not None},
         )
-        nursery.start_soon(mesh.join_mesh, node, seeds, rng, lambda: node.request(kv.FoundShards()))
-        nursery.start_soon(mesh.refresh_load, node.request, node.local_metadata, members.live_count)
-        nursery.start_soon(mesh.refresh_addrs, node.request, node.addrs_to_gossip, node.local_addrs)
         nursery.start_soon(_handle_signals, node.stop)
-        await node.stop.wait()
+        async with trio.open_nursery() as upkeep:
+            upkeep.start_soon(mesh.join_mesh, node, seeds, rng, lambda: node.request(kv.FoundShards()))
+            upkeep.start_soon(mesh.refresh_load, node.request, node.local_metadata, members.live_count)
+            upkeep.start_soon(mesh.refresh_addrs, node.request, node.addrs_to_gossip, node.local_addrs)
+            await node.stop.wait()
+            # These tasks speak for this node to the mesh; once it has left, the core refuses them with
+            # "left", so they end before the leave rather than race it.
+            upkeep.cancel_scope.cancel()
         await node.leave()
         with trio.move_on_after(CONTROL_ANSWERS_GRACE_S):
             await control.answers_written()
