@@ -88,6 +88,9 @@ class HostSection:
     upgrade_timeout_ms: int = 5_000
     open_stream_timeout_ms: int = 5_000
     connections_max: int = 256
+    # Membership's small frames as sealed UDP datagrams on the listen port (so open it for udp as well as
+    # tcp); off, or where udp does not get through, they take the tcp streams (docs/meshes.md).
+    datagrams: bool = True
     # Flood limits (docs/running-a-peer.md); the defaults are pyagent.node.host_config.FloodLimits'.
     pending_handshakes_max: int = 64
     pending_handshakes_per_ip_max: int = 8
@@ -214,7 +217,10 @@ def _fill_section(section: Any, values: dict[str, Any], where: str) -> None:
         if isinstance(default, list):
             if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
                 raise ConfigError(f"{where} '{key}' must be a list of strings")
-        elif isinstance(default, bool) or not isinstance(value, type(default)) or isinstance(value, bool):
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where} '{key}' must be true or false, got {value!r}")
+        elif not isinstance(value, type(default)) or isinstance(value, bool):
             raise ConfigError(f"{where} '{key}' must be a {type(default).__name__}, got {value!r}")
         setattr(section, key, value)
 
@@ -260,7 +266,8 @@ def flood_limits(section: HostSection, limits_type: Any) -> Any:
 
 def _validate(config: Config, source: str) -> None:
     for f in fields(config.host):
-        if getattr(config.host, f.name) <= 0:
+        value = getattr(config.host, f.name)
+        if not isinstance(value, bool) and value <= 0:
             raise ConfigError(f"{source}: [host] '{f.name}' must be positive")
     from pyagent.node.host_config import FloodLimits
 
@@ -397,6 +404,9 @@ dial_timeout_ms = 5000
 upgrade_timeout_ms = 5000
 open_stream_timeout_ms = 5000
 connections_max = 256
+# Membership's small frames travel as sealed UDP datagrams on the listen port, so open it for udp as
+# well as tcp. false, or a path where udp does not get through, keeps them on tcp (docs/meshes.md).
+datagrams = true
 # Flood limits: what one source IP or one peer may cost (docs/running-a-peer.md). A connection over a
 # limit is closed before its handshake; a stream over the rate is reset. Each refusal is counted.
 pending_handshakes_max = 64         # inbound connections still in their handshakes, in all

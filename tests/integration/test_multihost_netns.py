@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from itertools import permutations
 from pathlib import Path
@@ -35,6 +36,7 @@ LOOPBACK_ONLY = "/ip4/127.0.0.1/tcp/4002"
 # The last byte of the port-forward's public address on the test subnet (hosts are .1, .2, ...).
 PUBLIC_INDEX = 100
 CONVERGE_TIMEOUT_S = 30.0
+SUSPICION_WATCH_S = 10.0
 
 
 @pytest.fixture
@@ -73,6 +75,13 @@ def test_default_config_meshes_across_hosts_at_real_addresses(net: Network, daem
         assert loopback_only.call("id")["addrs"] == [loopback_addr]
         held = [{m["peer"]: m["addrs"] for m in p.call("members")}[loopback_only.peer_id] for p in peers]
         assert held == [[loopback_addr], [], []], "loopback reaches the same host's daemon, and only it"
+        # Membership's frames travel as datagrams between hosts: each host proved its UDP path to the
+        # two others (set up over the libp2p connection, then echoed).
+        wait_until(
+            lambda: all(p.call("stats")["datagram_paths_proven"] >= HOST_COUNT - 1 for p in peers),
+            CONVERGE_TIMEOUT_S,
+            "datagram paths between the hosts",
+        )
         for pinger, target in permutations(range(HOST_COUNT), 2):
             # The CLI in the pinger's namespace, by peer id: it dials what gossip says, if not connected.
             command = net.hosts[pinger].command(
@@ -133,3 +142,35 @@ def test_an_address_two_peers_observe_behind_a_port_forward_is_announced(
 
 def members_addrs(peer: LocalPeer) -> dict[str, list[str]]:
     return {m["peer"]: m["addrs"] for m in peer.call("members")}
+
+
+@pytest.mark.timeout(120)
+def test_a_host_whose_firewall_drops_udp_stays_in_the_mesh_over_tcp(tmp_path: Path, net: Network) -> None:
+    """Membership prefers datagrams, but a path is used only once an echo proved it: a host whose
+    firewall lets 4001/tcp in and drops 4001/udp is never suspected, and its frames take the streams."""
+    if shutil.which("nft") is None:
+        pytest.skip("nftables is not installed (apt-get install -y nftables)")
+    walled = net.hosts[-1]
+    net.drop_udp(walled, 4001)
+    placements = [Placement(DEFAULT_LISTEN, tuple(host.command([]))) for host in net.hosts]
+    peers = start_mesh(tmp_path, len(placements), placements=placements)
+    try:
+        with logs_on_failure(peers):
+            wait_until(lambda: converged(peers), CONVERGE_TIMEOUT_S, "the mesh with one host walled off udp")
+            wait_until(
+                lambda: all(p.call("stats")["datagram_paths_failed"] >= 1 for p in peers),
+                CONVERGE_TIMEOUT_S,
+                "every host giving up its udp path to or from the walled host",
+            )
+            open_hosts = peers[:-1]
+            assert all(p.call("stats")["datagram_paths_proven"] >= 1 for p in open_hosts)
+            assert peers[-1].call("stats")["datagram_paths_proven"] == 0
+            # Several probe rounds of every member to every other: nobody is ever held anything but alive.
+            deadline = time.monotonic() + SUSPICION_WATCH_S
+            while time.monotonic() < deadline:
+                for viewer in peers:
+                    states = {m["peer"]: m["state"] for m in viewer.call("members")}
+                    assert set(states.values()) == {"alive"}, (viewer.name, states)
+                time.sleep(0.2)
+    finally:
+        stop_all(peers)

@@ -191,6 +191,8 @@ class Node:
             self.daemon_metrics.member_changed(notice, now_us())
             if notice.new_state in (membership.State.DEAD, membership.State.LEFT):
                 self.dialer.drop(notice.peer)
+            elif notice.new_state is membership.State.SUSPECT:
+                self.host.doubt_datagrams(notice.peer)
         elif isinstance(notice, membership.Isolated):
             mesh.log_isolation(notice)
         self.plugins.hook.pyagent_notice(node=self, notice=notice)
@@ -396,6 +398,7 @@ def host_config(config: Config, psk: bytes | None) -> HostConfig:
         upgrade_timeout_ms=config.host.upgrade_timeout_ms,
         open_stream_timeout_ms=config.host.open_stream_timeout_ms,
         connections_max=config.host.connections_max,
+        datagrams=config.host.datagrams,
         flood_limits=flood_limits(config.host, FloodLimits),
         psk=psk,
         allow_list=frozenset(config.mesh.allow_list) if config.mesh.allow_list else None,
@@ -517,7 +520,7 @@ async def run(home: Path, config: Config) -> None:
     inbox: Inbox[Event | DueTimer] = Inbox(INBOX_CAPACITY, FEEDBACK_MAX)
     host = Host(key_pair, host_config(config, psk), inbox)
     for protocol_id, limits in core.protocols.items():
-        host.register_protocol(protocol_id, limits)
+        host.register_protocol(protocol_id, limits, datagrams=protocol_id == membership.PROTOCOL_ID)
     # Gossip relays a member's addresses to hosts it never met: loopback ones only reach peers on ours.
     host.set_remote_view(membership.PROTOCOL_ID, membership.codec.for_another_host)
 

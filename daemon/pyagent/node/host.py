@@ -39,6 +39,10 @@ from multiaddr.protocols import P_P2P
 from pyagent.errors import ConfigError, RemoteProtocolError
 from pyagent.node import multistream_limit
 from pyagent.node.counters import Counters
+from pyagent.node.datagrams import COUNTER_NAMES as DATAGRAM_COUNTER_NAMES
+from pyagent.node.datagrams import SETUP_LIMITS as DATAGRAM_SETUP_LIMITS
+from pyagent.node.datagrams import SETUP_PROTOCOL as DATAGRAM_SETUP_PROTOCOL
+from pyagent.node.datagrams import DatagramPaths, ip_of
 from pyagent.node.dial_errors import DialError, classify, detail_of
 from pyagent.node.host_config import HostConfig, is_allowed
 from pyagent.node.identify_client import PROTOCOL_ID as IDENTIFY_PROTOCOL_ID
@@ -84,6 +88,7 @@ COUNTER_NAMES = (
     "connections_refused",
     "streams_refused",
     *FLOOD_COUNTER_NAMES,
+    *DATAGRAM_COUNTER_NAMES,
 )
 
 # A shutdown that cannot finish in this time has a bug; it must still not hang the daemon forever.
@@ -129,6 +134,12 @@ class Host:
             events, self._identify, self._known_info, config.identify_timeout_ms / 1000
         )
         swarm.register_notifee(_ConnectionNotifee(self._peer_connected, self._peer_disconnected))
+        self._datagrams: DatagramPaths | None = None
+        if config.datagrams:
+            self._datagrams = DatagramPaths(events, self._counters, self.request, self._remote_ip)
+            self.register_request_handler(
+                DATAGRAM_SETUP_PROTOCOL, DATAGRAM_SETUP_LIMITS, self._datagrams.handle_open
+            )
 
     @property
     def peer_id(self) -> str:
@@ -177,11 +188,15 @@ class Host:
                     self._outbound.attach(nursery)
                     self._presence.attach(nursery)
                     self._nursery = nursery
+                    if self._datagrams is not None:
+                        await self._datagrams.run(nursery, self._bound_ip_ports())
                     try:
                         yield self
                     finally:
                         self._nursery = None
                         self._presence.attach(None)
+                        if self._datagrams is not None:
+                            self._datagrams.close()
                         nursery.cancel_scope.cancel()
             finally:
                 # Closing inside run() is what stops the listener: leaving run() alone keeps the
@@ -201,9 +216,13 @@ class Host:
                     hint = "; another program holds that port: stop it, or pick another port in [node] listen"
                 raise ConfigError(f"cannot listen on {addr}: {reason.lower()}{hint}")
 
-    def register_protocol(self, protocol_id: str, limits: Limits) -> None:
-        """Inbound frames on ``protocol_id`` become MessageReceived events; outbound ones obey ``limits``."""
+    def register_protocol(self, protocol_id: str, limits: Limits, *, datagrams: bool = False) -> None:
+        """Inbound frames on ``protocol_id`` become MessageReceived events; outbound ones obey ``limits``.
+        With ``datagrams``, `send` puts a frame that fits in a datagram on the peer's UDP path once that
+        is proven (``node.datagrams``): for protocols made for loss and reordering, as SWIM is."""
         self._limits[protocol_id] = limits
+        if datagrams and self._datagrams is not None:
+            self._datagrams.carry(protocol_id, limits)
         handler = message_handler(
             protocol_id,
             limits,
@@ -272,6 +291,14 @@ class Host:
             return
         for stream in self._inbound.take(peer, protocol_id):
             self._nursery.start_soon(partial(finish_stream, stream, reset=True))
+        if self._datagrams is not None:
+            self._datagrams.drop_inbound(peer, protocol_id)
+
+    def doubt_datagrams(self, peer: str) -> None:
+        """The peer may be out of reach (membership suspects it): its frames take streams until an echo
+        proves its UDP path again, so that a path that stopped carrying datagrams cannot keep it suspect."""
+        if self._datagrams is not None:
+            self._datagrams.doubt(peer)
 
     async def disconnect(self, peer: str) -> None:
         await self._swarm.close_peer(ID.from_base58(peer))
@@ -292,6 +319,10 @@ class Host:
         frame = encode_frame(message, self._limits.get(protocol_id, DEFAULT_LIMITS))
         if not self._is_connected(ID.from_base58(peer)):
             self._counters.add("send_dropped_not_connected")
+            return
+        if self._datagrams is not None and self._datagrams.send(peer, protocol_id, frame):
+            self._counters.add("frames_out", label=protocol_id)
+            self._counters.add("bytes_out", len(frame), label=protocol_id)
             return
         self._outbound.enqueue(peer, protocol_id, frame)
 
@@ -475,6 +506,24 @@ class Host:
         self._same_host.pop(str(peer_id), None)
         self._presence.disconnected(str(peer_id))
         self._outbound.drop_peer(str(peer_id))
+        if self._datagrams is not None:
+            self._datagrams.drop_peer(str(peer_id))
+
+    def _remote_ip(self, peer: str) -> str | None:
+        """The IP the peer's connection comes from (or goes to): where its UDP socket is."""
+        for conn in self._swarm.get_connections(ID.from_base58(peer)):
+            muxed = conn.muxed_conn
+            if isinstance(muxed, Yamux):
+                return ip_of(muxed.get_remote_address())
+        return None
+
+    def _bound_ip_ports(self) -> list[tuple[str, int]]:
+        bound = []
+        for addr in self._libp2p.get_transport_addrs():
+            names = [p.name for p in addr.protocols()]
+            ip = addr.value_for_protocol("ip6" if "ip6" in names else "ip4")
+            bound.append((str(ip), int(addr.value_for_protocol("tcp"))))
+        return bound
 
 
 class _ConnectionNotifee(INotifee):

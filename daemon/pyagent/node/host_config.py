@@ -67,6 +67,8 @@ class HostConfig:
     read_chunk_size_bytes: int = 64 * 1024
     # What one source address or peer may cost us (node/limits.py).
     flood_limits: FloodLimits = field(default_factory=lambda: FloodLimits())
+    # Membership's small frames as sealed UDP datagrams beside each connection (node/datagrams.py).
+    datagrams: bool = True
 
     def __post_init__(self) -> None:
         for name in (

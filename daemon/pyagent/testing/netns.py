@@ -105,6 +105,18 @@ class Network:
         )
         return public
 
+    def drop_udp(self, host: TestHost, port: int) -> None:
+        """A firewall on ``host`` that drops every UDP datagram to ``port`` (nftables in its namespace),
+        as a cloud security group that opened the port for TCP alone."""
+        rules = (
+            "add table inet pa_filter\n"
+            "add chain inet pa_filter input { type filter hook input priority 0; }\n"
+            f"add rule inet pa_filter input udp dport {port} drop\n"
+        )
+        subprocess.run(
+            [*host.command(["nft", "-f", "-"])], input=rules, check=True, capture_output=True, text=True
+        )
+
     def partition(self, groups: Sequence[Sequence[TestHost]]) -> None:
         """Each group gets its own bridge: hosts in different groups can no longer reach each other."""
         for index, group in enumerate(groups):
