@@ -283,7 +283,7 @@ LISTEN_BACKLOG = 128
 # After this many refusals in a row the accept loop pauses for ACCEPT_PAUSE_S (a backlog's worth: no
 # well-behaved mix of peers is refused that often in a row).
 REFUSALS_BEFORE_PAUSE = LISTEN_BACKLOG
-ACCEPT_PAUSE_S = 0.25
+ACCEPT_PAUSE_S = 1.0
 # Accept errors that mean "out of a resource for now" (trio's serve_listeners waits on them too).
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _ACCEPT_RETRY_S = 0.1
