@@ -3,8 +3,11 @@
 One system after the other, N agents on 127.0.0.1: every byte of every packet to or from an agent's
 port (TCP/UDP and IP headers included), divided by N and by the window: what one member costs the
 network. Three windows each: idle; a ``kill -9`` until every survivor holds the victim dead (Serf:
-failed); a graceful leave until every remaining member holds the leaver left. The churn figure is the
-bytes of the last two windows over their summed length.
+failed); a graceful leave until every remaining member holds the leaver left. Churn is given three
+ways: the bytes of those two windows over their summed length ("until known"), which flatters the system
+that detects later, since it spreads the same work over more seconds; the same bytes per member with no
+time in it ("per kill and leave"); and the bytes of a fixed ``CHURN_WINDOW_S`` from the kill, the leave
+inside it, so that both systems are measured at one churn rate: a kill and a leave every 15 s.
 
 pyagent runs twice: with the KV store's Raft ticks made hourly (``[kv] tick_ms``), so that the figure is
 membership's alone, and with the default config, whose 64 Raft groups heartbeat every 100 ms.
@@ -24,6 +27,8 @@ from wire_counters import WireCount, WireCounters, wire_counters
 # Raft ticks an hour apart: no elections, no heartbeats, so only membership talks.
 KV_QUIET = "\n[kv]\ntick_ms = 3600000\n"
 SETTLE_S = 5.0
+# Long enough for Serf to hold a killed agent failed (5.5-8.5 s here) and a leaver left (under 1 s).
+CHURN_WINDOW_S = 15.0
 POLL_S = 0.1
 Views = dict[str, dict[str, str]]
 
@@ -47,6 +52,9 @@ class WireFigures:
     idle_s: float
     churn: WireCount
     churn_s: float
+    # From the kill to CHURN_WINDOW_S after it (longer only if detection took longer).
+    churn_fixed: WireCount
+    churn_fixed_s: float
     dead_everywhere_s: float
     left_everywhere_s: float
     members: int
@@ -79,6 +87,7 @@ def measure(cluster: Cluster, idle_s: float, timeout_s: float) -> WireFigures:
     with wire_counters(cluster.ports) as counters:
         idle, idle_window = _window(counters, lambda: time.sleep(idle_s))
         survivors = [i for i in range(count) if i != victim]
+        before_kill, killed_at = counters.read(), time.monotonic()
         cluster.kill(victim)
         kill_count, dead_s = _window(
             counters, lambda: _until_all_hold(cluster, survivors, victim, {cluster.dead_state}, timeout_s)
@@ -88,11 +97,15 @@ def measure(cluster: Cluster, idle_s: float, timeout_s: float) -> WireFigures:
         leave_count, left_s = _window(
             counters, lambda: _until_all_hold(cluster, stayers, leaver, {"left"}, timeout_s)
         )
+        time.sleep(max(0.0, killed_at + CHURN_WINDOW_S - time.monotonic()))
+        churn_fixed, churn_fixed_s = counters.read() - before_kill, time.monotonic() - killed_at
     return WireFigures(
         idle=idle,
         idle_s=idle_window,
         churn=_add(kill_count, leave_count),
         churn_s=dead_s + left_s,
+        churn_fixed=churn_fixed,
+        churn_fixed_s=churn_fixed_s,
         dead_everywhere_s=dead_s,
         left_everywhere_s=left_s,
         members=count,
@@ -167,7 +180,17 @@ def rows(ours: WireFigures, whole: WireFigures, serf: WireFigures | None) -> lis
             lambda f: f.idle.pure_ack_packets / f.members / f.idle_s,
             "{:.1f}",
         ),
-        line("churn bytes/s per member", lambda f: f.per_member_per_s(f.churn, f.churn_s), "{:.0f}"),
+        line(
+            f"churn bytes/s per member, {CHURN_WINDOW_S:.0f} s window",
+            lambda f: f.per_member_per_s(f.churn_fixed, f.churn_fixed_s),
+            "{:.0f}",
+        ),
+        line("churn bytes per member per kill and leave", lambda f: f.churn.bytes / f.members, "{:.0f}"),
+        line(
+            "churn bytes/s per member, until known",
+            lambda f: f.per_member_per_s(f.churn, f.churn_s),
+            "{:.0f}",
+        ),
         line("kill -9 -> dead everywhere (s)", lambda f: f.dead_everywhere_s, "{:.1f}"),
         line("leave -> left everywhere (s)", lambda f: f.left_everywhere_s, "{:.2f}"),
     ]
