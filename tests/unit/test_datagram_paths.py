@@ -168,3 +168,18 @@ async def test_doubt_sends_frames_to_the_stream_until_an_echo_proves_the_path_ag
     with trio.fail_after(5):
         while not a.paths.send("b", PROTOCOL, frame(2)):
             await trio.sleep(0.01)
+
+
+async def test_a_path_that_spent_its_counters_is_set_up_again_with_a_fresh_key(
+    pair: tuple[Side, Side],
+) -> None:
+    a, _b = pair
+    await prove(a, _b)
+    path = a.paths._outbound[("b", PROTOCOL)]
+    path.counter = datagram.COUNTER_MAX
+    assert not a.paths.send("b", PROTOCOL, frame(1))  # no nonce left under this key: the stream
+    assert ("b", PROTOCOL) not in a.paths._outbound
+    with trio.fail_after(5):
+        while not a.paths.send("b", PROTOCOL, frame(2)):
+            await trio.sleep(0.01)
+    assert a.paths._outbound[("b", PROTOCOL)].key != path.key

@@ -138,3 +138,22 @@ async def test_a_dropped_peer_is_disconnected_and_redialled_fresh(
         dialer.send("E", "/p", message(1), ("/ip4/192.0.2.5/tcp/1",))
         await trio.sleep(1)
     assert host.dials == ["E", "E"] and host.sent[-1][2]["n"] == 1
+
+
+async def test_a_leaving_node_sends_only_over_the_connections_it_has(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Members that heard of the leave hang up on the leaver; it must not dial them again to repeat it."""
+    host = FakeHost(reachable={"B", "C"})
+    host.connected.add("B")
+    failed: list[tuple[str, str, str]] = []
+    dialer = Dialer(host, DialerConfig(), lambda *failure: failed.append(failure))
+    async with trio.open_nursery() as nursery:
+        dialer.attach(nursery)
+        dialer.stop_dialing()
+        dialer.send("B", "/p", message(0), ("/ip4/192.0.2.2/tcp/1",))
+        dialer.send("C", "/p", message(1), ("/ip4/192.0.2.3/tcp/1",))
+        await trio.sleep(1)
+    assert host.dials == []
+    assert [(peer, m["n"]) for peer, _, m in host.sent] == [("B", 0)]
+    assert failed == [("C", "/p", "this node is leaving the mesh: no new connections")]

@@ -163,6 +163,7 @@ class Node:
             return
         self._left = True
         told = await self.request(membership.Leave())
+        self.dialer.stop_dialing()
         linger_s = LEAVE_LINGER_GOSSIP_INTERVALS * self.members.config.gossip_interval_ms / 1000
         log.info("left the mesh", extra={"told": told, "linger_s": linger_s})
         await trio.sleep(linger_s)

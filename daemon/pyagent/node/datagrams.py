@@ -57,8 +57,9 @@ Request = Callable[[str, str, Message, int], Awaitable[Message]]
 
 @dataclass
 class _Outbound:
-    """Our path to ``peer``: frames we send it."""
+    """Our path to a peer: the frames of one protocol that we send it."""
 
+    route: tuple[str, str]  # (peer, protocol)
     key: bytes
     our_id: int
     their_id: int
@@ -184,6 +185,11 @@ class DatagramPaths:
             self._outbound_by_id.pop(path.our_id, None)
 
     def _send_packet(self, path: _Outbound, kind: Kind, payload: bytes) -> bool:
+        if path.counter == datagram.COUNTER_MAX:
+            # Every nonce of this key is spent: the next send sets a path up with a fresh one.
+            if self._outbound.get(path.route) is path:
+                self._drop_outbound(path.route)
+            return False
         path.counter += 1
         packet = datagram.seal(path.key, kind, path.their_id, path.counter, payload)
         return self._sendto(packet, path.addr)
@@ -246,7 +252,7 @@ class DatagramPaths:
         if reply.get("t") != "opened" or not _is_u32(their_id) or not _is_port(their_port):
             return None
         assert isinstance(their_id, int) and isinstance(their_port, int)
-        return _Outbound(path_key, our_id, their_id, (ip, their_port))
+        return _Outbound((peer, protocol), path_key, our_id, their_id, (ip, their_port))
 
     async def _prove(self, path: _Outbound) -> bool:
         for _attempt in range(ECHO_ATTEMPTS):
@@ -340,6 +346,8 @@ class DatagramPaths:
             raise Rejected("replay")
         self._counters.add("datagrams_in")
         if header.kind is Kind.ECHO:
+            if path.reply_counter == datagram.COUNTER_MAX:
+                raise Rejected("exhausted")
             path.reply_counter += 1
             reply = datagram.seal(path.key, Kind.ECHO_REPLY, path.their_id, path.reply_counter, payload)
             self._sendto(reply, (source[0], source[1]))

@@ -77,6 +77,7 @@ class Dialer:
         self._last_used: OrderedDict[str, float] = OrderedDict()
         self.dial_failures = 0
         self.frames_dropped = 0
+        self._dialing = True
 
     def attach(self, nursery: trio.Nursery | None) -> None:
         self._nursery = nursery
@@ -103,12 +104,20 @@ class Dialer:
         if self._nursery is not None and peer in self._host.connected_peers():
             self._nursery.start_soon(self._host.disconnect, peer)
 
+    def stop_dialing(self) -> None:
+        """This node is leaving: from now on frames go only to peers still connected. A member that
+        heard of the leave closes its connection to us (`drop`), and redialling it to say goodbye again
+        would cost a whole handshake for news it already has."""
+        self._dialing = False
+
     def send(self, peer: str, protocol_id: str, message: Message, addrs: tuple[str, ...] = ()) -> None:
         self.touch(peer)
         if peer in self._pending:
             self._buffer(peer, protocol_id, message)
         elif peer in self._host.connected_peers():
             self._host.send(peer, protocol_id, message)
+        elif not self._dialing:
+            self._drop(peer, protocol_id, "this node is leaving the mesh: no new connections")
         elif not addrs:
             self._host.send(peer, protocol_id, message)  # the host counts the drop
             self.on_send_failed(peer, protocol_id, "not connected, and no address to dial is known")

@@ -10,8 +10,8 @@ to the receiver inside their Noise-secured libp2p connection (behind the private
 any); the receiver answers with a channel id of its own. So no one outside that connection can forge,
 read or replay a datagram, and a private mesh's datagrams are as private as its streams.
 
-Packet: ``kind (1) | channel (4, big-endian) | counter (8) | ChaCha20-Poly1305(payload) with its tag (16)``.
-The header is the AEAD's associated data; the nonce is ``kind | 3 zero bytes | counter``, so the two
+Packet: ``kind (1) | channel (4, big-endian) | counter (4) | ChaCha20-Poly1305(payload) with its tag (16)``.
+The header is the AEAD's associated data; the nonce is ``kind | 7 zero bytes | counter``, so the two
 directions that share a key (``DATA`` and ``ECHO`` from the sender, ``ECHO_REPLY`` from the receiver)
 never reuse one. ``channel`` is always an id the packet's *recipient* chose, so each side finds its key
 with one dictionary lookup. Received counters pass a sliding replay window.
@@ -33,7 +33,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 KEY_BYTES = 32
-HEADER = struct.Struct("!BIQ")
+HEADER = struct.Struct("!BII")
 TAG_BYTES = 16
 OVERHEAD_BYTES = HEADER.size + TAG_BYTES
 # Ethernet's 1,500-byte MTU less an IPv6 header (40) and a UDP one (8): no datagram is fragmented on a
@@ -41,7 +41,9 @@ OVERHEAD_BYTES = HEADER.size + TAG_BYTES
 PACKET_BYTES_MAX = 1_452
 PAYLOAD_BYTES_MAX = PACKET_BYTES_MAX - OVERHEAD_BYTES
 CHANNEL_MAX = 0xFFFF_FFFF
-COUNTER_MAX = 0xFFFF_FFFF_FFFF_FFFF
+# Four bytes, not eight: every datagram carries it, and a key lives only as long as its connection. A
+# path that used them all is set up again with a fresh key (node.datagrams).
+COUNTER_MAX = 0xFFFF_FFFF
 # How far behind the highest counter seen a late datagram may still arrive (WireGuard keeps 2,048; a
 # membership channel sends a few datagrams a second, so 64 spans seconds of reordering).
 REPLAY_WINDOW = 64
@@ -104,7 +106,7 @@ def open_sealed(key: bytes, header: Header, packet: bytes) -> bytes:
 
 
 def _nonce(kind: Kind, counter: int) -> bytes:
-    return struct.pack("!B3xQ", kind, counter)
+    return struct.pack("!B7xI", kind, counter)
 
 
 class ReplayWindow:
