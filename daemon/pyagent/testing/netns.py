@@ -100,9 +100,7 @@ class Network:
             "add chain ip nat prerouting { type nat hook prerouting priority -100; }\n"
             f"add rule ip nat prerouting ip daddr {public} tcp dport {port} dnat to {host.address}:{port}\n"
         )
-        subprocess.run(
-            [*host.command(["nft", "-f", "-"])], input=rules, check=True, capture_output=True, text=True
-        )
+        _nft(host, rules)
         return public
 
     def drop_udp(self, host: TestHost, port: int) -> None:
@@ -113,9 +111,7 @@ class Network:
             "add chain inet pa_filter input { type filter hook input priority 0; }\n"
             f"add rule inet pa_filter input udp dport {port} drop\n"
         )
-        subprocess.run(
-            [*host.command(["nft", "-f", "-"])], input=rules, check=True, capture_output=True, text=True
-        )
+        _nft(host, rules)
 
     def partition(self, groups: Sequence[Sequence[TestHost]]) -> None:
         """Each group gets its own bridge: hosts in different groups can no longer reach each other."""
@@ -146,3 +142,9 @@ def network(host_count: int) -> Iterator[Network]:
         yield net
     finally:
         net.destroy()
+
+
+def _nft(host: TestHost, rules: str) -> None:
+    """Loads an nftables ruleset into ``host``'s namespace."""
+    command = host.command(["nft", "-f", "-"])
+    subprocess.run(command, input=rules, check=True, capture_output=True, text=True)
