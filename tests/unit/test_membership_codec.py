@@ -7,7 +7,7 @@ import random
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pyagent.errors import RemoteProtocolError
@@ -160,6 +160,8 @@ def snapshot(membership: Membership) -> tuple[object, ...]:
 
 
 @given(st.one_of(messages(), mutated()))
+# Found by CI: an unknown key holding an integer msgpack cannot encode made byte counting raise OverflowError.
+@example(message={"v": 1, "t": "mq", "q": [], "s": -(2**63) - 1})
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_a_rejected_message_leaves_the_component_unchanged(message: dict[str, Any]) -> None:
     core, membership = fresh_node()

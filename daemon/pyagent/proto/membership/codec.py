@@ -309,6 +309,16 @@ def packed_size_bytes(value: object) -> int:
     return len(pack(value))
 
 
+def received_size_bytes(message: Message) -> int:
+    """The encoded size of a received message. One decoded from a frame always encodes again, but one
+    handed over in-process (simnet, tests) may hold what no frame can, such as an integer below -2**63:
+    that is refused like any other malformed message."""
+    try:
+        return len(pack(message))
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise RemoteProtocolError(f"message holds a value msgpack cannot encode: {exc}") from None
+
+
 def chunks(sized_items: Iterable[tuple[Any, int]], bytes_max: int, count_max: int) -> list[list[Any]]:
     """Split (item, packed size) pairs into lists that each encode within ``bytes_max`` and hold at most
     ``count_max`` items."""

@@ -994,9 +994,11 @@ class Membership(Component):
 
     def _count(self, direction: str, message: Message) -> None:
         kind = _MESSAGE_NAMES.get(message["t"], "other")
-        self.counters[_COUNTER_NAMES[direction, kind]] += 1
         if self.config.count_bytes:
-            self.counters[f"{direction}_bytes.{kind}"] += codec.packed_size_bytes(message)
+            # Measured before any counter moves: a received message that cannot be measured is refused.
+            measure = codec.received_size_bytes if direction == "recv" else codec.packed_size_bytes
+            self.counters[f"{direction}_bytes.{kind}"] += measure(message)
+        self.counters[_COUNTER_NAMES[direction, kind]] += 1
 
 
 def _gossip_filter(now_us: int, to_dead_us: int) -> Callable[[Member], bool]:
