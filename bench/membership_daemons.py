@@ -5,8 +5,9 @@
     .venv/bin/python bench/membership_daemons.py --wire-only      # bytes on the wire beside Serf only
 
 First, bytes on the wire beside Serf (``membership_wire``): 5 daemons, then 5 Serf agents when ``serf`` is
-installed, each counted by nftables on its agents' ports (IP and TCP/UDP headers included), idle and
-during a kill -9 and a leave, with detection and leave times and our/Serf ratios.
+installed, then 5 more with a gossip key (``-encrypt``: sealed packets, as our datagrams are), each
+counted by nftables on its agents' ports (IP and TCP/UDP headers included), idle and during a kill -9 and
+a leave, with detection and leave times and our/Serf ratios.
 
 For each size, daemons on 127.0.0.1 (``pyagent.localmesh``): the time to converge (from the last daemon's
 control API answering to every daemon holding every member alive), idle traffic per member (the host's
@@ -289,16 +290,19 @@ def wire_run(base: Path, size: int, idle_s: float) -> None:
     try:
         ours = membership_wire.pyagent_run(base / "ours", size, idle_s, timeout_s, membership_wire.KV_QUIET)
         whole = membership_wire.pyagent_run(base / "whole", size, idle_s, timeout_s, "")
-        serf = None
+        serf = sealed_serf = None
         if serf_binary() is None:
             print("\nSerf: skipped (not installed: apt-get install serf)")
         else:
             serf = membership_wire.serf_run(base / "serf", size, idle_s, timeout_s)
+            sealed_serf = membership_wire.serf_run(
+                base / "serf-encrypt", size, idle_s, timeout_s, encrypt=True
+            )
     except NftUnavailable as reason:
         print(f"\non the wire: skipped ({reason})")
         return
     title = f"On the wire, {size} agents on 127.0.0.1 (nftables: all bytes on the agents' ports, IP+TCP/UDP)"
-    print_table(title, membership_wire.rows(ours, whole, serf))
+    print_table(title, membership_wire.rows(ours, whole, serf, sealed_serf))
 
 
 def main() -> None:

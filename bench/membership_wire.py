@@ -143,8 +143,8 @@ def pyagent_run(base: Path, count: int, idle_s: float, timeout_s: float, config_
         stop_all(peers)
 
 
-def serf_run(base: Path, count: int, idle_s: float, timeout_s: float) -> WireFigures:
-    agents: list[SerfAgent] = start_cluster(base, count)
+def serf_run(base: Path, count: int, idle_s: float, timeout_s: float, encrypt: bool = False) -> WireFigures:
+    agents: list[SerfAgent] = start_cluster(base, count, encrypt)
     try:
         names = [a.name for a in agents]
         cluster = Cluster(
@@ -161,18 +161,24 @@ def serf_run(base: Path, count: int, idle_s: float, timeout_s: float) -> WireFig
         stop_cluster(agents)
 
 
-def rows(ours: WireFigures, whole: WireFigures, serf: WireFigures | None) -> list[tuple[str, ...]]:
-    """One row per figure: membership alone, the whole default daemon, Serf, and ours / Serf."""
+def rows(
+    ours: WireFigures, whole: WireFigures, serf: WireFigures | None, sealed_serf: WireFigures | None
+) -> list[tuple[str, ...]]:
+    """One row per figure: membership alone, the whole default daemon, then Serf and Serf with a gossip
+    key (our datagrams are sealed; so are its packets then), each with ours / theirs."""
 
     def line(label: str, pick: Callable[[WireFigures], float], fmt: str) -> tuple[str, ...]:
-        cells = [fmt.format(pick(ours)), fmt.format(pick(whole))]
-        if serf is None:
-            return (label, *cells, "-", "-")
-        ratio = f"{pick(ours) / pick(serf):.2f}x" if pick(serf) else "-"
-        return (label, *cells, fmt.format(pick(serf)), ratio)
+        cells = [label, fmt.format(pick(ours)), fmt.format(pick(whole))]
+        for baseline in (serf, sealed_serf):
+            if baseline is None:
+                cells += ["-", "-"]
+            else:
+                ratio = f"{pick(ours) / pick(baseline):.2f}x" if pick(baseline) else "-"
+                cells += [fmt.format(pick(baseline)), ratio]
+        return tuple(cells)
 
     return [
-        ("figure", "pyagent membership", "pyagent default", "Serf", "ratio"),
+        ("figure", "pyagent membership", "pyagent default", "Serf", "ratio", "Serf -encrypt", "ratio"),
         line("idle bytes/s per member", lambda f: f.per_member_per_s(f.idle, f.idle_s), "{:.0f}"),
         line("idle packets/s per member", lambda f: f.idle.packets / f.members / f.idle_s, "{:.1f}"),
         line(

@@ -7,7 +7,9 @@ SIGINT makes an agent leave gracefully before it exits (Serf's default); SIGKILL
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -30,6 +32,8 @@ class SerfAgent:
     gossip_port: int
     rpc_port: int
     log_path: Path
+    # A base64 gossip key: memberlist then seals every packet with AES-GCM, as our datagrams are sealed.
+    encrypt_key: str = ""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -42,6 +46,7 @@ class SerfAgent:
                 [
                     "serf", "agent", f"-node={self.name}", f"-bind=127.0.0.1:{self.gossip_port}",
                     f"-rpc-addr={self.rpc_addr}", "-log-level=warn",
+                    *([f"-encrypt={self.encrypt_key}"] if self.encrypt_key else []),
                 ],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )  # fmt: skip
@@ -78,11 +83,13 @@ class SerfAgent:
             self.process.wait()
 
 
-def start_cluster(base: Path, count: int) -> list[SerfAgent]:
-    """``count`` agents, the others joined to the first; returns once every agent answers its RPC."""
+def start_cluster(base: Path, count: int, encrypt: bool = False) -> list[SerfAgent]:
+    """``count`` agents, the others joined to the first; returns once every agent answers its RPC. With
+    ``encrypt``, all share one random gossip key (``serf agent -encrypt``)."""
     base.mkdir(parents=True, exist_ok=True)
+    key = base64.b64encode(os.urandom(32)).decode() if encrypt else ""
     agents = [
-        SerfAgent(f"serf-{i}", GOSSIP_PORT_BASE + i, RPC_PORT_BASE + i, base / f"serf-{i}.log")
+        SerfAgent(f"serf-{i}", GOSSIP_PORT_BASE + i, RPC_PORT_BASE + i, base / f"serf-{i}.log", key)
         for i in range(1, count + 1)
     ]
     for agent in agents:
