@@ -57,7 +57,7 @@ async def pair(nursery: trio.Nursery) -> AsyncIterator[tuple[Side, Side]]:
 
     a, b = sides["a"], sides["b"] = make("a", "b"), make("b", "a")
     for side in (a, b):
-        await side.paths.run(nursery, [("127.0.0.1", free_udp_port())])
+        side.paths.start(nursery, [("127.0.0.1", free_udp_port())])
     yield a, b
     for side in (a, b):
         side.paths.close()

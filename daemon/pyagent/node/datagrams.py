@@ -17,7 +17,7 @@ import ipaddress
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass, field
 
 import trio
@@ -95,7 +95,10 @@ class DatagramPaths:
         self._request = request
         self._remote_ip = remote_ip
         self._limits: dict[str, Limits] = {}
-        self._sockets: dict[int, socket.socket] = {}  # by address family
+        # By address family: the plain socket sends (never blocking: a full buffer drops the datagram, as
+        # the network may), and trio's wrapper of the same socket receives and closes it.
+        self._sockets: dict[int, socket.socket] = {}
+        self._receivers: list[trio.socket.SocketType] = []
         self._ports: dict[int, int] = {}
         # Ours, by (peer, protocol); and each one's id, which the peer's ECHO_REPLY comes back with.
         self._outbound: dict[tuple[str, str], _Outbound] = {}
@@ -111,9 +114,9 @@ class DatagramPaths:
         """Frames of ``protocol`` may travel as datagrams (those that fit in one)."""
         self._limits[protocol] = limits
 
-    async def run(self, nursery: trio.Nursery, bound: list[tuple[str, int]]) -> None:
-        """Binds a UDP socket beside each TCP listener and serves them until cancelled. A UDP port that
-        is taken costs only the datagrams: frames keep taking streams."""
+    def start(self, nursery: trio.Nursery, bound: list[tuple[str, int]]) -> None:
+        """Binds a UDP socket beside each TCP listener (one per address family) and receives on it in
+        ``nursery``. A UDP port that is taken costs only the datagrams: frames keep taking streams."""
         for ip, port in bound:
             family = socket.AF_INET6 if ":" in ip else socket.AF_INET
             if family in self._sockets:
@@ -131,13 +134,17 @@ class DatagramPaths:
                 continue
             sock.setblocking(False)
             self._sockets[family], self._ports[family] = sock, port
-            nursery.start_soon(self._receive, trio.socket.from_stdlib_socket(sock))
+            receiver = trio.socket.from_stdlib_socket(sock)
+            self._receivers.append(receiver)
+            nursery.start_soon(self._receive, receiver)
         self._nursery = nursery if self._sockets else None
 
     def close(self) -> None:
         self._nursery = None
-        for sock in self._sockets.values():
-            sock.close()
+        # Closed through trio, so that a receive waiting on the socket ends instead of failing on it.
+        for receiver in self._receivers:
+            receiver.close()
+        self._receivers.clear()
         self._sockets.clear()
 
     # Sending.
@@ -158,10 +165,10 @@ class DatagramPaths:
     def doubt(self, peer: str) -> None:
         """Something says the peer may be unreachable (membership suspects it): its frames take the stream
         until an echo proves its datagram paths again."""
-        for (path_peer, protocol), path in self._outbound.items():
+        for (path_peer, _protocol), path in self._outbound.items():
             if path_peer == peer and path.proven:
                 path.proven = False
-                self._prove_soon(peer, protocol, path)
+                self._prove_soon(path)
 
     def drop_peer(self, peer: str) -> None:
         """The peer's connection is gone, and with it the keys it was given."""
@@ -241,7 +248,7 @@ class DatagramPaths:
         port = self._ports.get(socket.AF_INET6 if ":" in ip else socket.AF_INET)
         if port is None:
             return None
-        path_key, our_id = os.urandom(datagram.KEY_BYTES), self._unused_outbound_id()
+        path_key, our_id = os.urandom(datagram.KEY_BYTES), _fresh_id(self._outbound_by_id)
         request = {"v": 1, "t": "open", "protocol": protocol, "key": path_key, "id": our_id, "port": port}
         try:
             reply = await self._request(peer, SETUP_PROTOCOL, request, SETUP_TIMEOUT_MS)
@@ -264,16 +271,16 @@ class DatagramPaths:
         path.echo_token = None
         return False
 
-    def _prove_soon(self, peer: str, protocol: str, path: _Outbound) -> None:
+    def _prove_soon(self, path: _Outbound) -> None:
         if self._nursery is not None and not path.proving:
-            self._nursery.start_soon(self._reprove, (peer, protocol), path)
+            self._nursery.start_soon(self._reprove, path)
 
-    async def _reprove(self, key: tuple[str, str], path: _Outbound) -> None:
+    async def _reprove(self, path: _Outbound) -> None:
         path.proving = True
         try:
-            if not await self._prove(path) and self._outbound.get(key) is path:
-                self._drop_outbound(key)
-                self._failed(key, "no echo came back over udp")
+            if not await self._prove(path) and self._outbound.get(path.route) is path:
+                self._drop_outbound(path.route)
+                self._failed(path.route, "no echo came back over udp")
         finally:
             path.proving = False
 
@@ -291,12 +298,6 @@ class DatagramPaths:
             RETRY_AFTER_S,
         )
 
-    def _unused_outbound_id(self) -> int:
-        while True:
-            channel = int.from_bytes(os.urandom(4), "big")
-            if channel not in self._outbound_by_id:
-                return channel
-
     async def handle_open(self, peer: str, request: Message) -> Message:
         """The setup request handler: the peer gives us a key for its frames to us."""
         protocol, path_key = request.get("protocol"), request.get("key")
@@ -311,10 +312,7 @@ class DatagramPaths:
         if protocol not in self._limits or port is None:
             return {"v": 1, "t": "refused"}
         self.drop_inbound(peer, protocol)
-        while True:
-            channel = int.from_bytes(os.urandom(4), "big")
-            if channel not in self._inbound:
-                break
+        channel = _fresh_id(self._inbound)
         self._inbound[channel] = _Inbound(peer, protocol, path_key, their_id)
         return {"v": 1, "t": "opened", "id": channel, "port": port}
 
@@ -324,6 +322,8 @@ class DatagramPaths:
         while True:
             try:
                 packet, source = await sock.recvfrom(datagram.PACKET_BYTES_MAX + 1)
+            except trio.ClosedResourceError:
+                return
             except OSError as exc:
                 # An ICMP error for an earlier send (port unreachable) surfaces here on Linux.
                 logger.debug("udp receive: %r", exc)
@@ -388,6 +388,15 @@ class DatagramPaths:
         self._counters.add("frames_in", label=path.protocol)
         self._counters.add("bytes_in", len(frame), label=path.protocol)
         await self._events.send(MessageReceived(path.peer, path.protocol, messages[0]))
+
+
+def _fresh_id(taken: Container[int]) -> int:
+    """A random channel id not in ``taken``: ids are only unique per recipient, so a random one needs no
+    coordination and tells an attacker nothing."""
+    while True:
+        channel = int.from_bytes(os.urandom(4), "big")
+        if channel not in taken:
+            return channel
 
 
 def _is_u32(value: object) -> bool:

@@ -189,7 +189,7 @@ class Host:
                     self._presence.attach(nursery)
                     self._nursery = nursery
                     if self._datagrams is not None:
-                        await self._datagrams.run(nursery, self._bound_ip_ports())
+                        self._datagrams.start(nursery, self._bound_ip_ports())
                     try:
                         yield self
                     finally:
