@@ -47,7 +47,7 @@ def main() -> None:
         idle = Path(tmp) / "idle"
         init_home(idle)
         report("pyagent --help", [wall_s(["--help"], 0) for _ in range(runs)])
-        report("pyagent id (no daemon)", [wall_s(["--home", str(idle), "id"], 1) for _ in range(runs)])
+        report("pyagent id (no daemon)", [wall_s(["--home", str(idle), "id"], 0) for _ in range(runs)])
         home = Path(tmp) / "node"
         init_home(home)
         peer = LocalPeer("bench", home)

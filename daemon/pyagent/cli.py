@@ -183,12 +183,11 @@ def _offline_id(home: Path) -> dict[str, Any]:
     key_path = home / IDENTITY_FILE
     if not key_path.exists():
         raise ConfigError(f"{home} has no identity and no daemon runs there; create one with `pyagent init`")
-    # Only now: reading the key imports libp2p, which a plain CLI start must not pay for.
     from pyagent import config, identity
     from pyagent.node.interfaces import announced_addrs
     from pyagent.proto.addresses import NoAnnounce
 
-    peer_id = identity.peer_id_of(identity.load(key_path))
+    peer_id = identity.peer_id_from_file(key_path)
     cfg = config.load(home)
     no_announce = NoAnnounce.parse(cfg.node.no_announce)
     addrs = announced_addrs(cfg.node.listen, cfg.node.announce, no_announce)

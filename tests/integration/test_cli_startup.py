@@ -43,3 +43,18 @@ def test_a_cli_start_imports_nothing_heavy(tmp_path: Path, args: list[str]) -> N
     assert "pyagent.controlclient" in modules, "importtime output not recognised"
     heavy = sorted(m for m in modules if m.split(".")[0] in HEAVY)
     assert not heavy, f"`pyagent {' '.join(args)}` imported {', '.join(heavy[:5])}"
+
+
+def test_id_with_no_daemon_reads_the_identity_without_libp2p(tmp_path: Path) -> None:
+    """`pyagent id` on a home with an identity and no daemon, as `ipfs id` offline: loading the key through
+    libp2p made it take most of a second."""
+    init = subprocess.run(
+        [sys.executable, "-m", "pyagent.cli", "--home", str(tmp_path / "home"), "init"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert init.returncode == 0, init.stderr
+    modules = imported_modules("--home", str(tmp_path / "home"), "id")
+    assert "pyagent.identity" in modules, "the offline path was not taken"
+    heavy = sorted(m for m in modules if m.split(".")[0] in HEAVY)
+    assert not heavy, f"`pyagent id` imported {', '.join(heavy[:5])}"
