@@ -183,3 +183,16 @@ async def test_a_path_that_spent_its_counters_is_set_up_again_with_a_fresh_key(
         while not a.paths.send("b", PROTOCOL, frame(2)):
             await trio.sleep(0.01)
     assert a.paths._outbound[("b", PROTOCOL)].key != path.key
+
+
+async def test_a_peer_gone_during_setup_leaves_nothing_behind(pair: tuple[Side, Side]) -> None:
+    """Tables stay bounded by the connected peers: a setup that ends after its peer disconnected records
+    neither a path nor a failure."""
+    a, _b = pair
+    connected = True
+    a.paths._remote_ip = lambda _peer: "127.0.0.1" if connected else None  # type: ignore[method-assign]
+    assert not a.paths.send("b", PROTOCOL, frame(0))  # starts the setup
+    connected = False
+    a.paths.drop_peer("b")
+    await trio.sleep(2)
+    assert a.paths._outbound == {} and a.paths._failed_at == {} and a.paths._outbound_by_id == {}

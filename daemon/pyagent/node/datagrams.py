@@ -230,12 +230,14 @@ class DatagramPaths:
         key = (peer, protocol)
         try:
             path = await self._open(peer, protocol)
+            if self._remote_ip(peer) is None:
+                return  # disconnected meanwhile: `drop_peer` has run, so keep nothing about it
             if path is None:
                 self._failed(key, "the peer did not open a path")
                 return
             self._outbound[key] = path
             self._outbound_by_id[path.our_id] = key
-            if not await self._prove(path):
+            if not await self._prove(path) and self._outbound.get(key) is path:
                 self._drop_outbound(key)
                 self._failed(key, "no echo came back over udp")
         finally:
