@@ -60,6 +60,15 @@ class LocalPeer:
     def call(self, method: str, **params: Any) -> Any:
         return self.client.call(method, **params)
 
+    def cli(self, *args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """``pyagent --home <this peer's home> ARGS...``, as an operator types it; output captured."""
+        return subprocess.run(
+            [sys.executable, "-m", "pyagent.cli", "--home", str(self.home), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+
     def start(self) -> None:
         assert self.process is None or self.process.poll() is not None, f"{self.name} is already running"
         with self.log_path.open("ab") as log:

@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,15 +28,6 @@ SHARDS = 64
 KV_FRAMES_SENT = f"protocol_sent_frames{{protocol={PROTOCOL_ID}}}"
 IDLE_WINDOW_S = 3.0
 IDLE_FRAMES_MAX = 12
-
-
-def pyagent(peer: LocalPeer, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pyagent.cli", "--home", str(peer.home), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def replicated(peer: LocalPeer, replicas: int) -> bool:
@@ -69,15 +58,15 @@ def test_three_bootstrapped_daemons_take_writes_with_no_manual_step(
     mesh: Callable[..., list[LocalPeer]],
 ) -> None:
     peers = mesh(3)
-    put = pyagent(peers[2], "kv", "put", "greeting", "hello")
+    put = peers[2].cli("kv", "put", "greeting", "hello")
     assert put.returncode == 0, put.stderr
     for peer in peers:
-        got = pyagent(peer, "kv", "get", "greeting")
+        got = peer.cli("kv", "get", "greeting")
         assert (got.returncode, got.stdout) == (0, "hello\n"), got.stderr
-    absent = pyagent(peers[1], "kv", "get", "nobody")
+    absent = peers[1].cli("kv", "get", "nobody")
     assert absent.returncode == 1 and "not found" in absent.stderr
     wait_until(lambda: all(replicated(p, 3) for p in peers), 60, "every shard has 3 replicas")
-    shards = pyagent(peers[0], "shards")
+    shards = peers[0].cli("shards")
     assert shards.returncode == 0 and "warning" not in shards.stdout, shards.stdout
     # Leaders move to their placement's preferred peer one transfer at a time (a transfer that aborts is
     # tried again later), so the spread is awaited, not expected at once.
@@ -88,7 +77,7 @@ def test_three_bootstrapped_daemons_take_writes_with_no_manual_step(
     )
     # Then the idle shards go quiet, and the mesh stops sending Raft frames.
     wait_until(lambda: all(quiet(p) for p in peers), 60, "every shard is quiet on every peer")
-    shown = pyagent(peers[0], "shards")
+    shown = peers[0].cli("shards")
     assert shown.returncode == 0 and "(quiet)" in shown.stdout, shown.stdout
     before = [kv_frames_sent(p) for p in peers]
     time.sleep(IDLE_WINDOW_S)

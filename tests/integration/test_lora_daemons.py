@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,12 +91,7 @@ def test_three_daemons_on_defaults_merge_a_round(mesh: Callable[..., list[LocalP
     exact = weighted_mean(values, weights)
     cosine = float(results[0].delta @ exact) / (np.linalg.norm(results[0].delta) * np.linalg.norm(exact))
     assert cosine > 0.1, cosine
-    status = subprocess.run(
-        [sys.executable, "-m", "pyagent.cli", "--home", str(peers[0].home), "lora", "status"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    status = peers[0].cli("lora", "status", timeout_s=30)
     assert status.returncode == 0, status.stderr
     assert re.search(r"^rounds completed +1$", status.stdout, re.MULTILINE), status.stdout
     assert "lora round 0 finished (complete): 3 peers" in peers[0].log_text()
@@ -137,15 +130,6 @@ def test_a_peer_killed_mid_round_leaves_the_exact_mean_of_what_was_delivered(tmp
         stop_all(peers)
 
 
-def pyagent(peer: LocalPeer, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pyagent.cli", "--home", str(peer.home), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_the_cli_contributes_a_file_and_refuses_bad_input_in_one_line(
     mesh: Callable[..., list[LocalPeer]], tmp_path: Path
 ) -> None:
@@ -162,17 +146,17 @@ def test_the_cli_contributes_a_file_and_refuses_bad_input_in_one_line(
         "negative round": ["merged", "-1"],
     }
     for what, args in refusals.items():
-        refused = pyagent(peer, "lora", *args)
+        refused = peer.cli("lora", *args)
         assert refused.returncode == 2, (what, refused.stdout, refused.stderr)
         assert len(refused.stderr.strip().splitlines()) == 1, (what, refused.stderr)
 
-    done = pyagent(peer, "lora", "contribute", str(tmp_path / "delta.npy"), "--weight", "5")
+    done = peer.cli("lora", "contribute", str(tmp_path / "delta.npy"), "--weight", "5")
     assert (done.returncode, done.stdout) == (0, "contributed to round 0\n"), done.stderr
     # Alone in its mesh, a peer's round is its own delta.
-    result = pyagent(peer, "lora", "merged", "0")
+    result = peer.cli("lora", "merged", "0")
     assert result.returncode == 0, result.stderr
     summary, path = result.stdout.splitlines()
     assert summary.startswith("round 0: 1 peer(s), weight 5"), summary
     np.testing.assert_array_equal(np.load(path), delta)
-    again = pyagent(peer, "lora", "contribute", str(tmp_path / "delta.npy"), "--weight", "5", "--round", "0")
+    again = peer.cli("lora", "contribute", str(tmp_path / "delta.npy"), "--weight", "5", "--round", "0")
     assert again.returncode == 2 and "already contributed" in again.stderr, again.stderr
