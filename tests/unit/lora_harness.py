@@ -36,7 +36,11 @@ class Members:
 
     def members(self) -> list[MemberRecord]:
         metadata = Metadata(protocols=(PROTOCOL,))
-        return [MemberRecord(p, (), State.ALIVE, 1, 0, 1, metadata) for p in sorted(self.live)]
+        return [MemberRecord(p, (addr_of(p),), State.ALIVE, 1, 0, 1, metadata) for p in sorted(self.live)]
+
+
+def addr_of(peer: str) -> str:
+    return f"/ip4/192.0.2.1/tcp/4001/p2p/{peer}"
 
 
 @dataclass
@@ -147,11 +151,15 @@ class Mesh:
             assert isinstance(timer, SetTimer)
             self.timers[(peer, timer.key)] = timer.at_us
         for send in out.send:
+            # Members that only heard of each other through a third are not connected yet: every send
+            # and transfer must carry what the daemon needs to dial.
+            assert send.addrs == (addr_of(send.peer),), send
             self.messages_sent += 1
             if self.lose_every and self.messages_sent % self.lose_every == 0:
                 continue
             self.queue.append((send.peer, MessageReceived(peer, send.protocol, send.message)))
         for transfer in out.transfers:
+            assert transfer.addrs == (addr_of(transfer.peer),), transfer
             data = transfer.source.read(0, transfer.source.size)
             if self.tamper is not None:
                 data = self.tamper(peer, data)

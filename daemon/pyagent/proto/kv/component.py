@@ -82,7 +82,7 @@ from pyagent.proto.kv.statemachine import (
     Snapshot,
     decode_snapshot,
 )
-from pyagent.proto.membership.records import MemberRecord, State
+from pyagent.proto.membership.records import MemberRecord, State, addrs_of
 from pyagent.proto.ready import BytesSource, Ready, Reply, Send, SetTimer, Transfer
 from pyagent.proto.storage import LogAppend, LogCompact, LogTruncate, Op, StorageReader, WriteBatch
 from pyagent.proto.storage import Put as PutKey
@@ -809,10 +809,7 @@ class RaftKv(Component):
         return self._peer_of(node) or f"node:{node:016x}"
 
     def _addrs(self, peer: PeerId) -> tuple[str, ...]:
-        for record in self._members.members():
-            if record.peer == peer:
-                return record.addrs
-        return ()
+        return addrs_of(self._members.members(), peer)
 
     def _send(self, peer: PeerId, message: dict[str, Any]) -> Send:
         return Send(peer, self.protocol_id, message, self._addrs(peer))

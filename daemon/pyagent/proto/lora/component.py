@@ -50,7 +50,7 @@ from pyagent.proto.lora.commands import (
 )
 from pyagent.proto.lora.config import AUTO, Config
 from pyagent.proto.lora.rounds import Held, Step, Vector
-from pyagent.proto.membership.records import LIVE_STATES, MemberRecord
+from pyagent.proto.membership.records import LIVE_STATES, MemberRecord, addrs_of
 from pyagent.proto.ready import BytesSource, Ready, Reply, Send, SetTimer, Transfer
 from pyagent.proto.types import US_PER_MS, US_PER_S, PeerId, Rng
 
@@ -328,7 +328,10 @@ class LoraAveraging(Component):
                 continue
             self._next_transfer += 1
             self._outgoing[self._next_transfer] = (state.number, peer, now_us, len(data))
-            out.transfers.append(Transfer(peer, messages.PROTOCOL, self._next_transfer, source))
+            # With the peer's addresses: two members that only ever heard of each other through a third
+            # are not connected yet, and the transfer must be able to dial.
+            addrs = addrs_of(self._members.members(), peer)
+            out.transfers.append(Transfer(peer, messages.PROTOCOL, self._next_transfer, source, addrs=addrs))
             state.bytes_sent += len(data)
 
     def _send_report(self, state: _Round, step: Step, peers: tuple[PeerId, ...], out: Ready) -> None:
@@ -336,7 +339,7 @@ class LoraAveraging(Component):
         report = messages.Report(state.number, step.index, have, frozenset(step.reports))
         message = messages.encode_report(report)
         for peer in peers:
-            out.send.append(Send(peer, messages.PROTOCOL, message))
+            out.send.append(Send(peer, messages.PROTOCOL, message, addrs_of(self._members.members(), peer)))
 
     def _decide(self, state: _Round, now_us: int, out: Ready) -> None:
         """End the current step with the common set as it stands, and aggregate over it."""

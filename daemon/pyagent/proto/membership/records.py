@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
@@ -73,3 +74,12 @@ class Isolated:
     alone: bool
     since_us: int
     at_us: int
+
+
+def addrs_of(records: Iterable[MemberRecord], peer: PeerId) -> tuple[str, ...]:
+    """The addresses membership holds for ``peer`` (none if it is not a member): what a component puts on
+    a Send or a Transfer, so that the daemon can dial a peer it is not yet connected to."""
+    for record in records:
+        if record.peer == peer:
+            return record.addrs
+    return ()
