@@ -477,11 +477,13 @@ class Sim:
                     node, self.now_us, SendFailed(send.peer, send.protocol, "unreachable: unknown peer")
                 )
             return
-        if node.hears_send_failures and not self.nodes[dst].up:
-            # A dial to a dead peer fails once its address stops answering.
-            failed = SendFailed(send.peer, send.protocol, "unreachable: peer down")
-            self.feed(node, self.now_us + self.disconnect_detect_us, failed)
         net = self.network
+        if node.hears_send_failures and not self.nodes[dst].up:
+            # A dial to a dead peer fails once its address stops answering; its host, still up, refuses
+            # the connection unless a partition drops the refusal too.
+            refused = not (net.cut and net.blocked(src, dst))
+            failed = SendFailed(send.peer, send.protocol, "unreachable: peer down", nothing_listens=refused)
+            self.feed(node, self.now_us + self.disconnect_detect_us, failed)
         if net.cut and net.blocked(src, dst):
             self._drop(DROP_PARTITION, src, dst)
             return

@@ -121,6 +121,7 @@ async def test_request_response_and_its_deadline() -> None:
         with pytest.raises(RequestError) as caught:
             await b.host.request(a.host.peer_id, SLOW, {"v": 1, "t": "ask"}, 300)
         assert caught.value.reason == "timeout"
+        assert not caught.value.nothing_listens  # silence is not a refusal
         assert trio.current_time() - start < 5.0
         # The timed-out request cost nothing else: the host still answers.
         assert (await b.host.request(a.host.peer_id, ECHO, {"v": 1, "t": "ask"}, 5_000))["t"] == "echo"
@@ -220,6 +221,8 @@ async def test_dial_to_refused_port_is_unreachable() -> None:
         with pytest.raises(DialError) as caught:
             await a.host.connect(f"/ip4/127.0.0.1/tcp/{port}/p2p/{random_peer_id()}")
         assert caught.value.reason == "unreachable"
+        # The reset itself, seen through py-libp2p's wrapping: membership acts on it (skips helpers).
+        assert caught.value.nothing_listens
 
 
 async def test_dial_with_wrong_peer_id() -> None:

@@ -7,11 +7,14 @@ import trio.testing
 
 from pyagent.node.dial_errors import DialError
 from pyagent.node.dialer import Dialer, DialerConfig
+from pyagent.proto.events import SendFailed
 
 
 class FakeHost:
-    def __init__(self, reachable: set[str]) -> None:
+    def __init__(self, reachable: set[str], closed: frozenset[str] = frozenset()) -> None:
         self.reachable = reachable
+        # Addresses (by their /p2p/ peer) whose host answers with a reset: nothing listens there.
+        self.closed = closed
         self.connected: set[str] = set()
         self.sent: list[tuple[str, str, dict]] = []
         self.dials: list[str] = []
@@ -26,7 +29,7 @@ class FakeHost:
         self.dials.append(peer)
         await trio.sleep(self.dial_delay_s)
         if peer not in self.reachable:
-            raise DialError("unreachable", maddr)
+            raise DialError("unreachable", maddr, nothing_listens=maddr in self.closed)
         self.connected.add(peer)
         return peer
 
@@ -46,10 +49,8 @@ def message(n: int) -> dict:
 
 async def test_frames_wait_for_the_dial_then_flow(autojump_clock: trio.testing.MockClock) -> None:
     host = FakeHost(reachable={"B"})
-    failed: list[tuple[str, str, str]] = []
-    dialer = Dialer(
-        host, DialerConfig(frames_pending_per_peer_max=2), lambda *failure: failed.append(failure)
-    )
+    failed: list[SendFailed] = []
+    dialer = Dialer(host, DialerConfig(frames_pending_per_peer_max=2), failed.append)
     async with trio.open_nursery() as nursery:
         dialer.attach(nursery)
         for n in range(3):
@@ -58,7 +59,7 @@ async def test_frames_wait_for_the_dial_then_flow(autojump_clock: trio.testing.M
     assert host.dials == ["B"]  # one dial, however many frames
     assert [m["n"] for _, _, m in host.sent] == [0, 1]  # the buffer holds two; the third was dropped
     assert dialer.frames_dropped == 1
-    assert failed == [("B", "/p", "queue full: frames are waiting for the dial to this peer")]
+    assert failed == [SendFailed("B", "/p", "queue full: frames are waiting for the dial to this peer")]
     dialer.send("B", "/p", message(9), ("/ip4/192.0.2.2/tcp/1",))
     assert host.sent[-1][2]["n"] == 9  # connected now: straight through
 
@@ -68,8 +69,8 @@ async def test_a_failed_peer_is_not_redialled_until_its_backoff_expires(
 ) -> None:
     host = FakeHost(reachable=set())
     config = DialerConfig(backoff_initial_ms=1_000, backoff_max_ms=4_000)
-    failed: list[tuple[str, str, str]] = []
-    dialer = Dialer(host, config, lambda *failure: failed.append(failure))
+    failed: list[SendFailed] = []
+    dialer = Dialer(host, config, failed.append)
     addrs = ("/ip4/192.0.2.3/tcp/1",)
     async with trio.open_nursery() as nursery:
         dialer.attach(nursery)
@@ -87,7 +88,7 @@ async def test_a_failed_peer_is_not_redialled_until_its_backoff_expires(
         assert host.dials == ["C", "C"]
     assert dialer.dial_failures == 2 and host.sent == []
     # Every frame given up on is reported, with the reason the dialer knows.
-    reasons = [reason for _, _, reason in failed]
+    reasons = [failure.reason for failure in failed]
     assert len(reasons) == 4 and reasons[0].startswith("unreachable: ") and "unreachable" in reasons[0]
     assert "next try in" in reasons[1] and "next try in" in reasons[3]
 
@@ -146,8 +147,8 @@ async def test_a_leaving_node_sends_only_over_the_connections_it_has(
     """Members that heard of the leave hang up on the leaver; it must not dial them again to repeat it."""
     host = FakeHost(reachable={"B", "C"})
     host.connected.add("B")
-    failed: list[tuple[str, str, str]] = []
-    dialer = Dialer(host, DialerConfig(), lambda *failure: failed.append(failure))
+    failed: list[SendFailed] = []
+    dialer = Dialer(host, DialerConfig(), failed.append)
     async with trio.open_nursery() as nursery:
         dialer.attach(nursery)
         dialer.stop_dialing()
@@ -156,4 +157,28 @@ async def test_a_leaving_node_sends_only_over_the_connections_it_has(
         await trio.sleep(1)
     assert host.dials == []
     assert [(peer, m["n"]) for peer, _, m in host.sent] == [("B", 0)]
-    assert failed == [("C", "/p", "this node is leaving the mesh: no new connections")]
+    assert failed == [SendFailed("C", "/p", "this node is leaving the mesh: no new connections")]
+
+
+async def test_a_peer_whose_every_address_refused_is_reported_as_nothing_listening(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Membership skips indirect probes for such a peer, so one address that merely failed must not
+    count: only a refusal at every address, and the drops during its backoff, say nothing listens."""
+    closed_a, closed_b, silent = (
+        "/ip4/192.0.2.4/tcp/1/p2p/D",
+        "/ip4/192.0.2.5/tcp/1/p2p/D",
+        "/ip4/192.0.2.6/tcp/1",
+    )
+    host = FakeHost(reachable=set(), closed=frozenset({closed_a, closed_b}))
+    failed: list[SendFailed] = []
+    dialer = Dialer(host, DialerConfig(), failed.append)
+    async with trio.open_nursery() as nursery:
+        dialer.attach(nursery)
+        dialer.send("D", "/p", message(0), (closed_a.removesuffix("/p2p/D"), closed_b.removesuffix("/p2p/D")))
+        await trio.sleep(0.5)
+        dialer.send("D", "/p", message(1), (closed_a,))  # in the backoff: dropped, still nothing listening
+        await trio.sleep(2)
+        dialer.send("D", "/p", message(2), (closed_a, silent))
+        await trio.sleep(0.5)
+    assert [failure.nothing_listens for failure in failed] == [True, True, False]

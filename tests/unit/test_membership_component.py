@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pyagent.proto.events import LocalRequest, MessageReceived, Started, TimerFired
+from pyagent.proto.events import LocalRequest, MessageReceived, SendFailed, Started, TimerFired
 from pyagent.proto.membership import (
     LAN,
     PROTOCOL_ID,
@@ -221,6 +221,40 @@ def test_missing_nacks_raise_our_health_score_and_nacks_do_not() -> None:
     driver.receive(helpers[0], codec.nack(seq))  # a helper's nack counts once
     driver.fire("probe")
     assert driver.membership.health_score == 2
+
+
+def test_a_probe_refused_where_the_target_listened_skips_the_helpers() -> None:
+    """A reset at every address says the target's process is gone: no relay could reach it either. The
+    probe fails into a suspicion as before, and the refusal, being an answer, leaves our health alone."""
+    driver = Driver()
+    driver.gossip("a", alive("a"), alive("b"), alive("c"), alive("d"))
+    target, _ = probe_once(driver)
+    driver.step(SendFailed(target, PROTOCOL_ID, "unreachable: refused", nothing_listens=True))
+    ready = driver.fire("probe-timeout")
+    assert [send for send in ready.send if send.message["t"] == "i"] == []
+    driver.fire("probe")
+    assert driver.state(target) is State.SUSPECT
+    assert driver.membership.counters["probes_refused"] == 1
+    assert driver.membership.health_score == 0
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        SendFailed("x", PROTOCOL_ID, "unreachable: timeout"),  # silent: maybe only our packets are lost
+        SendFailed("someone-else", PROTOCOL_ID, "unreachable: refused", nothing_listens=True),
+    ],
+    ids=["not-a-refusal", "another-peer"],
+)
+def test_only_a_refusal_by_the_probed_target_skips_the_helpers(failure: SendFailed) -> None:
+    driver = Driver()
+    driver.gossip("a", alive("a"), alive("b"), alive("c"), alive("d"))
+    target, _ = probe_once(driver)
+    if failure.peer == "x":
+        failure = SendFailed(target, failure.protocol, failure.reason)
+    driver.step(failure)
+    ready = driver.fire("probe-timeout")
+    assert len([send for send in ready.send if send.message["t"] == "i"]) == 3
 
 
 def test_a_helper_relays_an_ack_or_nacks() -> None:

@@ -60,7 +60,7 @@ from pyagent.node.transfer import TransferService
 from pyagent.proto import addresses, kv, membership
 from pyagent.proto.component import Component
 from pyagent.proto.context import NodeContext
-from pyagent.proto.events import Event, MessageReceived, PeerConnected, PeerDisconnected, SendFailed
+from pyagent.proto.events import Event, MessageReceived, PeerConnected, PeerDisconnected
 from pyagent.proto.membership import limits as membership_limits
 from pyagent.proto.node import NodeCore
 from pyagent.proto.peers import ListPeers, PeerInfo
@@ -532,9 +532,7 @@ async def run(home: Path, config: Config) -> None:
             host, inbox, inbox.send_feedback, lambda protocol: protocol in core.protocols
         )
         driver = Driver(core, dialer, storage, inbox, transfers)
-        dialer.on_send_failed = lambda peer, protocol_id, reason: driver.feedback(
-            SendFailed(peer, protocol_id, reason)
-        )
+        dialer.on_send_failed = driver.feedback
         node = Node(home, key_pair, host, dialer, core, driver, plugins, members, storage, transfers)
         driver.on_event = node.after_step
         driver.on_notice = node.on_notice

@@ -33,9 +33,12 @@ _KEY_MISMATCH_ERROR = ("pyagent.node.pnet", "KeyMismatchError")
 
 
 class DialError(Exception):
-    def __init__(self, reason: DialReason, address: str, detail: str = "") -> None:
+    def __init__(
+        self, reason: DialReason, address: str, detail: str = "", nothing_listens: bool = False
+    ) -> None:
         self.reason: DialReason = reason
         self.address = address
+        self.nothing_listens = nothing_listens
         message = f"cannot connect to {address}: {reason}: {_REASON_HINTS[reason]}"
         super().__init__(f"{message} ({detail})" if detail else message)
 
@@ -57,6 +60,12 @@ def classify(exc: BaseException) -> DialReason:
     if any(isinstance(e, SecurityUpgradeFailure | HandshakeFailure) for e in chain):
         return "security"
     return "unreachable"
+
+
+def nothing_listens(exc: BaseException) -> bool:
+    """The address answered and refused the connection: a host that is up, with no process listening on
+    that port. Timeouts and our own network's errors (no route, network down) are not refusals."""
+    return any(isinstance(e, ConnectionRefusedError) for e in causes(exc))
 
 
 def detail_of(exc: BaseException) -> str:

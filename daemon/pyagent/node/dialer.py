@@ -19,6 +19,7 @@ from typing import Protocol
 import trio
 
 from pyagent.node.dial_errors import DialError
+from pyagent.proto.events import SendFailed
 from pyagent.proto.wire import Message
 
 log = logging.getLogger("pyagent.dialer")
@@ -54,10 +55,12 @@ class DialerConfig:
 class _Backoff:
     until_s: float
     delay_ms: int
+    # Every address of the failed dial refused it: frames dropped during the backoff say so too.
+    nothing_listens: bool
 
 
-SendFailedCallback = Callable[[str, str, str], None]
-"""Told ``(peer, protocol_id, reason)`` for every frame the dialer gives up on."""
+SendFailedCallback = Callable[[SendFailed], None]
+"""Told of every frame the dialer gives up on."""
 
 
 class Dialer:
@@ -65,7 +68,7 @@ class Dialer:
         self,
         host: DialHost,
         config: DialerConfig | None = None,
-        on_send_failed: SendFailedCallback = lambda peer, protocol_id, reason: None,
+        on_send_failed: SendFailedCallback = lambda failed: None,
     ) -> None:
         self.config = config or DialerConfig()
         self.on_send_failed = on_send_failed
@@ -120,14 +123,18 @@ class Dialer:
             self._drop(peer, protocol_id, "this node is leaving the mesh: no new connections")
         elif not addrs:
             self._host.send(peer, protocol_id, message)  # the host counts the drop
-            self.on_send_failed(peer, protocol_id, "not connected, and no address to dial is known")
+            self.on_send_failed(
+                SendFailed(peer, protocol_id, "not connected, and no address to dial is known")
+            )
         elif self._may_dial(peer):
             self._pending[peer] = []
             self._buffer(peer, protocol_id, message)
             assert self._nursery is not None, "Dialer.attach(nursery) must run before sends"
             self._nursery.start_soon(self._dial, peer, addrs)
         else:
-            self._drop(peer, protocol_id, self._why_not_dialing(peer))
+            backoff = self._backoff.get(peer)
+            nothing_listens = backoff is not None and backoff.nothing_listens
+            self._drop(peer, protocol_id, self._why_not_dialing(peer), nothing_listens)
 
     def _may_dial(self, peer: str) -> bool:
         backoff = self._backoff.get(peer)
@@ -143,9 +150,9 @@ class Dialer:
             return f"unreachable: its last dial failed; next try in {wait_s:.1f} s"
         return f"too many dials in flight ({self.config.dials_in_flight_max})"
 
-    def _drop(self, peer: str, protocol_id: str, reason: str) -> None:
+    def _drop(self, peer: str, protocol_id: str, reason: str, nothing_listens: bool = False) -> None:
         self.frames_dropped += 1
-        self.on_send_failed(peer, protocol_id, reason)
+        self.on_send_failed(SendFailed(peer, protocol_id, reason, nothing_listens))
 
     def _buffer(self, peer: str, protocol_id: str, message: Message) -> None:
         frames = self._pending[peer]
@@ -157,11 +164,13 @@ class Dialer:
     async def _dial(self, peer: str, addrs: tuple[str, ...]) -> None:
         suffix = f"/p2p/{peer}"
         error: DialError | None = None
+        refusals = 0
         for addr in addrs:
             try:
                 await self._host.connect(addr if addr.endswith(suffix) else addr + suffix)
             except (DialError, ValueError) as exc:
                 error = exc if isinstance(exc, DialError) else None
+                refusals += error is not None and error.nothing_listens
                 continue
             self._backoff.pop(peer, None)
             for protocol_id, message in self._pending.pop(peer, []):
@@ -169,8 +178,9 @@ class Dialer:
             await self._prune_idle()
             return
         reason = f"unreachable: {error}" if error is not None else "unreachable: no address could be dialed"
+        nothing_listens = refusals == len(addrs)
         for protocol_id, _ in self._pending.pop(peer, []):
-            self._drop(peer, protocol_id, reason)
+            self._drop(peer, protocol_id, reason, nothing_listens)
         self.dial_failures += 1
         previous = self._backoff.get(peer)
         delay_ms = min(previous.delay_ms * 2, self.config.backoff_max_ms) if previous else 0
@@ -178,7 +188,7 @@ class Dialer:
         if len(self._backoff) >= self.config.peers_tracked_max:
             now_s = trio.current_time()
             self._backoff = {p: b for p, b in self._backoff.items() if b.until_s > now_s}
-        self._backoff[peer] = _Backoff(trio.current_time() + delay_ms / 1000, delay_ms)
+        self._backoff[peer] = _Backoff(trio.current_time() + delay_ms / 1000, delay_ms, nothing_listens)
         log.debug("on-demand dial of %s failed (%s); next try in %d ms", peer, error, delay_ms)
 
     async def _prune_idle(self) -> None:

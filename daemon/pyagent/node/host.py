@@ -43,7 +43,7 @@ from pyagent.node.datagrams import COUNTER_NAMES as DATAGRAM_COUNTER_NAMES
 from pyagent.node.datagrams import SETUP_LIMITS as DATAGRAM_SETUP_LIMITS
 from pyagent.node.datagrams import SETUP_PROTOCOL as DATAGRAM_SETUP_PROTOCOL
 from pyagent.node.datagrams import DatagramPaths, ip_of
-from pyagent.node.dial_errors import DialError, classify, detail_of
+from pyagent.node.dial_errors import DialError, classify, detail_of, nothing_listens
 from pyagent.node.host_config import HostConfig, is_allowed
 from pyagent.node.identify_client import PROTOCOL_ID as IDENTIFY_PROTOCOL_ID
 from pyagent.node.identify_client import install_agent_version, read_identify
@@ -411,7 +411,7 @@ class Host:
             reason = classify(exc)
             self._counters.add("dial_errors")
             self._counters.add("dial_outcomes", label=reason)
-            raise DialError(reason, maddr, detail_of(exc)) from exc
+            raise DialError(reason, maddr, detail_of(exc), nothing_listens(exc)) from exc
         self._counters.add("dial_outcomes", label="ok")
 
     async def _open_stream(self, peer: str, protocol: str, *alternatives: str) -> NetStream:

@@ -13,6 +13,9 @@
   read: py-libp2p's default answers each small frame with a WINDOW_UPDATE frame of its own, a second
   encrypted TCP segment per membership message (bench/membership_daemons.py: 701 -> 475 B/s per
   idle member on the wire).
+- Yamux measures RTT once when a connection starts, then every 10 minutes rather than every 30 s. The
+  RTT only tunes stream windows, and membership measures RTT itself; py-libp2p's 30 s ping-pong costs four
+  TCP segments per connection side, about 36 B/s per idle member of five (bench/membership_wire.py).
 - Flood limits (``limits.FloodGuards``): inbound connections are admitted per source IP before any byte
   is read, and each peer's stream opens are rate-limited before protocol negotiation.
 """
@@ -35,6 +38,7 @@ from libp2p.network.swarm import Swarm
 from libp2p.security.exceptions import HandshakeFailure
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux import yamux as yamux_module
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from multiaddr import Multiaddr
@@ -68,6 +72,7 @@ def build_libp2p_host(
     """``addrs_factory`` makes what identify tells peers from the bound addresses; py-libp2p's own
     observed-address discovery is off, as the host confirms observations itself."""
     _defer_window_updates()
+    _slow_yamux_rtt_pings()
     upgrade_timeout_s = config.upgrade_timeout_ms / 1000
     open_stream_timeout_s = config.open_stream_timeout_ms / 1000
     connection_config = ConnectionConfig(
@@ -112,6 +117,15 @@ YAMUX_RELEASE_ON_READ_ENV = "PY_YAMUX_RELEASE_ON_READ"
 
 def _defer_window_updates() -> None:
     os.environ.setdefault(YAMUX_RELEASE_ON_READ_ENV, "0")
+
+
+# Read by py-libp2p's RTT loop at each turn, so setting it before any connection applies to all of them.
+YAMUX_RTT_INTERVAL_S = 600
+
+
+def _slow_yamux_rtt_pings() -> None:
+    assert hasattr(yamux_module, "RTT_MEASURE_INTERVAL"), "py-libp2p renamed its yamux RTT interval"
+    yamux_module.RTT_MEASURE_INTERVAL = YAMUX_RTT_INTERVAL_S
 
 
 def _transport(psk: bytes | None, upgrade_timeout_ms: int, on_key_mismatch: Callable[[], None]) -> ITransport:

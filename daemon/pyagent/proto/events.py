@@ -85,11 +85,17 @@ class Persisted:
 class SendFailed:
     """A ``Send`` to ``peer`` on ``protocol`` could not be delivered; ``reason`` is what the shell knows
     (``unreachable: ...``, ``refused: ...``, ``queue full``). Delivery stays best effort: no
-    ``SendFailed`` does not mean the peer processed the message."""
+    ``SendFailed`` does not mean the peer processed the message.
+
+    ``nothing_listens``: the peer's every address refused the connection (a TCP reset): its host is up
+    and answers, but no process listens where the peer did. A silent address, a partition or a failure
+    on our side never sets it, so it tells a crashed process apart from a network that lost packets.
+    """
 
     peer: PeerId
     protocol: ProtocolId
     reason: str
+    nothing_listens: bool = False
 
 
 @dataclass(frozen=True, slots=True)

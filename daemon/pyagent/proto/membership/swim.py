@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pyagent.proto.component import Component
-from pyagent.proto.events import LocalRequest, MessageReceived, Started
+from pyagent.proto.events import LocalRequest, MessageReceived, SendFailed, Started
 from pyagent.proto.membership import codec, limits
 from pyagent.proto.membership import metadata as metadata_codec
 from pyagent.proto.membership.addressbook import AddressBook
@@ -90,6 +90,8 @@ class _Probe:
     sent_us: int
     acked: bool = False
     indirect: bool = False
+    # The ping's dial was refused at every address of the target: its host is up, its process is not.
+    refused: bool = False
     helpers: tuple[PeerId, ...] = ()
     nackers: set[PeerId] = field(default_factory=set)
 
@@ -226,6 +228,11 @@ class Membership(Component):
     def on_message(self, event: MessageReceived, now_us: int, out: Ready) -> None:
         self._on_message(event, now_us, out)
         self._flush_changes(out)
+
+    def on_send_failed(self, event: SendFailed, now_us: int, out: Ready) -> None:
+        probe = self._probe
+        if event.nothing_listens and probe is not None and probe.target == event.peer and not probe.acked:
+            probe.refused = True
 
     def on_timer(self, suffix: str, now_us: int, out: Ready) -> None:
         self._on_timer(suffix, now_us, out)
@@ -372,6 +379,12 @@ class Membership(Component):
         target = self._table.get(probe.target)
         if target is None:
             return
+        if probe.refused:
+            # Helpers exist to tell a lost packet from a dead process; a refused connection already did,
+            # and asking them would cost a ping-req, a relayed ping and a nack each (memberlist, on UDP,
+            # never learns this). Suspicion, its confirmations and refutation still decide as usual.
+            self.counters["probes_refused"] += 1
+            return
         helpers = self._table.sample(
             self._rng,
             self.config.indirect_checks,
@@ -455,12 +468,11 @@ class Membership(Component):
 
     def _probe_failed(self, probe: _Probe, now_us: int, out: Ready) -> None:
         self.counters["probes_failed"] += 1
-        # Lifeguard: helpers that did not even nack point at us being the slow one.
+        # Lifeguard: helpers that did not even nack point at us being the slow one. A refusal is an
+        # answer, so it says nothing against our own health.
         expected_nacks = len(probe.helpers) if self.config.nacks else 0
-        if expected_nacks:
-            self._awareness.apply(expected_nacks - len(probe.nackers))
-        else:
-            self._awareness.apply(1)
+        if not probe.refused:
+            self._awareness.apply(expected_nacks - len(probe.nackers) if expected_nacks else 1)
         target = self._table.get(probe.target)
         if target is not None and target.live:
             self._suspect(target, target.incarnation, self._local_peer, now_us, out)
