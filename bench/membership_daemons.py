@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import membership_wire
+from membership_wire import KV_QUIET
 from pyagent.localmesh import LocalPeer, converged, member_states, start_mesh, stop_all, wait_until
 from pyagent.proto import membership
 from pyagent.testing.netns import NetnsUnavailable, Network, check_available, network
@@ -284,24 +285,34 @@ def netns_rows(figures: dict[str, float]) -> list[tuple[str, str, str]]:
     return rows
 
 
-def wire_run(base: Path, size: int, idle_s: float) -> None:
-    """Bytes on the wire per member, idle and under churn, with detection and leave times, beside Serf."""
+def wire_run(base: Path, size: int, idle_s: float, runs: int) -> None:
+    """Bytes on the wire per member, idle and under churn, with detection and leave times, beside Serf;
+    each system ``runs`` times on fresh agents (the whole default daemon once: it is not compared)."""
     timeout_s = dead_bound_s(size)
+
+    def repeat(
+        name: str, run: Callable[[Path], membership_wire.WireFigures], times: int = runs
+    ) -> list[membership_wire.WireFigures]:
+        return [run(base / f"{name}-{n}") for n in range(times)]
+
     try:
-        ours = membership_wire.pyagent_run(base / "ours", size, idle_s, timeout_s, membership_wire.KV_QUIET)
-        whole = membership_wire.pyagent_run(base / "whole", size, idle_s, timeout_s, "")
-        serf = sealed_serf = None
+        ours = repeat("ours", lambda d: membership_wire.pyagent_run(d, size, idle_s, timeout_s, KV_QUIET))
+        whole = repeat("whole", lambda d: membership_wire.pyagent_run(d, size, idle_s, timeout_s, ""), 1)
+        serf, sealed_serf = [], []
         if serf_binary() is None:
             print("\nSerf: skipped (not installed: apt-get install serf)")
         else:
-            serf = membership_wire.serf_run(base / "serf", size, idle_s, timeout_s)
-            sealed_serf = membership_wire.serf_run(
-                base / "serf-encrypt", size, idle_s, timeout_s, encrypt=True
+            serf = repeat("serf", lambda d: membership_wire.serf_run(d, size, idle_s, timeout_s))
+            sealed_serf = repeat(
+                "serf-encrypt", lambda d: membership_wire.serf_run(d, size, idle_s, timeout_s, encrypt=True)
             )
     except NftUnavailable as reason:
         print(f"\non the wire: skipped ({reason})")
         return
-    title = f"On the wire, {size} agents on 127.0.0.1 (nftables: all bytes on the agents' ports, IP+TCP/UDP)"
+    title = (
+        f"On the wire, {size} agents on 127.0.0.1 (nftables: all bytes on the agents' ports, IP+TCP/UDP), "
+        f"{runs} runs each pooled"
+    )
     print_table(title, membership_wire.rows(ours, whole, serf, sealed_serf))
 
 
@@ -312,12 +323,13 @@ def main() -> None:
     parser.add_argument("--no-netns", action="store_true", help="skip the namespaced partition run")
     parser.add_argument("--wire-size", type=int, default=5, help="agents of the on-the-wire comparison")
     parser.add_argument("--wire-idle-s", type=float, default=20.0, help="its idle window")
+    parser.add_argument("--wire-runs", type=int, default=3, help="runs per system, pooled")
     parser.add_argument("--wire-only", action="store_true", help="only the on-the-wire comparison")
     args = parser.parse_args()
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pyagent-bench-") as tmp:
         base = Path(tmp)
-        wire_run(base / "wire", args.wire_size, args.wire_idle_s)
+        wire_run(base / "wire", args.wire_size, args.wire_idle_s, args.wire_runs)
         if args.wire_only:
             return
         results = {size: local_run(base / f"local-{size}", size, args.idle_s) for size in args.sizes}

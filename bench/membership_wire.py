@@ -9,12 +9,17 @@ that detects later, since it spreads the same work over more seconds; the same b
 time in it ("per kill and leave"); and the bytes of a fixed ``CHURN_WINDOW_S`` from the kill, the leave
 inside it, so that both systems are measured at one churn rate: a kill and a leave every 15 s.
 
+One run's figures move with when the periodic exchanges (push-pulls, metadata refreshes) fall into its
+windows, by 20 % and more; so each system runs several times on fresh agents, and the figures pool the runs:
+bytes and seconds summed, times averaged, with the range of the per-run churn figure beside them.
+
 pyagent runs twice: with the KV store's Raft ticks made hourly (``[kv] tick_ms``), so that the figure is
 membership's alone, and with the default config, whose 64 Raft groups heartbeat every 100 ms.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,6 +63,8 @@ class WireFigures:
     dead_everywhere_s: float
     left_everywhere_s: float
     members: int
+    # Kills-and-leaves the counts hold: one a run, more once runs are pooled.
+    events: int = 1
 
     def per_member_per_s(self, count: WireCount, window_s: float) -> float:
         return count.bytes / self.members / window_s
@@ -102,7 +109,7 @@ def measure(cluster: Cluster, idle_s: float, timeout_s: float) -> WireFigures:
     return WireFigures(
         idle=idle,
         idle_s=idle_window,
-        churn=_add(kill_count, leave_count),
+        churn=kill_count + leave_count,
         churn_s=dead_s + left_s,
         churn_fixed=churn_fixed,
         churn_fixed_s=churn_fixed_s,
@@ -118,8 +125,30 @@ def _window(counters: WireCounters, during: Callable[[], object]) -> tuple[WireC
     return counters.read() - before, time.monotonic() - started
 
 
-def _add(a: WireCount, b: WireCount) -> WireCount:
-    return a - WireCount(-b.packets, -b.bytes, -b.pure_ack_packets, -b.pure_ack_bytes)
+def pooled(runs: Sequence[WireFigures]) -> WireFigures:
+    """Several runs of one system as one: bytes and seconds summed, so that each per-second figure is the
+    runs' time-weighted mean; detection and leave times averaged."""
+
+    def total(pick: Callable[[WireFigures], WireCount]) -> WireCount:
+        counts = [pick(run) for run in runs]
+        return sum(counts[1:], counts[0])
+
+    return WireFigures(
+        idle=total(lambda run: run.idle),
+        idle_s=sum(run.idle_s for run in runs),
+        churn=total(lambda run: run.churn),
+        churn_s=sum(run.churn_s for run in runs),
+        churn_fixed=total(lambda run: run.churn_fixed),
+        churn_fixed_s=sum(run.churn_fixed_s for run in runs),
+        dead_everywhere_s=statistics.mean(run.dead_everywhere_s for run in runs),
+        left_everywhere_s=statistics.mean(run.left_everywhere_s for run in runs),
+        members=runs[0].members,
+        events=sum(run.events for run in runs),
+    )
+
+
+def churn_fixed_per_s(figures: WireFigures) -> float:
+    return figures.per_member_per_s(figures.churn_fixed, figures.churn_fixed_s)
 
 
 def _tcp_port(peer: LocalPeer) -> int:
@@ -161,21 +190,30 @@ def serf_run(base: Path, count: int, idle_s: float, timeout_s: float, encrypt: b
         stop_cluster(agents)
 
 
-def rows(
-    ours: WireFigures, whole: WireFigures, serf: WireFigures | None, sealed_serf: WireFigures | None
-) -> list[tuple[str, ...]]:
-    """One row per figure: membership alone, the whole default daemon, then Serf and Serf with a gossip
-    key (our datagrams are sealed; so are its packets then), each with ours / theirs."""
+Runs = Sequence[WireFigures]
+
+
+def rows(ours: Runs, whole: Runs, serf: Runs, sealed_serf: Runs) -> list[tuple[str, ...]]:
+    """One row per figure, each system's runs pooled: membership alone, the whole default daemon, then Serf
+    and Serf with a gossip key (our datagrams are sealed; so are its packets then), each with ours / theirs.
+    An empty list is a system that did not run."""
+    systems = [pooled(runs) if runs else None for runs in (ours, whole, serf, sealed_serf)]
 
     def line(label: str, pick: Callable[[WireFigures], float], fmt: str) -> tuple[str, ...]:
-        cells = [label, fmt.format(pick(ours)), fmt.format(pick(whole))]
-        for baseline in (serf, sealed_serf):
+        mine, everything, *baselines = systems
+        assert mine is not None and everything is not None
+        cells = [label, fmt.format(pick(mine)), fmt.format(pick(everything))]
+        for baseline in baselines:
             if baseline is None:
                 cells += ["-", "-"]
             else:
-                ratio = f"{pick(ours) / pick(baseline):.2f}x" if pick(baseline) else "-"
+                ratio = f"{pick(mine) / pick(baseline):.2f}x" if pick(baseline) else "-"
                 cells += [fmt.format(pick(baseline)), ratio]
         return tuple(cells)
+
+    def spread(runs: Runs) -> str:
+        values = [churn_fixed_per_s(run) for run in runs]
+        return f"{min(values):.0f}-{max(values):.0f}" if values else "-"
 
     return [
         ("figure", "pyagent membership", "pyagent default", "Serf", "ratio", "Serf -encrypt", "ratio"),
@@ -186,12 +224,13 @@ def rows(
             lambda f: f.idle.pure_ack_packets / f.members / f.idle_s,
             "{:.1f}",
         ),
+        line(f"churn bytes/s per member, {CHURN_WINDOW_S:.0f} s window", churn_fixed_per_s, "{:.0f}"),
+        ("  range over runs", spread(ours), spread(whole), spread(serf), "", spread(sealed_serf), ""),
         line(
-            f"churn bytes/s per member, {CHURN_WINDOW_S:.0f} s window",
-            lambda f: f.per_member_per_s(f.churn_fixed, f.churn_fixed_s),
+            "churn bytes per member per kill and leave",
+            lambda f: f.churn.bytes / f.members / f.events,
             "{:.0f}",
         ),
-        line("churn bytes per member per kill and leave", lambda f: f.churn.bytes / f.members, "{:.0f}"),
         line(
             "churn bytes/s per member, until known",
             lambda f: f.per_member_per_s(f.churn, f.churn_s),

@@ -36,6 +36,14 @@ class WireCount:
     pure_ack_packets: int
     pure_ack_bytes: int
 
+    def __add__(self, other: WireCount) -> WireCount:
+        return WireCount(
+            self.packets + other.packets,
+            self.bytes + other.bytes,
+            self.pure_ack_packets + other.pure_ack_packets,
+            self.pure_ack_bytes + other.pure_ack_bytes,
+        )
+
     def __sub__(self, other: WireCount) -> WireCount:
         return WireCount(
             self.packets - other.packets,
