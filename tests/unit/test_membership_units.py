@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -94,6 +95,14 @@ def test_awareness_is_clamped_and_scales_timeouts() -> None:
     assert disabled.scale(500) == 500
 
 
+RECEIVERS = itertools.count()
+
+
+def take(queue: BroadcastQueue, budget_bytes: int, transmit_limit: int) -> list[object]:
+    """Updates for a new receiver each time, in a large mesh: only the retransmit limit ends an update."""
+    return queue.take(budget_bytes, transmit_limit, f"r{next(RECEIVERS)}", others=1_000)
+
+
 def entry(peer: str, incarnation: int) -> list[object]:
     return [peer, 0, incarnation, 1, [], None]
 
@@ -103,39 +112,60 @@ def test_queue_respects_the_retransmit_limit() -> None:
     queue.push("a", entry("a", 1), 20)
     sent = 0
     while queue:
-        sent += len(queue.take(budget_bytes=1_000, transmit_limit=8))
+        sent += len(take(queue, budget_bytes=1_000, transmit_limit=8))
     assert sent == 8
 
 
 def test_queue_keeps_one_update_per_member_newest_wins() -> None:
     queue = BroadcastQueue(queue_max=16)
     queue.push("a", entry("a", 1), 20)
-    queue.take(1_000, 8)
+    take(queue, 1_000, 8)
     queue.push("a", entry("a", 2), 20)
     assert len(queue) == 1
-    assert queue.take(1_000, 8) == [entry("a", 2)]
+    assert take(queue, 1_000, 8) == [entry("a", 2)]
 
 
 def test_queue_prefers_least_transmitted_and_fits_the_budget() -> None:
     queue = BroadcastQueue(queue_max=16)
     queue.push("old", entry("old", 1), 40)
-    queue.take(1_000, 8)
+    take(queue, 1_000, 8)
     queue.push("new", entry("new", 1), 40)
-    assert queue.take(budget_bytes=50, transmit_limit=8) == [entry("new", 1)]
-    assert queue.take(budget_bytes=30, transmit_limit=8) == []
+    assert take(queue, budget_bytes=50, transmit_limit=8) == [entry("new", 1)]
+    assert take(queue, budget_bytes=30, transmit_limit=8) == []
     # Both now sent once: the newer goes first within a tier.
-    assert queue.take(budget_bytes=100, transmit_limit=8) == [entry("new", 1), entry("old", 1)]
+    assert take(queue, budget_bytes=100, transmit_limit=8) == [entry("new", 1), entry("old", 1)]
 
 
 def test_queue_is_bounded_and_drops_the_most_sent() -> None:
     queue = BroadcastQueue(queue_max=3)
     for name in ("a", "b", "c"):
         queue.push(name, entry(name, 1), 10)
-    queue.take(budget_bytes=12, transmit_limit=8)  # sends "c", the newest
+    take(queue, budget_bytes=12, transmit_limit=8)  # sends "c", the newest
     queue.push("d", entry("d", 1), 10)
     assert len(queue) == 3 and queue.dropped == 1
-    remaining = queue.take(budget_bytes=1_000, transmit_limit=8)
+    remaining = take(queue, budget_bytes=1_000, transmit_limit=8)
     assert sorted(item[0] for item in remaining) == ["a", "b", "d"]  # type: ignore[type-var]
+
+
+def test_an_update_is_not_sent_to_whoever_told_us_nor_twice_to_one_member() -> None:
+    queue = BroadcastQueue(queue_max=16)
+    queue.push("a", entry("a", 1), 20, heard_from="b")
+    assert queue.take(1_000, 8, "b", others=4) == []
+    assert queue.take(1_000, 8, "c", others=4) == [entry("a", 1)]
+    assert queue.take(1_000, 8, "c", others=4) == []
+    assert queue.take(1_000, 8, "d", others=4) == [entry("a", 1)]
+    # b told us, c and d heard it from us: e is the last member without it, and then it is done.
+    assert queue.take(1_000, 8, "e", others=4) == [entry("a", 1)]
+    assert len(queue) == 0
+
+
+def test_a_newer_update_about_a_member_starts_with_its_own_holders() -> None:
+    queue = BroadcastQueue(queue_max=16)
+    queue.push("a", entry("a", 1), 20)
+    queue.take(1_000, 8, "c", others=4)
+    queue.push("a", entry("a", 2), 20, heard_from="d")
+    assert queue.take(1_000, 8, "c", others=4) == [entry("a", 2)]
+    assert queue.take(1_000, 8, "d", others=4) == []
 
 
 def test_queue_take_is_fair_under_random_load() -> None:
@@ -146,7 +176,7 @@ def test_queue_take_is_fair_under_random_load() -> None:
         if step % 10 == 0:
             name = f"m{rng.randrange(200)}"
             queue.push(name, entry(name, step), rng.randrange(10, 60))
-        for item in queue.take(budget_bytes=120, transmit_limit=6):
+        for item in take(queue, budget_bytes=120, transmit_limit=6):
             key = f"{item[0]}@{item[2]}"
             counts[key] = counts.get(key, 0) + 1
     assert max(counts.values()) <= 6

@@ -169,6 +169,8 @@ class Membership(Component):
         self._changes: deque[MemberChanged] = deque()
         self._limit_cache = (0, 0)
         self._reconnect_armed = False
+        # The member whose message is being handled: updates it brings are queued as held by it.
+        self._sender: PeerId | None = None
         self.counters: Counter[str] = Counter()
         self._book = AddressBook(storage, config.members_max)
         self._adopt(known)
@@ -257,7 +259,16 @@ class Membership(Component):
         sender = event.peer
         if sender == self._local_peer:
             return
-        self._count("recv", event.message)
+        self._sender = sender
+        try:
+            self._on_decoded(decoded, sender, event.message, now_us, out)
+        finally:
+            self._sender = None
+
+    def _on_decoded(
+        self, decoded: codec.Decoded, sender: PeerId, message: Message, now_us: int, out: Ready
+    ) -> None:
+        self._count("recv", message)
         self._ensure_started(now_us, out)
         if self._table.get(sender) is None and not isinstance(
             decoded, codec.PushPull | codec.MetadataQuery | codec.MetadataReply
@@ -266,7 +277,7 @@ class Membership(Component):
         match decoded:
             case codec.Ping():
                 self._merge(decoded.updates, sender, now_us, out)
-                self._send(out, sender, codec.ack(decoded.seq, self._piggyback(about=sender)))
+                self._send(out, sender, codec.ack(decoded.seq, self._piggyback(sender, buddy=True)))
             case codec.Ack():
                 self._merge(decoded.updates, sender, now_us, out)
                 self._on_ack(sender, decoded.seq, now_us, out)
@@ -355,7 +366,7 @@ class Membership(Component):
             return
         self._probe = _Probe(self._next_seq(), target.peer, now_us)
         self.counters["probes"] += 1
-        self._send(out, target.peer, codec.ping(self._probe.seq, self._piggyback(about=target.peer)))
+        self._send(out, target.peer, codec.ping(self._probe.seq, self._piggyback(target.peer, buddy=True)))
         timeout_us = self._awareness.scale(self.config.probe_timeout_ms) * US_PER_MS
         out.timers.append(SetTimer(self.timer_key(_PROBE_TIMEOUT), now_us + timeout_us))
 
@@ -395,7 +406,7 @@ class Membership(Component):
         wait_ms = max(1, int(window_ms * _NACK_WAIT_SHARE))
         for helper in helpers:
             message = codec.ping_req(
-                probe.seq, target.peer, target.addrs, self.config.nacks, wait_ms, self._piggyback()
+                probe.seq, target.peer, target.addrs, self.config.nacks, wait_ms, self._piggyback(helper.peer)
             )
             self._send(out, helper.peer, message)
         self.counters["indirect_probes"] += len(helpers)
@@ -424,7 +435,7 @@ class Membership(Component):
         if relay is not None and sender == relay.target:
             del self._relays[seq]
             out.timers.append(CancelTimer(self.timer_key(f"{_RELAY}{seq}")))
-            self._send(out, relay.origin, codec.ack(relay.origin_seq, self._piggyback()))
+            self._send(out, relay.origin, codec.ack(relay.origin_seq, self._piggyback(relay.origin)))
             return
         self.counters["acks_late_or_unknown"] += 1
 
@@ -446,7 +457,7 @@ class Membership(Component):
         if target is None:
             return
         self._reconnect = (self._next_seq(), target.peer)
-        self._send(out, target.peer, codec.ping(self._reconnect[0], self._piggyback(about=target.peer)))
+        self._send(out, target.peer, codec.ping(self._reconnect[0], self._piggyback(target.peer, buddy=True)))
         self._reconnect_armed = True
         out.timers.append(
             SetTimer(self.timer_key(_RECONNECT), now_us + self.config.reconnect_interval_ms * US_PER_MS)
@@ -479,7 +490,7 @@ class Membership(Component):
 
     def _relay_probe(self, sender: PeerId, request: codec.PingReq, now_us: int, out: Ready) -> None:
         if request.target == self._local_peer:
-            self._send(out, sender, codec.ack(request.seq, self._piggyback()))
+            self._send(out, sender, codec.ack(request.seq, self._piggyback(sender)))
             return
         if len(self._relays) >= self.config.indirect_relays_max:
             self.counters["relays_refused"] += 1
@@ -490,7 +501,7 @@ class Membership(Component):
         self._relays[seq] = _Relay(sender, request.seq, request.target, request.want_nack)
         known = self._table.get(request.target)
         addrs = known.addrs if known is not None and known.addrs else request.addrs
-        self._send(out, request.target, codec.ping(seq, self._piggyback()), addrs)
+        self._send(out, request.target, codec.ping(seq, self._piggyback(request.target)), addrs)
         out.timers.append(SetTimer(self.timer_key(f"{_RELAY}{seq}"), now_us + request.wait_ms * US_PER_MS))
 
     def _on_relay_timeout(self, seq: int, out: Ready) -> None:
@@ -756,7 +767,9 @@ class Membership(Component):
             # A peer with more addresses than our budget allows: push-pull still carries its entry.
             self.counters["updates_too_large"] += 1
             return
-        self._queue.push(peer, payload, size)
+        # What a message brought us, its sender holds; news about ourselves (a refutation) is our own.
+        heard_from = None if peer == self._local_peer else self._sender
+        self._queue.push(peer, payload, size, heard_from)
         self._arm_gossip(now_us, out)
 
     def _arm_gossip(self, now_us: int, out: Ready) -> None:
@@ -766,18 +779,28 @@ class Membership(Component):
                 SetTimer(self.timer_key(_GOSSIP), now_us + self.config.gossip_interval_ms * US_PER_MS)
             )
 
-    def _piggyback(self, about: PeerId | None = None) -> list[codec.WireEntry]:
-        """Updates for one message; ``about`` names its receiver, to be told if we think it is not alive.
+    def _piggyback(self, receiver: PeerId, buddy: bool = False) -> list[codec.WireEntry]:
+        """Updates for one message to ``receiver``; with ``buddy`` it is also told if we think it is not
+        alive.
 
         Gossip about a suspicion may be spent before the suspect can hear it (a short partition); telling
         it directly whenever we exchange a probe lets it refute at once, and a member wrongly declared
         dead learns it from its very next ping.
         """
         queue = self._queue
-        updates = queue.take(self.config.piggyback_bytes_max, self._retransmit_limit()) if queue else []
-        if about is None or not self.config.buddy_system:
+        updates = (
+            queue.take(
+                self.config.piggyback_bytes_max,
+                self._retransmit_limit(),
+                receiver,
+                others=self._table.live_count - 1,
+            )
+            if queue
+            else []
+        )
+        if not buddy or not self.config.buddy_system:
             return updates
-        member = self._table.get(about)
+        member = self._table.get(receiver)
         if member is not None and member.state in (State.SUSPECT, State.DEAD):
             updates.append(codec.encode_entry(self._entry_of(member)))
         return updates
@@ -797,10 +820,10 @@ class Membership(Component):
         to_dead_us = self.config.gossip_to_dead_ms * US_PER_MS
         targets = self._table.sample(self._rng, self.config.gossip_nodes, _gossip_filter(now_us, to_dead_us))
         for target in targets:
-            updates = self._piggyback(about=target.peer)
-            if not updates:
-                break
-            self._send(out, target.peer, codec.gossip(updates))
+            # Empty for a target that holds every queued update, though another may still lack some.
+            updates = self._piggyback(target.peer, buddy=True)
+            if updates:
+                self._send(out, target.peer, codec.gossip(updates))
         # With nobody to gossip to, wait for a new member (which re-arms the timer) rather than spin.
         if targets:
             self._arm_gossip(now_us, out)
