@@ -20,9 +20,11 @@
 //! trusts it, and sizes every allocation from lengths it checked.
 
 use super::{
-    malformed, quant, sparse, CodecError, Rounding, Spec, TopK, ValueCodec, NDIM_MAX, NUMEL_MAX,
+    malformed, quant, sparse, stream, CodecError, Rounding, Spec, TopK, ValueCodec, NDIM_MAX,
+    NUMEL_MAX,
 };
 use crate::hashing::{digest, DIGEST_LEN_BYTES};
+use std::borrow::Cow;
 
 pub const MAGIC: [u8; 4] = *b"PYLD";
 pub const VERSION: u8 = 1;
@@ -62,13 +64,56 @@ pub fn frame_len_max(spec: &Spec, ndim: usize, numel: u64) -> u64 {
     fixed + indices + values
 }
 
-/// Encode `values` (row-major, of `shape`) as one frame.
-pub fn encode(
-    values: &[f32],
+/// A frame whose bytes are decided but not yet written: its exact length is known first, so a
+/// caller can write it straight into its final buffer (the binding: a Python bytes object)
+/// instead of copying it there.
+pub struct Prepared<'a> {
+    /// The header and, when sparse, the index sections: every byte before the values.
+    head: Vec<u8>,
+    /// The values to quantize: all of them, or the kept ones.
+    values: Cow<'a, [f32]>,
+    spec: Spec,
+    rounding: Rounding,
+}
+
+impl Prepared<'_> {
+    /// The frame's length in bytes.
+    pub fn frame_len(&self) -> usize {
+        self.head.len() + self.values_len() + DIGEST_LEN_BYTES
+    }
+
+    fn values_len(&self) -> usize {
+        quant::encoded_len(self.spec.codec, self.spec.block_size, self.values.len())
+    }
+
+    /// Write the frame to `frame`, which is exactly [`Self::frame_len`] bytes long. Fails on
+    /// values the codec cannot carry (non-finite ones, or beyond FP16's range).
+    pub fn write(&self, frame: &mut [u8]) -> Result<(), CodecError> {
+        assert_eq!(frame.len(), self.frame_len());
+        let (body, hash) = frame.split_at_mut(frame.len() - DIGEST_LEN_BYTES);
+        let (head, values) = body.split_at_mut(self.head.len());
+        head.copy_from_slice(&self.head);
+        let spec = self.spec;
+        quant::encode(
+            &self.values,
+            spec.codec,
+            spec.block_size,
+            self.rounding,
+            values,
+        )?;
+        hash.copy_from_slice(&digest(body));
+        Ok(())
+    }
+}
+
+/// Decide the frame of `values` (row-major, of `shape`): check the arguments and, when sparse,
+/// select the kept values and code their positions.
+pub fn prepare<'a>(
+    values: &'a [f32],
     shape: &[u64],
     spec: &Spec,
     rounding: Rounding,
-) -> Result<Vec<u8>, CodecError> {
+) -> Result<Prepared<'a>, CodecError> {
     spec.validate()?;
     if shape.is_empty() || shape.len() > NDIM_MAX {
         return Err(CodecError::Invalid(format!(
@@ -83,10 +128,14 @@ pub fn encode(
             values.len()
         )));
     }
-    let mut frame =
-        Vec::with_capacity(frame_len_max(spec, shape.len(), values.len() as u64) as usize);
-    frame.extend_from_slice(&MAGIC);
-    frame.extend_from_slice(&[
+    // The frame's bound less its values and hash: the header and the index sections, at most.
+    let numel = values.len() as u64;
+    let values_len = quant::encoded_len(spec.codec, spec.block_size, spec.kept(numel) as usize);
+    let mut head = Vec::with_capacity(
+        frame_len_max(spec, shape.len(), numel) as usize - values_len - DIGEST_LEN_BYTES,
+    );
+    head.extend_from_slice(&MAGIC);
+    head.extend_from_slice(&[
         VERSION,
         spec.codec.wire_code(),
         DTYPE_F32,
@@ -94,35 +143,53 @@ pub fn encode(
     ]);
     let (chunk_size, k_per_chunk) = spec.top_k.map_or((0, 0), |t| (t.chunk_size, t.k_per_chunk));
     for field in [spec.block_size, chunk_size, k_per_chunk] {
-        frame.extend_from_slice(&field.to_le_bytes());
+        head.extend_from_slice(&field.to_le_bytes());
     }
     for &dim in shape {
-        frame.extend_from_slice(&dim.to_le_bytes());
+        head.extend_from_slice(&dim.to_le_bytes());
     }
-    let payload_len_at = frame.len();
-    frame.extend_from_slice(&0u64.to_le_bytes());
-    let payload_start = frame.len();
-    match spec.top_k {
-        None => quant::encode(values, spec.codec, spec.block_size, rounding, &mut frame)?,
+    let payload_len_at = head.len();
+    head.extend_from_slice(&0u64.to_le_bytes());
+    let payload_start = head.len();
+    let values = match spec.top_k {
+        None => Cow::Borrowed(values),
         Some(top_k) => {
             let positions = sparse::select(values, top_k);
             let chunk = top_k.chunk_size as usize;
             let mut rest = positions.as_slice();
+            let mut local = Vec::with_capacity(top_k.k_per_chunk as usize);
             for (chunk_index, chunk_values) in values.chunks(chunk).enumerate() {
                 let base = (chunk_index * chunk) as u32;
                 let count = rest.partition_point(|&p| p < base + chunk_values.len() as u32);
-                let local: Vec<u32> = rest[..count].iter().map(|p| p - base).collect();
-                sparse::encode_indices(&local, chunk_values.len() as u32, &mut frame);
+                local.clear();
+                local.extend(rest[..count].iter().map(|p| p - base));
+                sparse::encode_indices(&local, chunk_values.len() as u32, &mut head);
                 rest = &rest[count..];
             }
-            let kept: Vec<f32> = positions.iter().map(|&p| values[p as usize]).collect();
-            quant::encode(&kept, spec.codec, spec.block_size, rounding, &mut frame)?;
+            Cow::Owned(positions.iter().map(|&p| values[p as usize]).collect())
         }
-    }
-    let payload_len = (frame.len() - payload_start) as u64;
-    frame[payload_len_at..payload_start].copy_from_slice(&payload_len.to_le_bytes());
-    let hash = digest(&frame);
-    frame.extend_from_slice(&hash);
+    };
+    let mut prepared = Prepared {
+        head,
+        values,
+        spec: *spec,
+        rounding,
+    };
+    let payload_len = (prepared.head.len() - payload_start + prepared.values_len()) as u64;
+    prepared.head[payload_len_at..payload_start].copy_from_slice(&payload_len.to_le_bytes());
+    Ok(prepared)
+}
+
+/// Encode `values` (row-major, of `shape`) as one frame.
+pub fn encode(
+    values: &[f32],
+    shape: &[u64],
+    spec: &Spec,
+    rounding: Rounding,
+) -> Result<Vec<u8>, CodecError> {
+    let prepared = prepare(values, shape, spec, rounding)?;
+    let mut frame = vec![0; prepared.frame_len()];
+    prepared.write(&mut frame)?;
     Ok(frame)
 }
 
@@ -240,10 +307,16 @@ pub fn decode_into(frame: &[u8], out: &mut [f32]) -> Result<Header, CodecError> 
     }
     let mut values = vec![0f32; kept];
     quant::decode(&payload[cursor..], spec.codec, spec.block_size, &mut values)?;
-    out.fill(0.0);
-    for (&position, &value) in positions.iter().zip(&values) {
-        out[position as usize] = value;
-    }
+    // Chunk by chunk: each chunk's kept values are the next `min(k, its length)` of `values`.
+    let mut kept = positions.iter().zip(&values);
+    stream::fill_in_pieces(out, chunk, |start, piece| {
+        piece.fill(0.0);
+        let k = top_k.k_per_chunk.min(piece.len() as u32) as usize;
+        for (&position, &value) in kept.by_ref().take(k) {
+            piece[position as usize - start] = value;
+        }
+        Ok(())
+    })?;
     Ok(header)
 }
 
