@@ -154,19 +154,18 @@ pub fn prepare<'a>(
     let values = match spec.top_k {
         None => Cow::Borrowed(values),
         Some(top_k) => {
-            let positions = sparse::select(values, top_k);
-            let chunk = top_k.chunk_size as usize;
-            let mut rest = positions.as_slice();
-            let mut local = Vec::with_capacity(top_k.k_per_chunk as usize);
-            for (chunk_index, chunk_values) in values.chunks(chunk).enumerate() {
-                let base = (chunk_index * chunk) as u32;
-                let count = rest.partition_point(|&p| p < base + chunk_values.len() as u32);
-                local.clear();
-                local.extend(rest[..count].iter().map(|p| p - base));
-                sparse::encode_indices(&local, chunk_values.len() as u32, &mut head);
-                rest = &rest[count..];
+            // Chunk by chunk, while the chunk is in the cache: select, code the positions,
+            // gather the kept values.
+            let mut selector = sparse::Selector::new(top_k.k_per_chunk);
+            let mut positions = Vec::with_capacity(top_k.k_per_chunk as usize);
+            let mut kept = Vec::with_capacity(spec.kept(numel) as usize);
+            for chunk in values.chunks(top_k.chunk_size as usize) {
+                positions.clear();
+                selector.select(chunk, &mut positions);
+                sparse::encode_indices(&positions, chunk.len() as u32, &mut head);
+                kept.extend(positions.iter().map(|&p| chunk[p as usize]));
             }
-            Cow::Owned(positions.iter().map(|&p| values[p as usize]).collect())
+            Cow::Owned(kept)
         }
     };
     let mut prepared = Prepared {
