@@ -356,6 +356,7 @@ pub fn decode(frame: &[u8], numel_max: u64) -> Result<(Header, Vec<f32>), CodecE
 
 #[cfg(test)]
 mod tests {
+    use super::super::stream::STREAMED_BYTES_MIN;
     use super::*;
 
     fn sample(n: usize) -> Vec<f32> {
@@ -435,6 +436,30 @@ mod tests {
         *too_large.last_mut().unwrap() = 1e6;
         let refused = encode(&too_large, &[values.len() as u64], &spec, Rounding::Nearest);
         assert!(matches!(refused, Err(CodecError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_streamed_sparse_decode_is_the_decodes_of_its_chunks() {
+        // One block of kept values a chunk, so a chunk alone encodes to the same values; the
+        // output is past the streaming threshold, and its last chunk is short.
+        let spec = Spec {
+            codec: ValueCodec::Int4,
+            block_size: 64,
+            top_k: Some(TopK {
+                chunk_size: 4096,
+                k_per_chunk: 64,
+            }),
+        };
+        let len = STREAMED_BYTES_MIN / 4 + 4096 + 100;
+        let values = sample(len);
+        let frame = encode(&values, &[len as u64], &spec, Rounding::Nearest).unwrap();
+        let mut whole = vec![1f32; len];
+        decode_into(&frame, &mut whole).unwrap();
+        for (chunk, got) in values.chunks(4096).zip(whole.chunks(4096)) {
+            let frame = encode(chunk, &[chunk.len() as u64], &spec, Rounding::Nearest).unwrap();
+            let (_, want) = decode(&frame, chunk.len() as u64).unwrap();
+            assert_eq!(got, want);
+        }
     }
 
     #[test]

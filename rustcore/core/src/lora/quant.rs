@@ -269,7 +269,8 @@ fn dequantize_blocks<const PER_BYTE: usize>(
     out: &mut [f32],
 ) -> Result<(), CodecError> {
     let level_max = codec.max_level().expect("an integer codec");
-    let levels = level_table::<PER_BYTE>(level_max);
+    // A byte a value converts faster than it looks up; smaller codes look up a byte at a time.
+    let levels = (PER_BYTE > 1).then(|| level_table::<PER_BYTE>(level_max));
     let blocks_per_piece = (PIECE_VALUES / block_size).max(1);
     let piece_codes_len = blocks_per_piece * block_size / PER_BYTE;
     let mut bad_code = false;
@@ -284,7 +285,12 @@ fn dequantize_blocks<const PER_BYTE: usize>(
             .nth(piece_index)
             .expect("codes for every value");
         bad_code |= dispatch!(dequantize_piece(
-            scales, codes, &levels, level_max, block_size, piece
+            scales,
+            codes,
+            levels.as_ref(),
+            level_max,
+            block_size,
+            piece
         ))?;
         Ok(())
     })?;
@@ -300,7 +306,7 @@ fn dequantize_blocks<const PER_BYTE: usize>(
 fn dequantize_piece<const PER_BYTE: usize>(
     scales: &[u8],
     codes: &[u8],
-    levels: &[[f32; PER_BYTE]; 256],
+    levels: Option<&[[f32; PER_BYTE]; 256]>,
     level_max: u32,
     block_size: usize,
     piece: &mut [f32],
@@ -319,13 +325,13 @@ fn dequantize_piece<const PER_BYTE: usize>(
         }
         bad_code |= holds_unused_code::<PER_BYTE>(block_codes);
         let step = scale / level_max;
-        if PER_BYTE == 1 {
-            // A byte a value: converting is cheaper than a table load.
-            for (value, &code) in block.iter_mut().zip(block_codes) {
-                *value = (code as f32 - level_max) * step;
+        match levels {
+            Some(levels) => unpack_scaled(block_codes, levels, step, block),
+            None => {
+                for (value, &code) in block.iter_mut().zip(block_codes) {
+                    *value = (code as f32 - level_max) * step;
+                }
             }
-        } else {
-            unpack_scaled(block_codes, levels, step, block);
         }
     }
     Ok(bad_code)
@@ -507,6 +513,27 @@ mod tests {
                 let mut got = vec![0u8; shifted.len()];
                 truncate_to_codes(shifted, top, &mut got);
                 assert_eq!(got, want, "top {top}, start {start}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_streamed_decode_is_the_decodes_of_its_pieces() {
+        // An output past the streaming threshold, with a last piece and block cut short.
+        let len = stream::STREAMED_BYTES_MIN / 4 + PIECE_VALUES + 37;
+        let values = sample(len, 4);
+        for codec in ValueCodec::ALL {
+            let block = 64;
+            let mut whole = vec![0f32; len];
+            let bytes = encoded(&values, codec, block, Rounding::Nearest).unwrap();
+            decode(&bytes, codec, block, &mut whole).unwrap();
+            // Pieces of whole blocks quantize alone to the same codes, and decode in place.
+            for (piece, got) in values.chunks(PIECE_VALUES).zip(whole.chunks(PIECE_VALUES)) {
+                assert_eq!(
+                    round_trip(piece, codec, block, Rounding::Nearest),
+                    got,
+                    "{codec:?}"
+                );
             }
         }
     }

@@ -9,7 +9,7 @@
 
 /// Outputs at least this large are streamed. Below it the output is written in place: it may
 /// fit in the cache, where the caller, which usually reads it next, finds it.
-const STREAMED_BYTES_MIN: usize = 4 << 20;
+pub(super) const STREAMED_BYTES_MIN: usize = 4 << 20;
 
 /// Fill `out` one piece of `piece_len` values at a time (the last piece may be shorter):
 /// `fill(start, piece)` writes the values of `out[start..start + piece.len()]` into `piece`.
