@@ -539,6 +539,37 @@ mod tests {
     }
 
     #[test]
+    fn every_code_in_every_slot_decodes_to_its_level_times_the_step() {
+        for codec in [ValueCodec::Int8, ValueCodec::Int4, ValueCodec::Int2] {
+            let bits = codec.bits() as usize;
+            let level_max = codec.max_level().unwrap();
+            let ones = u8::MAX >> (8 - bits);
+            // Every byte whose codes are all levels, so each code meets each slot; a subnormal
+            // scale too, where the step is far below the smallest normal.
+            let bytes: Vec<u8> = (0..=255u8)
+                .filter(|&b| (0..8 / bits).all(|slot| (b >> (bits * slot)) & ones < ones))
+                .collect();
+            for scale in [3.0, f32::from_bits(3)] {
+                // One block of 64 values a scale: 64 * bits / 8 code bytes each.
+                let block_bytes = 64 * bits / 8;
+                let blocks = bytes.len().div_ceil(block_bytes);
+                let mut codes = bytes.clone();
+                codes.resize(blocks * block_bytes, 0);
+                let mut frame: Vec<u8> = (0..blocks).flat_map(|_| scale.to_le_bytes()).collect();
+                frame.extend_from_slice(&codes);
+                let mut out = vec![0f32; blocks * 64];
+                decode(&frame, codec, 64, &mut out).unwrap();
+                let step = scale / level_max as f32;
+                for (index, &value) in out.iter().enumerate() {
+                    let code = (codes[index * bits / 8] >> (index * bits % 8)) & ones;
+                    let want = (code as f32 - level_max as f32) * step;
+                    assert_eq!(value.to_bits(), want.to_bits(), "{codec:?} value {index}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn a_zero_block_stays_zero() {
         let back = round_trip(&[0.0; 20], ValueCodec::Int4, 8, Rounding::Nearest);
         assert!(back.iter().all(|&v| v == 0.0));
