@@ -125,8 +125,8 @@ impl LoraCodec {
         let prepared = py
             .detach(|| frame::prepare(values, &shape, &spec, rounding(seed)))
             .map_err(codec_error)?;
-        // Written in place: a dense frame is a fifth to a half of the delta's size, and copying it
-        // from a Rust buffer cost as much as encoding it.
+        // Written in place: copying from a Rust buffer faulted in and filled a second buffer of
+        // the frame's size (half the delta's, for FP16), which cost about as much as encoding.
         PyBytes::new_with(py, prepared.frame_len(), |bytes| {
             py.detach(|| prepared.write(bytes)).map_err(codec_error)
         })
