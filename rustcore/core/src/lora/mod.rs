@@ -38,9 +38,11 @@ macro_rules! dispatch {
 
 pub mod choose;
 pub mod feedback;
+mod fp16;
 pub mod frame;
 pub mod quant;
 pub mod sparse;
+mod stream;
 
 use std::fmt;
 

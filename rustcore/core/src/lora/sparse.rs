@@ -23,40 +23,81 @@ pub fn kept_count(numel: u64, top_k: TopK) -> u64 {
 const BUCKET_SHIFT: u32 = 20;
 const BUCKETS: usize = 1 << (31 - BUCKET_SHIFT);
 
-/// The positions (ascending, into `values`) of the kept values: in every chunk the `k_per_chunk`
-/// largest magnitudes, ties broken toward the lower position so the choice is deterministic.
-pub fn select(values: &[f32], top_k: TopK) -> Vec<u32> {
-    let k = top_k.k_per_chunk as usize;
-    let mut kept = Vec::with_capacity(kept_count(values.len() as u64, top_k) as usize);
-    let mut histogram = vec![0u32; BUCKETS];
-    let mut candidates = Vec::new();
-    let mut keys = Vec::new();
-    let mut scratch = Vec::new();
-    for (chunk_index, chunk) in values.chunks(top_k.chunk_size as usize).enumerate() {
-        let base = (chunk_index * top_k.chunk_size as usize) as u32;
-        if k >= chunk.len() {
-            kept.extend(base..base + chunk.len() as u32);
-            continue;
-        }
-        // Every kept value is in the cut's bucket or above it: take those (a few more than k),
-        // in position order, then cut exactly among them.
-        let floor = cut_bucket(chunk, k, &mut histogram) << BUCKET_SHIFT;
-        candidates.clear();
-        dispatch!(positions_at_least(chunk, floor, &mut candidates));
-        keys.clear();
-        keys.extend(candidates.iter().map(|&p| magnitude_key(chunk[p as usize])));
-        let cut = keys.len() - k;
-        scratch.clone_from(&keys);
-        let threshold = *scratch.select_nth_unstable(cut).1;
-        let mut ties = k - keys.iter().filter(|&&key| key > threshold).count();
-        for (&position, &key) in candidates.iter().zip(&keys) {
-            if key > threshold || (key == threshold && ties > 0) {
-                ties -= usize::from(key == threshold);
-                kept.push(base + position);
-            }
+/// Chunk-wise top-k, one chunk after another: in every chunk the `k_per_chunk` largest
+/// magnitudes, ties broken toward the lower position so the choice is deterministic.
+///
+/// Every kept value is at or above some floor: take the positions at or above it (a few more
+/// than k), in position order, then cut exactly among them. The floor comes from the chunk
+/// before (the magnitude a few ranks below its cut): the chunks of one delta are much alike, so
+/// one vector pass usually finds them all. When it does not, the floor is the bucket of a
+/// histogram of the chunk's magnitudes that holds the cut. Either way the result is the same.
+pub struct Selector {
+    k: usize,
+    /// Candidates wanted beyond k, so that the next chunk's cut is rarely above the floor: the
+    /// count above a fixed floor varies by about its square root.
+    spare: usize,
+    floor_from_before: Option<u32>,
+    // Reused from chunk to chunk, so a selection allocates nothing per chunk.
+    histogram: Vec<u32>,
+    positions: Vec<u32>,
+    keys: Vec<u32>,
+    scratch: Vec<u32>,
+}
+
+impl Selector {
+    pub fn new(k_per_chunk: u32) -> Self {
+        let k = k_per_chunk as usize;
+        Self {
+            k,
+            spare: 4 * k.isqrt() + 8,
+            floor_from_before: None,
+            histogram: vec![0; BUCKETS],
+            positions: Vec::new(),
+            keys: Vec::new(),
+            scratch: Vec::new(),
         }
     }
-    kept
+
+    /// Push the positions (ascending, into `chunk`) of the chunk's kept values to `kept`.
+    pub fn select(&mut self, chunk: &[f32], kept: &mut Vec<u32>) {
+        let k = self.k;
+        if k >= chunk.len() {
+            kept.extend(0..chunk.len() as u32);
+            return;
+        }
+        let mut count = 0;
+        if let Some(floor) = self.floor_from_before {
+            count = dispatch!(positions_at_least(chunk, floor, &mut self.positions));
+        }
+        // Too few, or so many that a histogram costs less than cutting among them.
+        if !(k..=2 * (k + self.spare)).contains(&count) {
+            let floor = cut_bucket(chunk, k, &mut self.histogram) << BUCKET_SHIFT;
+            count = dispatch!(positions_at_least(chunk, floor, &mut self.positions));
+        }
+        let candidates = &self.positions[..count];
+        let keys = &mut self.keys;
+        keys.clear();
+        keys.extend(candidates.iter().map(|&p| magnitude_key(chunk[p as usize])));
+        self.scratch.clone_from(keys);
+        let (below, &mut threshold, _) = self.scratch.select_nth_unstable(count - k);
+        self.floor_from_before = Some(match below.len().checked_sub(self.spare) {
+            Some(rank) => *below.select_nth_unstable(rank).1,
+            None => below.iter().copied().min().unwrap_or(threshold),
+        });
+        // Written whether taken or not, then kept by advancing: the cut falls unpredictably.
+        let mut ties = k - keys.iter().filter(|&&key| key > threshold).count();
+        let start = kept.len();
+        kept.resize(start + count, 0);
+        let mut end = start;
+        for (&position, &key) in candidates.iter().zip(keys.iter()) {
+            kept[end] = position;
+            let tie = key == threshold;
+            let take = (key > threshold) | (tie & (ties > 0));
+            end += usize::from(take);
+            ties -= usize::from(take & tie);
+        }
+        kept.truncate(end);
+    }
 }
 
 /// Magnitude bits order like magnitudes, and integer comparisons are cheaper than float ones.
@@ -84,20 +125,81 @@ fn cut_bucket(chunk: &[f32], k: usize, histogram: &mut [u32]) -> u32 {
     bucket as u32
 }
 
-/// Push the positions of `chunk`'s keys at or above `floor`, ascending. A word of 32 comparisons
-/// at a time compiles to vector compares; only the (few) set bits are then visited.
+/// Positions are written this many at a time, whether or not each is one.
+const POSITIONS_PER_STEP: usize = 4;
+
+/// Write the positions of `chunk`'s keys at or above `floor`, ascending, to the start of
+/// `positions` (grown to fit), and return how many there are.
+///
+/// A word of 32 comparisons at a time is a few vector compares, and its set bits are then written
+/// in steps of [`POSITIONS_PER_STEP`] (the extras are overwritten by the next word): most words of
+/// a sparse selection hold none or a few, and a branch per position mispredicted on every word.
 #[inline(always)]
-fn positions_at_least(chunk: &[f32], floor: u32, out: &mut Vec<u32>) {
-    for (word_index, word) in chunk.chunks(32).enumerate() {
-        let mut mask = 0u32;
-        for (bit, &value) in word.iter().enumerate() {
-            mask |= u32::from(magnitude_key(value) >= floor) << bit;
-        }
-        while mask != 0 {
-            out.push((word_index * 32) as u32 + mask.trailing_zeros());
-            mask &= mask - 1;
-        }
+fn positions_at_least(chunk: &[f32], floor: u32, positions: &mut Vec<u32>) -> usize {
+    if positions.len() < chunk.len() + POSITIONS_PER_STEP {
+        positions.resize(chunk.len() + POSITIONS_PER_STEP, 0);
     }
+    let mut count = 0;
+    for (word_index, word) in chunk.chunks(32).enumerate() {
+        let base = (word_index * 32) as u32;
+        let mut mask = word_mask(word, floor);
+        let end = count + mask.count_ones() as usize;
+        loop {
+            for slot in &mut positions[count..count + POSITIONS_PER_STEP] {
+                *slot = base + mask.trailing_zeros();
+                mask &= mask.wrapping_sub(1);
+            }
+            count += POSITIONS_PER_STEP;
+            if count >= end {
+                break;
+            }
+        }
+        count = end;
+    }
+    count
+}
+
+/// Bit `i` set when `word[i]`'s key is at or above `floor` (`word` holds at most 32 values).
+#[inline(always)]
+fn word_mask(word: &[f32], floor: u32) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if let Ok(word) = <&[f32; 32]>::try_from(word) {
+        return word_mask_sse2(word, floor);
+    }
+    word_mask_portable(word, floor)
+}
+
+fn word_mask_portable(word: &[f32], floor: u32) -> u32 {
+    word.iter().enumerate().fold(0, |mask, (bit, &value)| {
+        mask | u32::from(magnitude_key(value) >= floor) << bit
+    })
+}
+
+/// [`word_mask_portable`] in 8 compares and movemasks of 4 lanes: the compiler builds the mask
+/// from per-lane shifts and a horizontal sum instead, at half the speed.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn word_mask_sse2(word: &[f32; 32], floor: u32) -> u32 {
+    use std::arch::x86_64::{
+        _mm_and_si128, _mm_castsi128_ps, _mm_cmpgt_epi32, _mm_loadu_si128, _mm_movemask_ps,
+        _mm_set1_epi32,
+    };
+    let mut mask = 0;
+    for (quad_index, quad) in word.chunks_exact(4).enumerate() {
+        // SAFETY: SSE2 is part of every x86-64 CPU, and `quad` holds the 16 bytes loaded. Keys
+        // and floors are below 2^31, so a signed compare orders them; `floor - 1` cannot wrap
+        // below zero to matter, as every key is at least 0.
+        let lanes = unsafe {
+            let keys = _mm_and_si128(
+                _mm_loadu_si128(quad.as_ptr().cast()),
+                _mm_set1_epi32(0x7fff_ffff),
+            );
+            let above = _mm_cmpgt_epi32(keys, _mm_set1_epi32(floor as i32 - 1));
+            _mm_movemask_ps(_mm_castsi128_ps(above))
+        };
+        mask |= (lanes as u32) << (4 * quad_index);
+    }
+    mask
 }
 
 fn varint_len(value: u32) -> usize {
@@ -226,6 +328,20 @@ fn read_varint(bytes: &[u8], cursor: &mut usize) -> Result<u32, CodecError> {
 mod tests {
     use super::*;
 
+    /// The positions (ascending, into `values`) of the kept values of every chunk.
+    fn select(values: &[f32], top_k: TopK) -> Vec<u32> {
+        let mut selector = Selector::new(top_k.k_per_chunk);
+        let mut kept = Vec::new();
+        let mut chunk_kept = Vec::new();
+        for (index, chunk) in values.chunks(top_k.chunk_size as usize).enumerate() {
+            chunk_kept.clear();
+            selector.select(chunk, &mut chunk_kept);
+            let base = index as u32 * top_k.chunk_size;
+            kept.extend(chunk_kept.iter().map(|p| base + p));
+        }
+        kept
+    }
+
     #[test]
     fn select_keeps_the_largest_magnitudes_of_each_chunk() {
         let values = [
@@ -255,13 +371,20 @@ mod tests {
     #[test]
     fn select_agrees_with_a_full_sort() {
         let mut state = 7u64;
-        for round in 0..200u32 {
-            // Few distinct magnitudes in some rounds, so ties and crowded buckets are common.
+        for round in 0..300u32 {
+            // Few distinct magnitudes in some rounds, so ties and crowded buckets are common; in
+            // others the chunks' scales jump, so the floor a chunk leaves the next is far too
+            // high or far too low; chunk sizes off a multiple of 32 take the words' tails.
             let distinct = if round % 2 == 0 { 5 } else { 1 << 20 };
+            let chunk_size = [128, 100, 40][round as usize % 3];
+            let scales = [1.0, 1.0, 1e3, 1e-3, 1.0];
             let values: Vec<f32> = (0..1000)
-                .map(|_| {
+                .map(|i| {
                     state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
-                    let magnitude = ((state >> 33) % distinct) as f32 / 7.0;
+                    let mut magnitude = ((state >> 33) % distinct) as f32 / 7.0;
+                    if round % 4 == 3 {
+                        magnitude *= scales[i / chunk_size % scales.len()];
+                    }
                     if state >> 63 == 1 {
                         -magnitude
                     } else {
@@ -270,21 +393,59 @@ mod tests {
                 })
                 .collect();
             let top_k = TopK {
-                chunk_size: 128,
-                k_per_chunk: 1 + round % 100,
+                chunk_size: chunk_size as u32,
+                k_per_chunk: 1 + round % chunk_size as u32,
             };
             let mut expected = Vec::new();
-            for (index, chunk) in values.chunks(128).enumerate() {
+            for (index, chunk) in values.chunks(chunk_size).enumerate() {
                 let mut order: Vec<usize> = (0..chunk.len()).collect();
                 order.sort_by(|&a, &b| chunk[b].abs().total_cmp(&chunk[a].abs()).then(a.cmp(&b)));
                 let mut chosen: Vec<u32> = order[..chunk.len().min(top_k.k_per_chunk as usize)]
                     .iter()
-                    .map(|&offset| (index * 128 + offset) as u32)
+                    .map(|&offset| (index * chunk_size + offset) as u32)
                     .collect();
                 chosen.sort_unstable();
                 expected.extend(chosen);
             }
             assert_eq!(select(&values, top_k), expected, "round {round}");
+        }
+    }
+
+    #[test]
+    fn the_vector_word_mask_is_the_portable_one() {
+        let edges = [
+            0.0,
+            -0.0,
+            f32::from_bits(1),
+            1.0,
+            -1.0,
+            f32::MAX,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+        ];
+        let mut state = 3u64;
+        let word: Vec<f32> = (0..32)
+            .map(|i| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                edges
+                    .get(i)
+                    .copied()
+                    .unwrap_or(f32::from_bits((state >> 32) as u32))
+            })
+            .collect();
+        let floors = word
+            .iter()
+            .map(|&v| magnitude_key(v))
+            .chain([0, 1, u32::MAX >> 1]);
+        for floor in floors {
+            let want = word_mask_portable(&word, floor);
+            assert_eq!(word_mask(&word, floor), want, "floor {floor:#x}");
+            let mut positions = Vec::new();
+            let count = positions_at_least(&word, floor, &mut positions);
+            let want: Vec<u32> = (0..32).filter(|bit| want >> bit & 1 == 1).collect();
+            assert_eq!(positions[..count], want);
         }
     }
 
