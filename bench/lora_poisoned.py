@@ -8,7 +8,8 @@ median, the worst and how many seeds are within 2 %.
 
 With ``aggregator = "multi_krum"`` it also counts, over every aggregation of the attacked runs, which rows
 were rejected: each row is matched to the delta it came from (the highest cosine among the deltas
-contributed that round), so a rejection is named by its sender's kind (``honest`` or a poisoning).
+contributed, ``LoraWorkload.senders``), so a rejection is named by its sender's kind (``honest`` or a
+poisoning).
 """
 
 from __future__ import annotations
@@ -52,23 +53,13 @@ def recording_krum() -> Iterator[list[tuple[np.ndarray, np.ndarray]]]:
         aggregate.krum_kept = original
 
 
-def sender_kinds(sim: Sim, rows: np.ndarray) -> list[str]:
-    """Each row's sender's kind: the contributed delta (any round) that points most nearly its way."""
-    workload = next(o for o in sim.observers if isinstance(o, LoraWorkload))
-    kind_of = {sim.nodes[i].peer: kind for i, kind in workload.poison.items()}
-    senders = [(peer, delta) for given in workload.contributed.values() for peer, (delta, _) in given.items()]
-    deltas = np.stack([delta for _, delta in senders]).astype(np.float64)
-    deltas /= np.linalg.norm(deltas, axis=1, keepdims=True)
-    best = np.argmax(rows.astype(np.float64) @ deltas.T, axis=1)
-    return [kind_of.get(senders[i][0], "honest") for i in best]
-
-
 def run_seed(seed: int, overrides: list[str], rejected: Counter[str], kept: Counter[str]) -> float:
     sim = Sim(SCENARIO, seed=seed, overrides=overrides)
     with recording_krum() as calls:
         attacked = run_scenario(sim)
+    workload = next(o for o in sim.observers if isinstance(o, LoraWorkload))
     for rows, indices in calls:
-        for index, kind in enumerate(sender_kinds(sim, rows)):
+        for index, (_, kind) in enumerate(workload.senders(rows)):
             (kept if index in indices else rejected)[kind] += 1
     clean = run_scenario(Sim(SCENARIO, seed=seed, overrides=[*overrides, "lora.poisoned=0"]))
     for outcome in (attacked, clean):
