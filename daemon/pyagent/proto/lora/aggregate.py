@@ -129,5 +129,6 @@ def squared_distances(rows: Matrix) -> npt.NDArray[np.float64]:
     distances = np.zeros((count, count))
     for i in range(count - 1):
         offsets = wide[i + 1 :] - wide[i]
-        distances[i, i + 1 :] = distances[i + 1 :, i] = (offsets * offsets).sum(axis=1)
+        squares = np.square(offsets, out=offsets)  # in place: one temporary of (n - 1) x d, not two
+        distances[i, i + 1 :] = distances[i + 1 :, i] = squares.sum(axis=1)
     return distances
