@@ -95,10 +95,11 @@ def centered_clip(rows: Matrix, weights: Weights, radius_factor: float, iteratio
 def multi_krum(rows: Matrix, weights: Weights, trim_fraction: float) -> Vector:
     count = rows.shape[0]
     faulty = int(trim_fraction * count)
+    if faulty == 0:
+        return weighted_mean(rows, weights)  # none assumed poisoned: every row is kept
     if count - faulty - 2 < 1:
-        # Too few rows to score each against n - f - 2 neighbours (n <= 2 with f = 0, where this is the
-        # plain mean, or n = 3 with f = 1, where it is the coordinate-wise median): the trimmed mean with
-        # the same f needs no neighbours.
+        # No neighbour to score against (n = 3 with f = 1, as f < n / 2): the trimmed mean with the same f,
+        # here the coordinate-wise median, needs none.
         return trimmed_mean(rows, weights, trim_fraction)
     kept = krum_kept(rows, faulty)
     return weighted_mean(rows[kept], weights[kept])
