@@ -324,6 +324,22 @@ class LoraWorkload(Observer):
 
     # ----- figures and checks
 
+    def senders(self, rows: np.ndarray) -> list[tuple[int, str]]:
+        """Each row's sender, as (round, kind): the contributed delta, of any round, nearest in direction.
+
+        For rows an aggregator saw (decoded and clipped: the direction stays); kind is a poisoning or
+        "honest". Measurements only (``bench/lora_poisoned.py``, the lora kit's tests).
+        """
+        given = [
+            (round_number, self.sim.node(peer).index, delta)
+            for round_number, deltas in self.contributed.items()
+            for peer, (delta, _) in deltas.items()
+        ]
+        directions = np.stack([delta for _, _, delta in given]).astype(np.float64)
+        directions /= np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-30)
+        nearest = np.argmax(rows.astype(np.float64) @ directions.T, axis=1)
+        return [(given[i][0], self.poison.get(given[i][1], "honest")) for i in nearest]
+
     def _disagreement(self, round_number: int) -> float:
         deltas = [r.delta.astype(np.float64) for r in self.results.get(round_number, {}).values()]
         if len(deltas) < 2:

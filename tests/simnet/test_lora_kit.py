@@ -4,15 +4,23 @@ replay from a seed, and checks that fail when the protocol falls short."""
 from __future__ import annotations
 
 import functools
+import statistics
 
+import numpy as np
 import pytest
 
 from pyagent.errors import ConfigError
+from pyagent.proto.lora import aggregate
 from pyagent_simnet import Sim, run_scenario
+from pyagent_simnet.lora_kit import LoraWorkload
 from pyagent_simnet.runner import EXIT_OK, EXIT_SAFETY, Outcome
 
 CI_SEEDS = range(1, 4)
 SLOW_SEEDS = range(1, 21)
+# Seeds not looked at while Multi-Krum was written, measured once it was done.
+HELD_OUT_SEEDS = range(101, 121)
+# The scenario's own aggregator (norm clip, trimmed mean) needs no override.
+AGGREGATORS = {"trimmed_mean": (), "multi_krum": ("lora.aggregator='multi_krum'",)}
 # The dropout scenario with a 4x smaller delta, so a run takes a second or two: the victims still die
 # half-way through their transfers.
 SMALL_DROPOUT = ("lora.dim=16384", "lora.kill_after_ms=25.0")
@@ -53,15 +61,54 @@ def test_survivors_of_a_mid_transfer_kill_finish_in_time_with_the_exact_mean(see
     assert result["lora_peers_per_result_min"] == 12
 
 
-@pytest.mark.parametrize("seed", CI_SEEDS[:1])
-def test_three_poisoned_peers_of_16_move_the_merged_eval_loss_less_than_2_percent(seed: int) -> None:
-    attacked = run("lora-poisoned", seed)
-    clean = run("lora-poisoned", seed, "lora.poisoned=0")
+def poisoning_gap(seed: int, *overrides: str) -> float:
+    """How much higher the merged eval loss ends with 3 of 16 peers poisoned than on the same seed without."""
+    attacked = run("lora-poisoned", seed, *overrides)
+    clean = run("lora-poisoned", seed, *overrides, "lora.poisoned=0")
     for outcome in (attacked, clean):
         assert outcome.exit_code == EXIT_OK, (outcome.problems, figures(outcome))
     assert attacked.result["lora_poisoned"] == ["random", "scaled", "sign_flip"]
-    gap = attacked.result["lora_eval_loss_final"] / clean.result["lora_eval_loss_final"] - 1
-    assert gap <= 0.02
+    gap: float = attacked.result["lora_eval_loss_final"] / clean.result["lora_eval_loss_final"] - 1
+    return gap
+
+
+@pytest.mark.parametrize("aggregator", AGGREGATORS)
+@pytest.mark.parametrize("seed", CI_SEEDS[:1])
+def test_three_poisoned_peers_of_16_move_the_merged_eval_loss_less_than_2_percent(
+    seed: int, aggregator: str
+) -> None:
+    assert poisoning_gap(seed, *AGGREGATORS[aggregator]) <= 0.02
+
+
+def test_multi_krum_rejects_each_kind_of_poisoned_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The random and x100 rows go in every aggregation, the sign-flipped one while training moves.
+
+    Once the models settle (round 5 on, seeds 1-20 alike), honest deltas are mostly their slices' own pull
+    and a sign-flipped delta is just as far from them as another honest one: Krum keeps it in some rounds
+    and drops the most atypical honest row instead (docs/lora.md, "Robust aggregation")."""
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    krum_kept = aggregate.krum_kept
+
+    def recording(rows: aggregate.Matrix, faulty: int) -> aggregate.Indices:
+        kept = krum_kept(rows, faulty)
+        seen.append((rows.copy(), kept))
+        return kept
+
+    monkeypatch.setattr(aggregate, "krum_kept", recording)
+    sim = Sim("lora-poisoned", seed=1, overrides=list(AGGREGATORS["multi_krum"]))
+    assert run_scenario(sim).exit_code == EXIT_OK
+    workload = next(o for o in sim.observers if isinstance(o, LoraWorkload))
+    rejected_by_round: dict[int, set[tuple[str, ...]]] = {}
+    for rows, kept in seen:
+        senders = workload.senders(rows)
+        rejected = tuple(sorted(kind for i, (_, kind) in enumerate(senders) if i not in kept))
+        rejected_by_round.setdefault(senders[0][0], set()).add(rejected)
+    assert sorted(rejected_by_round) == list(range(1, 21))
+    # One group of 16 a round: every member rejects the same rows.
+    assert all(len(sets) == 1 for sets in rejected_by_round.values())
+    rejected_sets = [sets.pop() for _, sets in sorted(rejected_by_round.items())]
+    assert all({"random", "scaled"} <= set(rejected) for rejected in rejected_sets)
+    assert rejected_sets[:4] == [("random", "scaled", "sign_flip")] * 4
 
 
 def test_the_plain_mean_without_clipping_is_wrecked_by_the_same_attack() -> None:
@@ -104,14 +151,18 @@ def test_agreement_and_dropout_targets_on_many_seeds(seed: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # 40 runs of a few seconds each
-def test_the_poisoning_gap_over_many_seeds() -> None:
-    """Measured 2026-12-03 (docs/lora.md, "Robust aggregation"): median 0.9 %, 2 of 20 seeds above 2 %
-    (2.4 % and 2.5 %), so the target holds for the median and this bounds the spread."""
-    gaps = []
-    for seed in SLOW_SEEDS:
-        attacked = run("lora-poisoned", seed).result["lora_eval_loss_final"]
-        clean = run("lora-poisoned", seed, "lora.poisoned=0").result["lora_eval_loss_final"]
-        gaps.append(attacked / clean - 1)
-    assert sorted(gaps)[len(gaps) // 2] <= 0.02, gaps
+@pytest.mark.timeout(1800)  # 80 runs of a few seconds each
+@pytest.mark.parametrize("seeds", [SLOW_SEEDS, HELD_OUT_SEEDS], ids=["1-20", "101-120"])
+@pytest.mark.parametrize("aggregator", AGGREGATORS)
+def test_the_poisoning_gap_over_many_seeds(aggregator: str, seeds: range) -> None:
+    """Measured 2026-12-03 (docs/lora.md, "Robust aggregation"), median / worst / seeds within 2 %:
+
+    - trimmed_mean: seeds 1-20 +0.88 % / +2.47 % / 18 of 20; seeds 101-120 +1.08 % / +2.46 % / 19 of 20;
+    - multi_krum: seeds 1-20 +0.71 % / +2.41 % / 18 of 20; seeds 101-120 +0.32 % / +2.36 % / 19 of 20.
+
+    So the target holds for the median and on 18 or 19 seeds of 20, not on every seed: this asserts that
+    and bounds the spread."""
+    gaps = [poisoning_gap(seed, *AGGREGATORS[aggregator]) for seed in seeds]
+    assert statistics.median(gaps) <= 0.02, gaps
+    assert sum(gap <= 0.02 for gap in gaps) >= 18, gaps
     assert max(gaps) <= 0.03, gaps

@@ -8,6 +8,10 @@ is deterministic: every member of a group that holds the same rows computes the 
   rest averaged with their weights (Yin et al. 2018). Survives up to that fraction of arbitrary rows.
 - ``centered_clip``: start from the coordinate-wise median, then move toward each row by at most a
   radius (``clip_radius`` x the median distance to the start), a few times (Karimireddy et al. 2021).
+- ``multi_krum``: with f = floor(``trim_fraction`` x n) rows assumed poisoned, score each row by the sum of
+  squared distances to its n - f - 2 nearest other rows, keep the n - f rows with the lowest scores and
+  take their exact weighted mean (Blanchard et al. 2017). Whole rows go, so with the poisoned ones gone the
+  result is the plain mean of the honest rows, where the trimmed mean also drops honest values.
 
 Robust modes first cap each weight at the group's median weight times ``WEIGHT_RATIO_MAX``: a weight is
 the sender's word, and a poisoned row must not outweigh the others by claiming many samples. Norm
@@ -24,6 +28,7 @@ from pyagent.proto.lora.config import Config
 Matrix = npt.NDArray[np.float32]
 Vector = npt.NDArray[np.float32]
 Weights = npt.NDArray[np.float64]
+Indices = npt.NDArray[np.intp]
 WEIGHT_RATIO_MAX = 4.0
 
 
@@ -40,6 +45,8 @@ def aggregate(rows: Matrix, weights: Weights, config: Config) -> Vector:
         return trimmed_mean(rows, weights, config.trim_fraction)
     if config.aggregator == "centered_clip":
         return centered_clip(rows, weights, config.clip_radius, config.clip_iterations)
+    if config.aggregator == "multi_krum":
+        return multi_krum(rows, weights, config.trim_fraction)
     return weighted_mean(rows, weights)
 
 
@@ -83,3 +90,46 @@ def centered_clip(rows: Matrix, weights: Weights, radius_factor: float, iteratio
         scale = np.minimum(1.0, radius / np.maximum(distances, 1e-300))
         center = center + (share * scale) @ offsets
     return center.astype(np.float32)
+
+
+def multi_krum(rows: Matrix, weights: Weights, trim_fraction: float) -> Vector:
+    count = rows.shape[0]
+    faulty = int(trim_fraction * count)
+    if faulty == 0:
+        return weighted_mean(rows, weights)  # none assumed poisoned: every row is kept
+    if count - faulty - 2 < 1:
+        # No neighbour to score against (n = 3 with f = 1, as f < n / 2): the trimmed mean with the same f,
+        # here the coordinate-wise median, needs none.
+        return trimmed_mean(rows, weights, trim_fraction)
+    kept = krum_kept(rows, faulty)
+    return weighted_mean(rows[kept], weights[kept])
+
+
+def krum_kept(rows: Matrix, faulty: int) -> Indices:
+    """The rows Multi-Krum keeps, in ascending order: the n - ``faulty`` with the lowest Krum scores.
+
+    Equal scores keep the earlier row (rows come in peer order), so every member keeps the same rows.
+    """
+    count = rows.shape[0]
+    neighbours = count - faulty - 2
+    assert faulty >= 0 and neighbours >= 1
+    # Sorted, each row's distance to itself (0) comes first: the next ``neighbours`` are its nearest others.
+    nearest = np.sort(squared_distances(rows), axis=1)[:, 1 : neighbours + 1]
+    scores = nearest.sum(axis=1)
+    best = np.argsort(scores, kind="stable")[: count - faulty]
+    # Ascending, so the mean adds the kept rows in peer order whatever their scores' order.
+    kept: Indices = np.sort(best)
+    return kept
+
+
+def squared_distances(rows: Matrix) -> npt.NDArray[np.float64]:
+    """Every pair's squared Euclidean distance, from differences in float64 (not the Gram matrix, whose
+    BLAS product may round differently on another machine and cancels badly for close rows)."""
+    wide = rows.astype(np.float64)
+    count = wide.shape[0]
+    distances = np.zeros((count, count))
+    for i in range(count - 1):
+        offsets = wide[i + 1 :] - wide[i]
+        squares = np.square(offsets, out=offsets)  # in place: one temporary of (n - 1) x d, not two
+        distances[i, i + 1 :] = distances[i + 1 :, i] = squares.sum(axis=1)
+    return distances

@@ -11,7 +11,7 @@ CODECS = ("f32", "fp16", "int8", "int4", "int2")
 # A peer's own delta may also take "auto": per round, the most precise codec whose frame moves within a
 # quarter of a step at the measured bandwidth (``bandwidth.py``; the core's ``lora_choose_codec``).
 AUTO = "auto"
-AGGREGATORS = ("mean", "trimmed_mean", "centered_clip")
+AGGREGATORS = ("mean", "trimmed_mean", "centered_clip", "multi_krum")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,8 @@ class Config:
     # norm; 0 = off), then ``aggregator``.
     aggregator: str = "mean"
     norm_clip: float = 0.0
-    # trimmed_mean: the fraction of values dropped at each end of every coordinate.
+    # The share of a group's rows assumed poisoned. trimmed_mean drops that share of the values at each end
+    # of every coordinate; multi_krum drops f = floor(trim_fraction x n) whole rows.
     trim_fraction: float = 0.2
     # centered_clip: radius as a multiple of the median distance to the start point, and iterations.
     clip_radius: float = 1.0
