@@ -793,7 +793,7 @@ class Membership(Component):
                 self.config.piggyback_bytes_max,
                 self._retransmit_limit(),
                 receiver,
-                others=self._table.live_count - 1,
+                others=self._table.live_remote_count,
             )
             if queue
             else []

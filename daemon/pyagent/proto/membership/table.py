@@ -105,6 +105,11 @@ class MemberTable:
         yield from self._members.values()
 
     @property
+    def live_remote_count(self) -> int:
+        """Live members other than us: who can still need an update we hold."""
+        return self._live_remote
+
+    @property
     def dead_count(self) -> int:
         return len(self._dead)
 
