@@ -17,14 +17,9 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-import numpy as np
-
-from pyagent.proto.lora import aggregate
 from pyagent_simnet import Sim, run_scenario
-from pyagent_simnet.lora_kit import LoraWorkload
+from pyagent_simnet.lora_kit import LoraWorkload, recording_krum
 
 SCENARIO = "lora-poisoned"
 TARGET_GAP = 0.02
@@ -33,24 +28,6 @@ TARGET_GAP = 0.02
 def seed_range(text: str) -> range:
     first, _, last = text.partition("-")
     return range(int(first), int(last or first) + 1)
-
-
-@contextmanager
-def recording_krum() -> Iterator[list[tuple[np.ndarray, np.ndarray]]]:
-    """Every (rows, kept indices) that ``krum_kept`` sees while the block runs."""
-    calls: list[tuple[np.ndarray, np.ndarray]] = []
-    original = aggregate.krum_kept
-
-    def record(rows: aggregate.Matrix, faulty: int) -> aggregate.Indices:
-        kept = original(rows, faulty)
-        calls.append((rows.copy(), kept))
-        return kept
-
-    aggregate.krum_kept = record
-    try:
-        yield calls
-    finally:
-        aggregate.krum_kept = original
 
 
 def run_seed(seed: int, overrides: list[str], rejected: Counter[str], kept: Counter[str]) -> float:

@@ -38,7 +38,8 @@ Signing: every node signs with a real Ed25519 key derived from the run's seed (`
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -49,6 +50,7 @@ from pyagent.errors import ConfigError
 from pyagent.proto import lora, membership
 from pyagent.proto.component import Component
 from pyagent.proto.context import NodeContext
+from pyagent.proto.lora import aggregate
 from pyagent.proto.lora.values import describe
 from pyagent.proto.membership.commands import UpdateLocalMetadata
 from pyagent.proto.membership.metadata import Metadata
@@ -422,3 +424,22 @@ class LoraWorkload(Observer):
                     np.median(others)
                 )
         return out
+
+
+@contextmanager
+def recording_krum() -> Iterator[list[tuple[np.ndarray, np.ndarray]]]:
+    """Every (rows, kept indices) that Multi-Krum's selection sees while the block runs, so that a bench or
+    a test can name which senders' rows it rejected (``LoraWorkload.senders``)."""
+    calls: list[tuple[np.ndarray, np.ndarray]] = []
+    original = aggregate.krum_kept
+
+    def record(rows: aggregate.Matrix, faulty: int) -> aggregate.Indices:
+        kept = original(rows, faulty)
+        calls.append((rows.copy(), kept))
+        return kept
+
+    aggregate.krum_kept = record
+    try:
+        yield calls
+    finally:
+        aggregate.krum_kept = original
