@@ -17,8 +17,14 @@ CI_SEEDS = range(1, 4)
 SLOW_SEEDS = range(1, 21)
 # Seeds not looked at while Multi-Krum was written, measured once it was done.
 HELD_OUT_SEEDS = range(101, 121)
-# The scenario's own aggregator (norm clip, trimmed mean) needs no override.
-AGGREGATORS = {"trimmed_mean": (), "multi_krum": ("lora.aggregator='multi_krum'",)}
+# Seeds first run once the scenario's CenteredClip settings were chosen on the two ranges above.
+THIRD_SEEDS = range(201, 221)
+# The scenario's own aggregator (norm clip, CenteredClip) needs no override.
+AGGREGATORS = {
+    "centered_clip": (),
+    "trimmed_mean": ("lora.aggregator='trimmed_mean'",),
+    "multi_krum": ("lora.aggregator='multi_krum'",),
+}
 # The dropout scenario with a 4x smaller delta, so a run takes a second or two: the victims still die
 # half-way through their transfers.
 SMALL_DROPOUT = ("lora.dim=16384", "lora.kill_after_ms=25.0")
@@ -141,9 +147,21 @@ def test_agreement_and_dropout_targets_on_many_seeds(seed: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 40 runs of a few seconds each
+@pytest.mark.parametrize(
+    "seeds", [SLOW_SEEDS, HELD_OUT_SEEDS, THIRD_SEEDS], ids=["1-20", "101-120", "201-220"]
+)
+def test_the_scenarios_defence_keeps_every_seed_within_2_percent(seeds: range) -> None:
+    """Measured 2026-12-03 (docs/lora.md), median / worst: seeds 1-20 +0.80 % / +1.98 %, 101-120 +0.58 % /
+    +1.99 %, 201-220 +0.76 % / +1.56 %. The worst seeds sit just under the target."""
+    gaps = [poisoning_gap(seed) for seed in seeds]
+    assert max(gaps) <= 0.02, gaps
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(1800)  # 80 runs of a few seconds each
 @pytest.mark.parametrize("seeds", [SLOW_SEEDS, HELD_OUT_SEEDS], ids=["1-20", "101-120"])
-@pytest.mark.parametrize("aggregator", AGGREGATORS)
+@pytest.mark.parametrize("aggregator", ["trimmed_mean", "multi_krum"])
 def test_the_poisoning_gap_over_many_seeds(aggregator: str, seeds: range) -> None:
     """Measured 2026-12-03 (docs/lora.md, "Robust aggregation"), median / worst / seeds within 2 %:
 
