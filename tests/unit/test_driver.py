@@ -12,7 +12,7 @@ from typing import ClassVar
 import pytest
 import trio
 
-from pyagent.node.driver import Driver, RequestFailed
+from pyagent.node.driver import BURST_EVENTS_MAX, Driver, RequestFailed
 from pyagent.proto.component import Component
 from pyagent.proto.events import LocalRequest, MessageReceived, RequestCancelled, Started
 from pyagent.proto.memstore import MemoryStore
@@ -139,12 +139,12 @@ class OneTaskCore(NodeCore):
         self.inside = False
         self.overlaps = 0
 
-    def step(self, event, now_us):  # type: ignore[no-untyped-def]
+    def step(self, event, now_us, *, flush=True):  # type: ignore[no-untyped-def]
         self.overlaps += self.inside
         self.inside = True
         self.stepping_tasks.add(trio.lowlevel.current_task())
         try:
-            return super().step(event, now_us)
+            return super().step(event, now_us, flush=flush)
         finally:
             self.inside = False
 
@@ -198,3 +198,70 @@ async def test_a_request_that_times_out_is_cancelled_in_the_core(autojump_clock:
         await trio.sleep(0.1)
         nursery.cancel_scope.cancel()
     assert recorder.cancelled == [1]
+
+
+class Batcher(Component):
+    """Defers every note to ``on_flush``, as the KV store defers its Raft Ready: one write and one
+    round of replies for all the notes a flush finds."""
+
+    name: ClassVar[str] = "batcher"
+    protocol_id: ClassVar[str] = PROTOCOL
+    command_types: ClassVar[tuple[type, ...]] = (Note,)
+
+    def __init__(self) -> None:
+        self.waiting: list[LocalRequest] = []
+        self.flushed_sizes: list[int] = []
+
+    def on_request(self, request: LocalRequest, now_us: int, out: Ready) -> None:
+        self.waiting.append(request)
+
+    def on_flush(self, now_us: int, out: Ready) -> None:
+        if not self.waiting:
+            return
+        taken, self.waiting = self.waiting, []
+        self.flushed_sizes.append(len(taken))
+        ops = tuple(Put(b"note/%d" % r.request_id, b"") for r in taken)
+        out.writes.append(WriteBatch(self.name, ops, tag=len(self.flushed_sizes)))
+        out.apply.extend(Reply(r.request_id, value=r.request_id) for r in taken)
+
+
+async def test_a_burst_of_queued_events_is_flushed_once_and_nothing_waits_past_its_burst(
+    autojump_clock: object,
+) -> None:
+    batcher = Batcher()
+    storage = SlowStorage()
+    driver = Driver(NodeCore("me", [batcher]), CheckingSender(storage), storage)
+    replies: list[object] = []
+
+    async def client() -> None:
+        for _ in range(5):
+            replies.append(await driver.request(Note("n")))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(driver.run)
+        async with trio.open_nursery() as load:
+            for _ in range(100):
+                load.start_soon(client)
+        nursery.cancel_scope.cancel()
+
+    # Every request was answered, so every flush took everything stepped before it.
+    assert sorted(replies) == list(range(1, 501)) and batcher.waiting == []
+    # The 100 clients' requests queue up while the owner works, and each burst shares one flush.
+    assert sum(batcher.flushed_sizes) == 500
+    assert len(batcher.flushed_sizes) < 100
+    assert max(batcher.flushed_sizes) <= BURST_EVENTS_MAX
+
+
+async def test_the_owner_flushes_at_most_burst_events_max_at_a_time(autojump_clock: object) -> None:
+    batcher = Batcher()
+    storage = SlowStorage()
+    driver = Driver(NodeCore("me", [batcher]), CheckingSender(storage), storage)
+    async with trio.open_nursery() as nursery:
+        for request_id in range(1, BURST_EVENTS_MAX * 2 + 2):
+            driver.inbox.send_feedback(LocalRequest(request_id, Note("n")))
+        nursery.start_soon(driver.run)
+        with trio.fail_after(5):
+            while sum(batcher.flushed_sizes) < BURST_EVENTS_MAX * 2 + 1:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert batcher.flushed_sizes == [BURST_EVENTS_MAX, BURST_EVENTS_MAX, 1]

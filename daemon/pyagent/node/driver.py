@@ -6,6 +6,8 @@ effects. The owner task takes one item at a time, steps the core, and hands the 
 ``Interpreter`` (``proto/interpret.py``), which keeps the documented order; this module only supplies
 the sink. So ``step`` is never re-entered, Readies are carried out in order, and a send that depends on a
 write leaves only after the storage reported the write durable (``Persisted``), however slow the disk.
+The owner steps every item already queued (up to ``BURST_EVENTS_MAX``) before it flushes the core once,
+so the work components defer to the flush (the KV store's Raft Ready) is shared by the whole burst.
 
 Backpressure: when storage falls behind (too many batches pending, or too many effects held for it), the
 owner stops taking new work until it catches up. Its producers then wait on the full inbox, and TCP
@@ -55,6 +57,8 @@ FEEDBACK_MAX = 65_536
 # The owner pauses new work while storage has this many batches pending, or this many effects wait for it.
 STORAGE_PENDING_MAX = 4096
 HELD_EFFECTS_MAX = 65_536
+# Events stepped before one flush: bounds how long a burst delays the work deferred to the flush.
+BURST_EVENTS_MAX = 256
 
 
 class Sender(Protocol):
@@ -156,16 +160,15 @@ class Driver:
             self._step(Started(self._storage.recovered))
             self.started.set()
             while True:
-                item = await self.inbox.receive()
-                if isinstance(item, DueTimer):
-                    if self._timers.get(item.key) != item.at_us:
-                        continue
-                    del self._timers[item.key]
-                    self._step(TimerFired(item.key))
-                    continue
-                if isinstance(item, Persisted):
-                    self._interpreter.persisted()
-                self._step(item)
+                self._take(await self.inbox.receive())
+                # Everything already queued is stepped before the one flush, so a burst of messages and
+                # requests shares one Raft Ready: one write batch, one fsync, one frame per peer.
+                for _ in range(BURST_EVENTS_MAX - 1):
+                    item = self.inbox.receive_nowait()
+                    if item is None:
+                        break
+                    self._take(item)
+                self._interpreter.carry_out(self.core.flush(now_us()))
                 if (
                     self._storage.pending >= STORAGE_PENDING_MAX
                     or self._interpreter.held_effects >= HELD_EFFECTS_MAX
@@ -204,9 +207,21 @@ class Driver:
     def _on_persisted(self, batch: WriteBatch) -> None:
         self.inbox.send_feedback(Persisted(batch.component, batch.tag))
 
-    def _step(self, event: Event) -> None:
+    def _take(self, item: Event | DueTimer) -> None:
+        """Step one inbox item, leaving the flush to the caller."""
+        if isinstance(item, DueTimer):
+            if self._timers.get(item.key) != item.at_us:
+                return
+            del self._timers[item.key]
+            self._step(TimerFired(item.key), flush=False)
+            return
+        if isinstance(item, Persisted):
+            self._interpreter.persisted()
+        self._step(item, flush=False)
+
+    def _step(self, event: Event, *, flush: bool = True) -> None:
         try:
-            ready = self.core.step(event, now_us())
+            ready = self.core.step(event, now_us(), flush=flush)
         except RemoteProtocolError as exc:
             # The core left its state unchanged; the sender loses the stream, as for undecodable bytes.
             if isinstance(event, TransferChunk | TransferReceived):

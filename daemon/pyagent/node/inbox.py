@@ -63,10 +63,19 @@ class Inbox(Generic[T]):
         await trio.lowlevel.checkpoint_if_cancelled()
         while not (self._feedback or self._items):
             await self._readable.park()
-        if self._feedback:
-            item = self._feedback.popleft()
-        else:
-            item = self._items.popleft()
-            self._writable.unpark()
+        item = self._pop()
         await trio.lowlevel.cancel_shielded_checkpoint()
+        return item
+
+    def receive_nowait(self) -> T | None:
+        """The next item if one is queued, else None; never yields to other tasks."""
+        if not (self._feedback or self._items):
+            return None
+        return self._pop()
+
+    def _pop(self) -> T:
+        if self._feedback:
+            return self._feedback.popleft()
+        item = self._items.popleft()
+        self._writable.unpark()
         return item

@@ -7,6 +7,10 @@ puts into the Ready.
 
 Every handler may add effects to ``out``. A handler for a peer's message raises ``RemoteProtocolError``
 before changing any state when the message is bad.
+
+A component may defer work to ``on_flush``, which the shell calls once it has stepped every event it had
+at hand: the KV store steps its Raft groups for each message and collects their Ready once, so that
+many messages share one write batch, one fsync and one frame per peer.
 """
 
 from __future__ import annotations
@@ -66,3 +70,8 @@ class Component:
 
     def on_peer_disconnected(self, event: PeerDisconnected, now_us: int, out: Ready) -> None:
         """Called for every component when a peer disconnects."""
+
+    def on_flush(self, now_us: int, out: Ready) -> None:
+        """Called for every component after the events the shell had at hand (one, or a burst): do the
+        work deferred from their handlers. Never raises ``RemoteProtocolError``: no peer's bytes are
+        being handled here."""

@@ -1,8 +1,11 @@
 """``NodeCore``: the one state machine per peer that composes every protocol core.
 
 Shells call ``step(event, now_us)`` and hand the returned ``Ready`` to ``proto.interpret.Interpreter``,
-which carries it out in the documented order (``ready.py``). The daemon drives it from one trio task with
-the wall clock; simnet drives it from its event loop with a virtual clock. Both run the same code.
+which carries it out in the documented order (``ready.py``). ``step`` ends with every component's
+``on_flush``; a shell that has a burst of events at hand steps them with ``flush=False`` and then calls
+``flush`` once, so that deferred work (the KV store's Raft Ready) is done once for the whole burst.
+The daemon drives it from one trio task with the wall clock, in bursts; simnet drives it from its event
+loop with a virtual clock, one event at a time. Both run the same code.
 
 ``NodeCore`` enforces the rules of the seam, so a component's bug is caught where it happens and not as
 a strange effect somewhere in a shell (TigerBeetle's "assert on both sides of a boundary"):
@@ -103,12 +106,31 @@ class NodeCore:
         """The wire protocols this node speaks, with the decoder limits of each."""
         return {pid: component.limits for pid, component in self._by_protocol.items()}
 
-    def step(self, event: Event, now_us: int) -> Ready:
-        """Feed one event. Raises ``RemoteProtocolError`` (state unchanged) when a peer's message is bad,
-        and ``LocalProtocolError`` when a shell or a component breaks the seam's rules."""
+    def step(self, event: Event, now_us: int, *, flush: bool = True) -> Ready:
+        """Feed one event, then (unless ``flush`` is false) ``flush``. Raises ``RemoteProtocolError``
+        (state unchanged, nothing flushed) when a peer's message is bad, and ``LocalProtocolError`` when a
+        shell or a component breaks the seam's rules."""
+        out = self._handle(event, now_us)
+        if flush:
+            self._broadcast(out, "on_flush", now_us)
+        return out
+
+    def flush(self, now_us: int) -> Ready:
+        """Every component does the work it deferred while events were stepped with ``flush=False``."""
+        if not self._started:
+            raise LocalProtocolError("flush before Started: feed Started first")
+        self._advance(now_us)
+        out = Ready()
+        self._broadcast(out, "on_flush", now_us)
+        return out
+
+    def _advance(self, now_us: int) -> None:
         if self._last_now_us is not None and now_us < self._last_now_us:
             raise LocalProtocolError(f"time went backwards: {now_us} < {self._last_now_us}")
         self._last_now_us = now_us
+
+    def _handle(self, event: Event, now_us: int) -> Ready:
+        self._advance(now_us)
         if not self._started and not isinstance(event, Started):
             raise LocalProtocolError(f"{type(event).__name__} before Started: feed Started first")
         out = Ready()
@@ -150,13 +172,13 @@ class NodeCore:
                 if self._started:
                     raise LocalProtocolError("Started fed twice")
                 self._started = True
-                self._broadcast(out, "on_started", event, now_us)
+                self._broadcast(out, "on_started", now_us, event)
                 return out
             case PeerConnected():
-                self._broadcast(out, "on_peer_connected", event, now_us)
+                self._broadcast(out, "on_peer_connected", now_us, event)
                 return out
             case PeerDisconnected():
-                self._broadcast(out, "on_peer_disconnected", event, now_us)
+                self._broadcast(out, "on_peer_disconnected", now_us, event)
                 return out
             case _ if isinstance(event, _TRANSFER_EVENTS):
                 component = self._owner_of_protocol(event.protocol)
@@ -181,11 +203,15 @@ class NodeCore:
             raise LocalProtocolError(f"no component speaks {protocol}")
         return component
 
-    def _broadcast(self, out: Ready, handler: str, event: Event, now_us: int) -> None:
-        """Every component handles ``event``; each one's additions are checked against its own rights."""
+    def _broadcast(self, out: Ready, handler: str, now_us: int, event: Event | None = None) -> None:
+        """Every component runs ``handler`` (on ``event``, if one); each one's additions are checked
+        against its own rights."""
         for component in self.components:
             marks = _marks(out)
-            getattr(component, handler)(event, now_us, out)
+            if event is None:
+                getattr(component, handler)(now_us, out)
+            else:
+                getattr(component, handler)(event, now_us, out)
             if marks != _marks(out):
                 self._check(component, out, marks)
 

@@ -2,8 +2,8 @@
 
 This component is the glue between three pure parts: the multi-Raft driver in the Rust core
 (``pyagent._core.MultiRaft``: every group's Raft, one Ready for all), the shard state machines
-(``statemachine``) and placement (``placement``). Each event ends with ``_drain``, which turns the
-driver's Ready into ours:
+(``statemachine``) and placement (``placement``). Handlers only step the driver; ``on_flush``, after a
+burst of events (``NodeCore.flush``), calls ``_drain``, which turns the driver's Ready into ours:
 
 - every group's log appends and hard states, plus the state machines' applied writes, go into ONE
   write batch (one fsync for the whole node: group commit);
@@ -228,7 +228,6 @@ class RaftKv(Component):
         if now_us >= self._next_placement_us:
             self._next_placement_us = now_us + self.config.placement_interval_ms * US_PER_MS
             self._reconcile(now_us)
-        self._drain(now_us, out)
 
     def on_message(self, event: MessageReceived, now_us: int, out: Ready) -> None:
         message = messages.decode(event.message)
@@ -247,7 +246,6 @@ class RaftKv(Component):
                 self._execute(Remote(event.peer, forward_id), command, now_us, out)
             case messages.ForwardReply():
                 self._on_forward_reply(event.peer, message, now_us, out)
-        self._drain(now_us, out)
 
     def on_request(self, request: LocalRequest, now_us: int, out: Ready) -> None:
         command = request.command
@@ -263,18 +261,20 @@ class RaftKv(Component):
                 out.apply.append(Reply.fail(request.request_id, "invalid", str(exc)))
                 return
             self._execute(Local(request.request_id), self._with_session(command), now_us, out)
-        self._drain(now_us, out)
 
     def on_send_failed(self, event: SendFailed, now_us: int, out: Ready) -> None:
         """The peer is unreachable: requests forwarded to it go elsewhere now, not at their hop deadline."""
         for waiting in self._requests.stalled_forwards(now_us, event.peer):
             self._route(waiting, now_us, out)
-        self._drain(now_us, out)
 
     def on_persisted(self, tag: int, now_us: int, out: Ready) -> None:
         if tag:
             self.driver.on_persisted(tag)
-            self._drain(now_us, out)
+
+    def on_flush(self, now_us: int, out: Ready) -> None:
+        # Every handler only steps the driver; its Ready is collected here, once for a whole burst of
+        # events, so that many messages and requests share one write batch and one frame per peer.
+        self._drain(now_us, out)
 
     def on_transfer(self, event: TransferEvent, now_us: int, out: Ready) -> None:
         match event:
@@ -297,7 +297,6 @@ class RaftKv(Component):
                 key = (getattr(event, "peer", ""), event.transfer_id)
                 self._incoming.pop(key, None)
                 self._refused.pop(key, None)
-        self._drain(now_us, out)
 
     def _refusing(self, key: tuple[PeerId, int], handle: Callable[[], None]) -> None:
         """Run ``handle`` on a peer's incoming snapshot; if it refuses the bytes, forget the transfer
