@@ -90,6 +90,9 @@ impl Prepared<'_> {
 
     /// Write the frame to `frame`, which is exactly [`Self::frame_len`] bytes long. Fails on
     /// values the codec cannot carry (non-finite ones, or beyond FP16's range).
+    ///
+    /// Every byte of `frame` is written before any is read, so `frame` may hold anything when
+    /// it comes in: the binding hands over a new bytes object's buffer without zeroing it.
     pub fn write(&self, frame: &mut [u8]) -> Result<(), CodecError> {
         assert_eq!(frame.len(), self.frame_len());
         let (body, hash) = frame.split_at_mut(frame.len() - DIGEST_LEN_BYTES);
@@ -411,6 +414,32 @@ mod tests {
                     assert!((x - y).abs() <= 0.51, "{spec:?}: {x} -> {y}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn write_sets_every_byte_whatever_the_buffer_held() {
+        // Dense FP16 over several hashed pieces, the last one partial, and every other codec
+        // dense and sparse, at a length that ends blocks and chunks part-way.
+        let dense_fp16 = Spec {
+            codec: ValueCodec::Fp16,
+            block_size: 64,
+            top_k: None,
+        };
+        let long = sample(3 * HASHED_PIECE_LEN_BYTES / 2 + 1001);
+        let short = sample(3001);
+        let cases =
+            std::iter::once((dense_fp16, &long)).chain(specs().into_iter().map(|s| (s, &short)));
+        for (spec, values) in cases {
+            let prepared =
+                prepare(values, &[values.len() as u64], &spec, Rounding::Nearest).unwrap();
+            // A byte left unwritten would differ between the three fillings.
+            let frames = [0x00, 0xa5, 0xff].map(|fill| {
+                let mut frame = vec![fill; prepared.frame_len()];
+                prepared.write(&mut frame).unwrap();
+                frame
+            });
+            assert!(frames.iter().all(|frame| *frame == frames[0]), "{spec:?}");
         }
     }
 
