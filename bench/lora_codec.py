@@ -166,6 +166,8 @@ def numpy_encode(values: np.ndarray, case: Case) -> bytes:
 
 
 def numpy_decode(frame: bytes, case: Case, n: int) -> np.ndarray:
+    if blake3(memoryview(frame)[:-32]) != frame[-32:]:
+        raise ValueError("BLAKE3 hash does not match")
     ndim = frame[7]
     payload = np.frombuffer(frame, np.uint8, offset=20 + 8 * ndim + 8)[:-32]
     if not case.chunk_size:
