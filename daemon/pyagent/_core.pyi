@@ -309,7 +309,8 @@ class LoraErrorFeedback:
 # or holding more than ``numel_max`` values.
 def lora_frame_info(frame_bytes: bytes, numel_max: int) -> tuple[LoraCodec, tuple[int, ...]]: ...
 
-# Decode into ``out`` (writable float32, exactly the frame's number of values).
+# Decode into ``out`` (writable float32, exactly the frame's number of values). On LoraFrameError ``out``
+# may have been written all the same (a dense FP16 frame's hash is checked as it is decoded): discard it.
 def lora_decode_into(frame_bytes: bytes, out: _Floats) -> LoraCodec: ...
 
 # The most precise codec of a fixed ladder whose frame moves within the budget; else the smallest.

@@ -229,6 +229,8 @@ fn lora_frame_info<'py>(
 }
 
 /// Decode a frame into `out`, a writable float32 array of exactly the frame's number of values.
+/// On `LoraFrameError` `out` may have been written all the same (a dense FP16 frame is checked
+/// against its hash while it is decoded): its values are then meaningless.
 #[pyfunction]
 fn lora_decode_into(
     py: Python<'_>,
