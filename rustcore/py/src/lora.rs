@@ -85,7 +85,7 @@ fn new_bytes<'py>(
     // lives as long as `bytes`, and nothing else refers to the object yet. The buffer came from
     // CPython's allocator through an opaque call and is only written through this slice before
     // anything reads it: `write` writes every byte (its contract; `Prepared::write` is tested
-    // for it against buffers of two different fillings). On an error the object is dropped
+    // for it against buffers of three different fillings). On an error the object is dropped
     // here, unseen by Python. So no unwritten byte is ever visible.
     let frame = unsafe {
         let buffer = pyo3::ffi::PyBytes_AsString(bytes.as_ptr()).cast::<u8>();
