@@ -5,8 +5,10 @@ best of 3). For each codec it prints encode and decode throughput of the Rust co
 of numpy, in GB/s of float32 input (4 bytes a value), the ratio, the payload bits per parameter, and
 whether both implementations made the same frame bytes and the same decoded values. For top-k it
 also prints what the position indices would cost as bitmaps only, as varint gaps only, and as coded
-(the smaller per chunk). The numpy side hashes with the core's BLAKE3 (numpy has none); everything
-else it does itself.
+(the smaller per chunk). The numpy side hashes with the core's BLAKE3 (numpy has none): its encoder
+hashes the frame, and its decoder checks the frame's hash first, as the core's does (the body is hashed
+through a memoryview, uncopied); everything else it does itself. Both decoders return a new array each
+time, as ``pyagent.lora.codecs.decode`` does: numpy's makes one, the core's fills ``np.empty``.
 """
 
 from __future__ import annotations
@@ -166,6 +168,8 @@ def numpy_encode(values: np.ndarray, case: Case) -> bytes:
 
 
 def numpy_decode(frame: bytes, case: Case, n: int) -> np.ndarray:
+    if blake3(memoryview(frame)[:-32]) != frame[-32:]:
+        raise ValueError("BLAKE3 hash does not match")
     ndim = frame[7]
     payload = np.frombuffer(frame, np.uint8, offset=20 + 8 * ndim + 8)[:-32]
     if not case.chunk_size:
@@ -195,6 +199,12 @@ def numpy_decode(frame: bytes, case: Case, n: int) -> np.ndarray:
     return out
 
 
+def rust_decode(frame: bytes, like: np.ndarray) -> np.ndarray:
+    out = np.empty_like(like)
+    lora_decode_into(frame, out)
+    return out
+
+
 def best_seconds(run: Callable[[], object], repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -221,12 +231,11 @@ def main() -> None:
         codec = LoraCodec(case.codec, case.block_size, case.chunk_size, case.k_per_chunk)
         frame = codec.encode(values, seed=case.seed)
         numpy_frame = numpy_encode(values, case)
-        out = np.empty_like(values)
-        lora_decode_into(frame, out)
+        out = rust_decode(frame, values)
         numpy_out = numpy_decode(frame, case, values.size).reshape(values.shape)
         encode_rust = best_seconds(partial(codec.encode, values, seed=case.seed), args.repeats)
         encode_numpy = best_seconds(partial(numpy_encode, values, case), args.repeats)
-        decode_rust = best_seconds(partial(lora_decode_into, frame, out), args.repeats)
+        decode_rust = best_seconds(partial(rust_decode, frame, values), args.repeats)
         decode_numpy = best_seconds(partial(numpy_decode, frame, case, values.size), args.repeats)
         bits = len(frame) * 8 / values.size
         print(

@@ -6,6 +6,7 @@ mod lora;
 mod multiraft;
 
 use pyagent_core::{hashing, msgpack_shape, pnet, storage};
+use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
@@ -81,15 +82,24 @@ fn check_msgpack_shape(body: &[u8], depth_max: usize, count_max: usize) -> PyRes
         .map_err(|error| PyValueError::new_err(error.to_string()))
 }
 
-/// The BLAKE3 hash of `data` (32 bytes). Large inputs are hashed with the GIL released.
+/// The BLAKE3 hash of `data` (32 bytes): bytes, or any C-contiguous byte buffer, such as a
+/// memoryview of part of a frame (hashed where it lies, not copied). Large inputs are hashed with
+/// the GIL released; meanwhile the caller must not write `data` from another thread.
 #[pyfunction]
-fn blake3<'py>(py: Python<'py>, data: &[u8]) -> Bound<'py, PyBytes> {
-    let digest = if data.len() >= DETACH_THRESHOLD_BYTES {
-        py.detach(|| hashing::digest(data))
+fn blake3<'py>(py: Python<'py>, data: PyBuffer<u8>) -> PyResult<Bound<'py, PyBytes>> {
+    if !data.is_c_contiguous() {
+        return Err(PyValueError::new_err("data must be C-contiguous"));
+    }
+    // SAFETY: the buffer is a contiguous, initialized run of `item_count` bytes that stays alive
+    // (and, by the contract above, unchanged) while `data` is held.
+    let bytes =
+        unsafe { std::slice::from_raw_parts(data.buf_ptr() as *const u8, data.item_count()) };
+    let digest = if bytes.len() >= DETACH_THRESHOLD_BYTES {
+        py.detach(|| hashing::digest(bytes))
     } else {
-        hashing::digest(data)
+        hashing::digest(bytes)
     };
-    PyBytes::new(py, &digest)
+    Ok(PyBytes::new(py, &digest))
 }
 
 /// The BLAKE3 hashes of `data` cut into pieces of `chunk_size_bytes` (the last may be shorter),

@@ -54,6 +54,75 @@ fn values_of_mut(buffer: &mut PyBuffer<f32>) -> &mut [f32] {
     unsafe { std::slice::from_raw_parts_mut(buffer.buf_ptr() as *mut f32, buffer.item_count()) }
 }
 
+/// Buffers at least this large are offered transparent huge pages (numpy's own threshold).
+const HUGE_PAGES_BYTES_MIN: usize = 4 << 20;
+
+/// A new bytes object of `len` bytes, filled by `write`, which must write every byte (it is
+/// handed the buffer unzeroed) or fail.
+///
+/// `PyBytes::new_with` zeroes the buffer first. For a large frame that zeroing is the buffer's
+/// first touch, so it takes every page fault (one per 4 KiB page: a third of a 64 MiB FP16
+/// encode) and then `write` fills the same bytes again. Here the buffer is first offered huge
+/// pages (one fault per 2 MiB) and then written once.
+fn new_bytes<'py>(
+    py: Python<'py>,
+    len: usize,
+    write: impl FnOnce(&mut [u8]) -> PyResult<()>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let size = pyo3::ffi::Py_ssize_t::try_from(len)
+        .map_err(|_| PyValueError::new_err(format!("{len} bytes is too large a bytes object")))?;
+    // SAFETY: a NULL source asks CPython for a new bytes object of `size` bytes whose contents
+    // are left unset; an allocation failure returns NULL with an exception set, which
+    // `from_owned_ptr_or_err` turns into the error. The object is a bytes object, so the cast holds.
+    let bytes = unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), size),
+        )?
+        .cast_into_unchecked::<PyBytes>()
+    };
+    // SAFETY: `PyBytes_AsString` of a bytes object is its buffer of exactly `len` bytes, which
+    // lives as long as `bytes`, and nothing else refers to the object yet. The buffer came from
+    // CPython's allocator through an opaque call and is only written through this slice before
+    // anything reads it: `write` writes every byte (its contract; `Prepared::write` is tested
+    // for it against buffers of three different fillings). On an error the object is dropped
+    // here, unseen by Python. So no unwritten byte is ever visible.
+    let frame = unsafe {
+        let buffer = pyo3::ffi::PyBytes_AsString(bytes.as_ptr()).cast::<u8>();
+        std::slice::from_raw_parts_mut(buffer, len)
+    };
+    if len >= HUGE_PAGES_BYTES_MIN {
+        advise_huge_pages(frame);
+    }
+    write(frame)?;
+    Ok(bytes)
+}
+
+/// Ask the kernel to back the whole 2 MiB pages inside `buffer`, not yet touched, with
+/// transparent huge pages (it honours this when THP is in `madvise` or `always` mode).
+/// Advice only: on failure the buffer keeps its ordinary pages.
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(buffer: &mut [u8]) {
+    const HUGE_PAGE_BYTES: usize = 2 << 20;
+    let start = buffer.as_mut_ptr().align_offset(HUGE_PAGE_BYTES);
+    let whole_pages = buffer.len().saturating_sub(start) / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES;
+    if whole_pages == 0 {
+        return;
+    }
+    // SAFETY: the range is inside `buffer` and page-aligned, as `madvise` requires; the advice
+    // changes how its pages are backed, never their contents.
+    unsafe {
+        libc::madvise(
+            buffer[start..].as_mut_ptr().cast(),
+            whole_pages,
+            libc::MADV_HUGEPAGE,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_buffer: &mut [u8]) {}
+
 /// One codec: value format, block size and, for top-k, the chunk size and values kept per chunk.
 #[pyclass(module = "pyagent._core", frozen, eq)]
 #[derive(Clone, PartialEq)]
@@ -127,8 +196,8 @@ impl LoraCodec {
             .map_err(codec_error)?;
         // Written in place: copying from a Rust buffer faulted in and filled a second buffer of
         // the frame's size (half the delta's, for FP16), which cost about as much as encoding.
-        PyBytes::new_with(py, prepared.frame_len(), |bytes| {
-            py.detach(|| prepared.write(bytes)).map_err(codec_error)
+        new_bytes(py, prepared.frame_len(), |frame| {
+            py.detach(|| prepared.write(frame)).map_err(codec_error)
         })
     }
 
@@ -160,6 +229,8 @@ fn lora_frame_info<'py>(
 }
 
 /// Decode a frame into `out`, a writable float32 array of exactly the frame's number of values.
+/// On `LoraFrameError` `out` may have been written all the same (a dense FP16 frame is checked
+/// against its hash while it is decoded): its values are then meaningless.
 #[pyfunction]
 fn lora_decode_into(
     py: Python<'_>,

@@ -4,6 +4,8 @@
 //! convert in one instruction each, inline; elsewhere `half`'s slice conversion does the work.
 //! Both round to nearest even, as numpy does, so a frame's bytes do not depend on the CPU.
 
+use std::ops::Range;
+
 use half::slice::HalfFloatSliceExt;
 
 use super::{malformed, quant, stream, CodecError};
@@ -39,12 +41,25 @@ pub(super) fn encode(values: &[f32], out: &mut [u8]) -> Result<(), CodecError> {
 
 /// Read `out.len()` halves from `bytes`; a NaN or an infinity is malformed.
 pub(super) fn decode(bytes: &[u8], out: &mut [f32]) -> Result<(), CodecError> {
+    decode_following(bytes, out, |_| {})
+}
+
+/// [`decode`], telling `reading` the range of `bytes` each piece is about to read. The pieces
+/// come in order and cover `bytes`, so a caller can work on each while it is in the cache.
+/// Every value is written, even after a NaN or an infinity.
+pub(super) fn decode_following(
+    bytes: &[u8],
+    out: &mut [f32],
+    mut reading: impl FnMut(Range<usize>),
+) -> Result<(), CodecError> {
     assert_eq!(bytes.len(), 2 * out.len());
     #[cfg(target_arch = "x86_64")]
     let f16c = has_f16c();
     let mut non_finite = false;
     stream::fill_in_pieces(out, RUN, |start, piece| {
-        let bytes = &bytes[2 * start..2 * (start + piece.len())];
+        let range = 2 * start..2 * (start + piece.len());
+        reading(range.clone());
+        let bytes = &bytes[range];
         #[cfg(target_arch = "x86_64")]
         if f16c {
             // SAFETY: the CPU has AVX2 and F16C, checked before the loop.

@@ -20,7 +20,7 @@
 //! trusts it, and sizes every allocation from lengths it checked.
 
 use super::{
-    malformed, quant, sparse, stream, CodecError, Rounding, Spec, TopK, ValueCodec, NDIM_MAX,
+    fp16, malformed, quant, sparse, stream, CodecError, Rounding, Spec, TopK, ValueCodec, NDIM_MAX,
     NUMEL_MAX,
 };
 use crate::hashing::{digest, Digest, DIGEST_LEN_BYTES};
@@ -30,7 +30,8 @@ pub const MAGIC: [u8; 4] = *b"PYLD";
 pub const VERSION: u8 = 1;
 const DTYPE_F32: u8 = 1;
 const FIXED_HEADER_LEN_BYTES: usize = 20;
-/// Bytes written, then hashed, at a time by the dense FP16 writer: well inside the L2 cache.
+/// Bytes written, then hashed, at a time by the dense FP16 writer (and hashed, then read, by its
+/// reader): well inside the L2 cache.
 const HASHED_PIECE_LEN_BYTES: usize = 64 << 10;
 
 /// What a frame says about the delta it carries.
@@ -90,6 +91,9 @@ impl Prepared<'_> {
 
     /// Write the frame to `frame`, which is exactly [`Self::frame_len`] bytes long. Fails on
     /// values the codec cannot carry (non-finite ones, or beyond FP16's range).
+    ///
+    /// Every byte of `frame` is written before any is read, so `frame` may hold anything when
+    /// it comes in: the binding hands over a new bytes object's buffer without zeroing it.
     pub fn write(&self, frame: &mut [u8]) -> Result<(), CodecError> {
         assert_eq!(frame.len(), self.frame_len());
         let (body, hash) = frame.split_at_mut(frame.len() - DIGEST_LEN_BYTES);
@@ -230,6 +234,17 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 /// Check a frame's header, length and hash, and return the header and the payload. `numel_max`
 /// is the caller's own limit on the values it will take.
 pub fn read_header(frame: &[u8], numel_max: u64) -> Result<(Header, &[u8]), CodecError> {
+    parse_header(frame, numel_max, Hash::Checked)
+}
+
+/// Whether [`parse_header`] checks the frame's hash, or its caller does, later.
+#[derive(PartialEq)]
+enum Hash {
+    Checked,
+    LeftToCaller,
+}
+
+fn parse_header(frame: &[u8], numel_max: u64, hash: Hash) -> Result<(Header, &[u8]), CodecError> {
     if frame.len() < FIXED_HEADER_LEN_BYTES + 8 + 8 + DIGEST_LEN_BYTES {
         return malformed(format!("{} bytes is shorter than any frame", frame.len()));
     }
@@ -253,9 +268,9 @@ pub fn read_header(frame: &[u8], numel_max: u64) -> Result<(Header, &[u8]), Code
     if frame.len() < payload_at + DIGEST_LEN_BYTES {
         return malformed("header cut short");
     }
-    let (body, hash) = frame.split_at(frame.len() - DIGEST_LEN_BYTES);
-    if digest(body) != hash {
-        return malformed("BLAKE3 hash does not match");
+    let body = &frame[..frame.len() - DIGEST_LEN_BYTES];
+    if hash == Hash::Checked {
+        check_hash(frame, digest(body))?;
     }
     let (chunk_size, k_per_chunk) = (u32_at(frame, 12), u32_at(frame, 16));
     let top_k = match (chunk_size, k_per_chunk) {
@@ -300,8 +315,28 @@ pub fn read_header(frame: &[u8], numel_max: u64) -> Result<(Header, &[u8]), Code
     Ok((Header { spec, shape }, payload))
 }
 
+/// Refuse `frame` unless its last bytes are `body_digest`, the digest of the bytes before them.
+fn check_hash(frame: &[u8], body_digest: Digest) -> Result<(), CodecError> {
+    if frame[frame.len() - DIGEST_LEN_BYTES..] != body_digest {
+        return malformed("BLAKE3 hash does not match");
+    }
+    Ok(())
+}
+
 /// Decode a frame into `out`, which must hold exactly the frame's number of values.
+///
+/// On an error the values of `out` are unspecified: a dense FP16 frame is hashed while it is
+/// decoded, so a frame whose hash does not match may have written `out` before it is refused.
 pub fn decode_into(frame: &[u8], out: &mut [f32]) -> Result<Header, CodecError> {
+    // Any other frame, and one whose header is refused or does not fit `out`, is hashed first,
+    // so a damaged frame is reported as malformed rather than as a caller's wrong `out`.
+    if let Ok((header, payload)) = parse_header(frame, out.len() as u64, Hash::LeftToCaller) {
+        let dense_fp16 = header.spec.codec == ValueCodec::Fp16 && header.spec.top_k.is_none();
+        if dense_fp16 && header.numel() == out.len() as u64 {
+            decode_dense_fp16(frame, payload, header.spec.block_size, out)?;
+            return Ok(header);
+        }
+    }
     let (header, payload) = read_header(frame, out.len() as u64)?;
     if header.numel() != out.len() as u64 {
         return Err(CodecError::Invalid(format!(
@@ -346,6 +381,36 @@ pub fn decode_into(frame: &[u8], out: &mut [f32]) -> Result<Header, CodecError> 
     Ok(header)
 }
 
+/// Decode the values of a dense FP16 frame whose header was read, and check its hash.
+///
+/// The mirror of [`Prepared::write_dense_fp16`]: each piece of the frame is hashed just before
+/// its halves are read, while it is in the cache, instead of in a pass of its own over the
+/// whole frame before decoding. The hasher is fed the same whole pieces from the frame's start.
+/// A bad hash is reported before values FP16 does not allow.
+fn decode_dense_fp16(
+    frame: &[u8],
+    payload: &[u8],
+    block_size: u32,
+    out: &mut [f32],
+) -> Result<(), CodecError> {
+    quant::check_encoded_len(payload, ValueCodec::Fp16, block_size, out.len())?;
+    let body = &frame[..frame.len() - DIGEST_LEN_BYTES];
+    let payload_at = body.len() - payload.len();
+    let mut hasher = blake3::Hasher::new();
+    let mut hashed = 0;
+    let mut hash_to = |end: usize| {
+        while hashed < end {
+            let piece_end = (hashed + HASHED_PIECE_LEN_BYTES).min(body.len());
+            hasher.update(&body[hashed..piece_end]);
+            hashed = piece_end;
+        }
+    };
+    let values = fp16::decode_following(payload, out, |reading| hash_to(payload_at + reading.end));
+    hash_to(body.len());
+    check_hash(frame, *hasher.finalize().as_bytes())?;
+    values
+}
+
 /// Decode a frame of at most `numel_max` values into a new buffer.
 pub fn decode(frame: &[u8], numel_max: u64) -> Result<(Header, Vec<f32>), CodecError> {
     let (header, _) = read_header(frame, numel_max)?;
@@ -385,6 +450,12 @@ mod tests {
         specs
     }
 
+    const DENSE_FP16: Spec = Spec {
+        codec: ValueCodec::Fp16,
+        block_size: 64,
+        top_k: None,
+    };
+
     #[test]
     fn every_codec_round_trips_and_stays_within_its_size_bound() {
         let values = sample(3000);
@@ -415,12 +486,29 @@ mod tests {
     }
 
     #[test]
+    fn write_sets_every_byte_whatever_the_buffer_held() {
+        // Dense FP16 over several hashed pieces, the last one partial, and every other codec
+        // dense and sparse, at a length that ends blocks and chunks part-way.
+        let long = sample(3 * HASHED_PIECE_LEN_BYTES / 2 + 1001);
+        let short = sample(3001);
+        let cases =
+            std::iter::once((DENSE_FP16, &long)).chain(specs().into_iter().map(|s| (s, &short)));
+        for (spec, values) in cases {
+            let prepared =
+                prepare(values, &[values.len() as u64], &spec, Rounding::Nearest).unwrap();
+            // A byte left unwritten would differ between the three fillings.
+            let frames = [0x00, 0xa5, 0xff].map(|fill| {
+                let mut frame = vec![fill; prepared.frame_len()];
+                prepared.write(&mut frame).unwrap();
+                frame
+            });
+            assert!(frames.iter().all(|frame| *frame == frames[0]), "{spec:?}");
+        }
+    }
+
+    #[test]
     fn a_dense_fp16_frame_hashed_piece_by_piece_is_the_frame_hashed_whole() {
-        let spec = Spec {
-            codec: ValueCodec::Fp16,
-            block_size: 64,
-            top_k: None,
-        };
+        let spec = DENSE_FP16;
         // Several pieces, the last one partial, behind heads of two lengths.
         let values = sample(3 * HASHED_PIECE_LEN_BYTES / 2 + 1001);
         for shape in [vec![values.len() as u64], vec![1, 1, values.len() as u64]] {
@@ -436,6 +524,56 @@ mod tests {
         *too_large.last_mut().unwrap() = 1e6;
         let refused = encode(&too_large, &[values.len() as u64], &spec, Rounding::Nearest);
         assert!(matches!(refused, Err(CodecError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_dense_fp16_frame_hashed_while_decoded_decodes_as_after_hashing() {
+        // One value, a few, less than a hashed piece, several pieces with a partial last one,
+        // and past the streaming threshold; behind heads of two lengths.
+        let lengths = [
+            1,
+            7,
+            4095,
+            3 * HASHED_PIECE_LEN_BYTES / 2 + 1001,
+            STREAMED_BYTES_MIN / 4 + 13,
+        ];
+        for len in lengths {
+            let values = sample(len);
+            for shape in [vec![len as u64], vec![1, len as u64, 1]] {
+                let frame = encode(&values, &shape, &DENSE_FP16, Rounding::Nearest).unwrap();
+                let mut fused = vec![f32::NAN; len];
+                assert_eq!(decode_into(&frame, &mut fused).unwrap().shape, shape);
+                let (_, payload) = read_header(&frame, len as u64).unwrap();
+                let mut unfused = vec![f32::NAN; len];
+                quant::decode(payload, ValueCodec::Fp16, 64, &mut unfused).unwrap();
+                let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert!(bits(&fused) == bits(&unfused), "{len} values in {shape:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_dense_fp16_frame_hashed_while_decoded_is_refused_for_a_bad_hash() {
+        let len = 3 * HASHED_PIECE_LEN_BYTES / 2 + 1001;
+        let frame = encode(&sample(len), &[len as u64], &DENSE_FP16, Rounding::Nearest).unwrap();
+        let mut out = vec![0f32; len];
+        let hash_error = Err(CodecError::Malformed("BLAKE3 hash does not match".into()));
+        // A value in the first and in the last piece, and the hash itself.
+        for at in [100, frame.len() - DIGEST_LEN_BYTES - 1, frame.len() - 1] {
+            let mut bad = frame.clone();
+            bad[at] ^= 0x10;
+            assert_eq!(decode_into(&bad, &mut out), hash_error, "byte {at}");
+        }
+        // A NaN: the damaged frame is reported as such; with its hash made good, the NaN.
+        let mut nan = frame.clone();
+        let last_half = frame.len() - DIGEST_LEN_BYTES - 2;
+        nan[last_half..last_half + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
+        assert_eq!(decode_into(&nan, &mut out), hash_error);
+        let hash = digest(&nan[..frame.len() - DIGEST_LEN_BYTES]);
+        nan[frame.len() - DIGEST_LEN_BYTES..].copy_from_slice(&hash);
+        assert!(
+            matches!(decode_into(&nan, &mut out), Err(CodecError::Malformed(m)) if m.contains("NaN"))
+        );
     }
 
     #[test]

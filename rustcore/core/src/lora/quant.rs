@@ -225,6 +225,24 @@ fn pack<const PER_BYTE: usize>(codes: &[u8], out: &mut [u8]) {
     }
 }
 
+/// Refuse `bytes` unless they are exactly as long as the encoding of `n` values.
+pub(super) fn check_encoded_len(
+    bytes: &[u8],
+    codec: ValueCodec,
+    block_size: u32,
+    n: usize,
+) -> Result<(), CodecError> {
+    let want = encoded_len(codec, block_size, n);
+    if bytes.len() != want {
+        return malformed(format!(
+            "{n} values of {} take {want} bytes, the frame has {}",
+            codec.name(),
+            bytes.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Decode exactly `out.len()` values from `bytes`, which must be exactly their encoding.
 pub fn decode(
     bytes: &[u8],
@@ -232,15 +250,7 @@ pub fn decode(
     block_size: u32,
     out: &mut [f32],
 ) -> Result<(), CodecError> {
-    let want = encoded_len(codec, block_size, out.len());
-    if bytes.len() != want {
-        return malformed(format!(
-            "{} values of {} take {want} bytes, the frame has {}",
-            out.len(),
-            codec.name(),
-            bytes.len()
-        ));
-    }
+    check_encoded_len(bytes, codec, block_size, out.len())?;
     if codec == ValueCodec::Fp16 {
         return fp16::decode(bytes, out);
     }
