@@ -305,8 +305,8 @@ class LoraErrorFeedback:
     def residual_into(self, out: _Floats) -> None: ...
     def reset(self) -> None: ...
 
-# The frame's codec and shape after checking its header, length and hash; LoraFrameError if malformed
-# or holding more than ``numel_max`` values.
+# The frame's codec and shape after checking its header and length (not its hash, which
+# ``lora_decode_into`` checks); LoraFrameError if malformed or holding more than ``numel_max`` values.
 def lora_frame_info(frame_bytes: bytes, numel_max: int) -> tuple[LoraCodec, tuple[int, ...]]: ...
 
 # Decode into ``out`` (writable float32, exactly the frame's number of values). On LoraFrameError ``out``

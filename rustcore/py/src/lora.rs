@@ -212,15 +212,16 @@ impl LoraCodec {
     }
 }
 
-/// Check a frame and return its codec and shape, refusing more than `numel_max` values.
+/// Check a frame's header and return its codec and shape, refusing more than `numel_max` values.
+/// The hash is left to `lora_decode_into`, so a dense frame is read once.
 #[pyfunction]
 fn lora_frame_info<'py>(
     py: Python<'py>,
     frame_bytes: &[u8],
     numel_max: u64,
 ) -> PyResult<(LoraCodec, Bound<'py, PyTuple>)> {
-    let (header, _) = py
-        .detach(|| frame::read_header(frame_bytes, numel_max))
+    let header = py
+        .detach(|| frame::peek_header(frame_bytes, numel_max))
         .map_err(codec_error)?;
     Ok((
         LoraCodec { spec: header.spec },

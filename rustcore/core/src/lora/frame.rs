@@ -237,6 +237,13 @@ pub fn read_header(frame: &[u8], numel_max: u64) -> Result<(Header, &[u8]), Code
     parse_header(frame, numel_max, Hash::Checked)
 }
 
+/// Check a frame's header and length, not its hash, and return the header: enough to size the
+/// output of [`decode_into`], which checks the hash itself. Hashing here too would read a dense
+/// frame twice.
+pub fn peek_header(frame: &[u8], numel_max: u64) -> Result<Header, CodecError> {
+    parse_header(frame, numel_max, Hash::LeftToCaller).map(|(header, _)| header)
+}
+
 /// Whether [`parse_header`] checks the frame's hash, or its caller does, later.
 #[derive(PartialEq)]
 enum Hash {
@@ -413,7 +420,7 @@ fn decode_dense_fp16(
 
 /// Decode a frame of at most `numel_max` values into a new buffer.
 pub fn decode(frame: &[u8], numel_max: u64) -> Result<(Header, Vec<f32>), CodecError> {
-    let (header, _) = read_header(frame, numel_max)?;
+    let header = peek_header(frame, numel_max)?;
     let mut out = vec![0f32; header.numel() as usize];
     decode_into(frame, &mut out)?;
     Ok((header, out))
