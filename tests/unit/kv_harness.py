@@ -72,6 +72,8 @@ class Node:
     core: NodeCore | None = None
     interpreter: Interpreter | None = None
     up: bool = False
+    # Which run of the process this is: a write's durability report is for the run that made it.
+    incarnation: int = 0
     replies: dict[int, Reply] = field(default_factory=dict)
     timers: dict[str, int] = field(default_factory=dict)
 
@@ -89,7 +91,8 @@ class _Sink:
 
     def write(self, batch: WriteBatch) -> None:
         self.node.store.apply(batch)
-        self.cluster.schedule(0, self.node.peer, Persisted(batch.component, batch.tag), persisted=True)
+        persisted = Persisted(batch.component, batch.tag)
+        self.cluster.schedule(0, self.node.peer, persisted, persisted=self.node.incarnation)
 
     def send(self, send: Send) -> None:
         frame = wire.encode_frame(send.message, RaftKv.limits)
@@ -147,6 +150,7 @@ class Cluster:
         node.core = NodeCore(peer, [kv])
         node.interpreter = Interpreter(_Sink(self, node))
         node.up = True
+        node.incarnation += 1
         node.timers.clear()
         self.step(peer, Started(recovered=not node.store.is_empty()))
 
@@ -218,7 +222,9 @@ class Cluster:
             if node.timers.get(key) != due:
                 return  # replaced or cancelled
             del node.timers[key]
-        if how.get("persisted"):
+        if "persisted" in how:
+            if how["persisted"] != node.incarnation:
+                return  # reported to a process that was killed since
             assert node.interpreter is not None
             node.interpreter.persisted()  # as the daemon's driver does: durable first, then the event
         self.step(peer, event)

@@ -8,11 +8,12 @@ import pytest
 from kv_harness import Cluster
 
 from pyagent.errors import RemoteProtocolError
-from pyagent.proto.events import MessageReceived, TransferChunk, TransferReceived
+from pyagent.proto.events import Event, MessageReceived, TransferChunk, TransferReceived
 from pyagent.proto.kv import Config
 from pyagent.proto.kv.messages import PROTOCOL_ID, encode_raft
 from pyagent.proto.kv.ops import Cas, Delete, Get, ListShards, Put, Scan, Session
 from pyagent.proto.kv.placement import node_id_of, shard_of
+from pyagent.proto.ready import Ready
 
 SHARDS = 4
 
@@ -88,6 +89,25 @@ def test_writes_go_on_after_a_shard_leader_dies_and_nothing_acknowledged_is_lost
     cluster.start(victim)
     cluster.run_for(2)
     assert ok(cluster.request(victim, Get(key))) == b"2"
+
+
+def test_the_answer_to_a_committed_write_leaves_before_the_leaders_batch_is_durable() -> None:
+    cluster = formed()
+    leader = leader_after_a_write(cluster, b"k", b"0")
+    core = cluster.nodes[leader].core
+    assert core is not None
+    readies: list[Ready] = []
+    step = core.step
+
+    def recording_step(event: Event, now_us: int, *, flush: bool = True) -> Ready:
+        readies.append(step(event, now_us, flush=flush))
+        return readies[-1]
+
+    core.step = recording_step  # type: ignore[method-assign]
+    ok(cluster.request(leader, Put(b"k", b"1")))
+    [answered] = [ready for ready in readies if ready.apply_before_persist]
+    # The entry is on a quorum's disks; the leader's own batch (the applied state) is still to come.
+    assert answered.writes and not any(ready.apply for ready in readies)
 
 
 def test_a_retried_write_is_applied_once_across_a_leader_change() -> None:

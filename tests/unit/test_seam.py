@@ -42,7 +42,8 @@ class Scripted(Component):
     def on_request(self, request: LocalRequest, now_us: int, out: Ready) -> None:
         assert isinstance(request.command, Do)
         effects = request.command.effects
-        for name in ("writes", "send_before_persist", "send", "apply", "notices", "timers", "transfers"):
+        lanes = ("writes", "send_before_persist", "send", "apply_before_persist", "apply", "notices")
+        for name in (*lanes, "timers", "transfers"):
             getattr(out, name).extend(getattr(effects, name))
 
     def on_persisted(self, tag: int, now_us: int, out: Ready) -> None:
@@ -107,11 +108,12 @@ def test_timers_outside_the_components_prefix_are_refused() -> None:
         core.step(LocalRequest(1, Do(Ready(timers=[SetTimer("bystander/x", 5)]))), 1)
 
 
-def test_a_reply_to_another_components_request_is_refused() -> None:
+@pytest.mark.parametrize("lane", ["apply", "apply_before_persist"])
+def test_a_reply_to_another_components_request_is_refused(lane: str) -> None:
     core, _ = started_core()
     core.step(LocalRequest(1, Other()), 1)  # open, owned by the bystander
     with pytest.raises(LocalProtocolError, match="which 'bystander' owns"):
-        core.step(LocalRequest(2, Do(Ready(apply=[Reply(1, value="stolen")]))), 2)
+        core.step(LocalRequest(2, Do(Ready(**{lane: [Reply(1, value="stolen")]}))), 2)
 
 
 def test_a_reply_after_the_request_was_cancelled_is_dropped_and_the_owner_told() -> None:
@@ -121,6 +123,8 @@ def test_a_reply_after_the_request_was_cancelled_is_dropped_and_the_owner_told()
     assert scripted.cancelled == [1]
     late = core.step(LocalRequest(2, Do(Ready(apply=[Reply(1, value="late"), Reply(2, value="ok")]))), 3)
     assert late.apply == [Reply(2, value="ok")] and core.replies_dropped == 1
+    early = core.step(LocalRequest(3, Do(Ready(apply_before_persist=[Reply(1), Reply(3)]))), 4)
+    assert early.apply_before_persist == [Reply(3)] and core.replies_dropped == 2
 
 
 def test_duplicate_command_types_are_refused_at_build() -> None:
@@ -181,14 +185,15 @@ def test_dependent_effects_wait_for_their_writes_and_early_sends_do_not() -> Non
             writes=[WriteBatch("c", (Put(b"k", b"v"),), tag=1)],
             send_before_persist=[message("append")],
             send=[message("vote")],
+            apply_before_persist=[Reply(2)],
             apply=[Reply(1)],
             notices=["changed"],
         )
     )
-    assert sink.log == [("write", 1), ("send", "append"), ("notice", "changed")]
+    assert sink.log == [("write", 1), ("send", "append"), ("reply", 2), ("notice", "changed")]
     assert interpreter.held_effects == 2
     interpreter.persisted()
-    assert sink.log[3:] == [("send", "vote"), ("reply", 1)] and interpreter.held_effects == 0
+    assert sink.log[4:] == [("send", "vote"), ("reply", 1)] and interpreter.held_effects == 0
 
 
 def test_a_later_ready_without_writes_still_waits_behind_an_earlier_one() -> None:

@@ -64,6 +64,8 @@ class Interpreter:
         self.written += len(ready.writes)
         for send in ready.send_before_persist:
             sink.send(send)
+        for reply in ready.apply_before_persist:
+            sink.reply(reply)
         for timer in ready.timers:
             if isinstance(timer, CancelTimer):
                 sink.cancel_timer(timer.key)

@@ -40,7 +40,7 @@ from pyagent.proto.events import (
     TransferProgress,
     TransferReceived,
 )
-from pyagent.proto.ready import CancelTransfer, Ready, Send
+from pyagent.proto.ready import CancelTransfer, Ready, Reply, Send
 from pyagent.proto.types import PeerId, ProtocolId
 from pyagent.proto.wire import Limits
 
@@ -54,8 +54,8 @@ _TRANSFER_EVENTS = (
 )
 
 
-_Marks = tuple[int, int, int, int, int, int]
-_FROM_START: _Marks = (0, 0, 0, 0, 0, 0)
+_Marks = tuple[int, int, int, int, int, int, int]
+_FROM_START: _Marks = (0, 0, 0, 0, 0, 0, 0)
 
 
 def _marks(out: Ready) -> _Marks:
@@ -64,6 +64,7 @@ def _marks(out: Ready) -> _Marks:
         len(out.writes),
         len(out.send_before_persist),
         len(out.send),
+        len(out.apply_before_persist),
         len(out.apply),
         len(out.timers),
         len(out.transfers),
@@ -187,7 +188,13 @@ class NodeCore:
                 raise LocalProtocolError(f"not an event: {event!r}")
         # One component handled the event, so all of the Ready is its doing.
         if not (
-            out.writes or out.send_before_persist or out.send or out.apply or out.timers or out.transfers
+            out.writes
+            or out.send_before_persist
+            or out.send
+            or out.apply_before_persist
+            or out.apply
+            or out.timers
+            or out.transfers
         ):
             return out
         self._check(component, out, _FROM_START)
@@ -217,7 +224,7 @@ class NodeCore:
 
     def _check(self, component: Component, out: Ready, marks: _Marks) -> None:
         """Check what ``component`` added to ``out`` after ``marks`` against its rights."""
-        writes, early, sends, replies, timers, transfers = marks
+        writes, early, sends, early_replies, replies, timers, transfers = marks
         name = component.name
         for batch in out.writes[writes:]:
             if batch.component != name:
@@ -238,12 +245,14 @@ class NodeCore:
             if transfer.protocol != component.protocol_id:
                 kind = "cancelled" if isinstance(transfer, CancelTransfer) else "started"
                 raise LocalProtocolError(f"{name!r} {kind} a transfer on {transfer.protocol}, not its own")
+        if len(out.apply_before_persist) > early_replies:
+            self._check_replies(component, out.apply_before_persist, early_replies)
         if len(out.apply) > replies:
-            self._check_replies(component, out, replies)
+            self._check_replies(component, out.apply, replies)
 
-    def _check_replies(self, component: Component, out: Ready, first: int) -> None:
-        kept = out.apply[:first]
-        for reply in out.apply[first:]:
+    def _check_replies(self, component: Component, lane: list[Reply], first: int) -> None:
+        kept = lane[:first]
+        for reply in lane[first:]:
             owner = self._open_requests.get(reply.request_id)
             if owner is None:
                 self.replies_dropped += 1  # cancelled or answered before: nobody waits for it
@@ -254,7 +263,7 @@ class NodeCore:
                 )
             del self._open_requests[reply.request_id]
             kept.append(reply)
-        out.apply[:] = kept
+        lane[:] = kept
 
 
 def _check_sends(component: Component, sends: list[Send]) -> None:

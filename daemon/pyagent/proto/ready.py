@@ -6,8 +6,11 @@ and raft-rs's ``messages()`` / ``persisted_messages()``:
 
 1. ``writes`` start at once. The shell makes them durable in the order it was given them (across
    Readies too) and feeds ``Persisted`` for each.
-2. ``send_before_persist``, ``timers`` and ``notices`` are carried out at once. A Raft leader's appends
-   go here: the leader may send them before its own fsync (Raft thesis §10.2.1).
+2. ``send_before_persist``, ``apply_before_persist``, ``timers`` and ``notices`` are carried out at
+   once. A Raft leader's appends go here: the leader may send them before its own fsync (Raft thesis
+   §10.2.1). So do answers whose promise is already durable elsewhere: a write that Raft committed is
+   on a quorum's disks, so its answer need not wait for this node's batch, which holds only its
+   applied state (rebuilt from the log after a crash) and unrelated new entries.
 3. ``send``, ``apply`` (replies) and ``transfers`` wait until every write of this Ready, and of every
    earlier Ready, is durable. That is the safe default: a vote, an acknowledgement or a reply to a
    client never leaves before the state it promises is on disk. They are released in Ready order.
@@ -131,6 +134,7 @@ class Ready:
     writes: list[WriteBatch] = field(default_factory=list)
     send_before_persist: list[Send] = field(default_factory=list)
     send: list[Send] = field(default_factory=list)
+    apply_before_persist: list[Reply] = field(default_factory=list)
     apply: list[Reply] = field(default_factory=list)
     notices: list[object] = field(default_factory=list)
     timers: list[SetTimer | CancelTimer] = field(default_factory=list)
@@ -141,6 +145,7 @@ class Ready:
             self.writes
             or self.send_before_persist
             or self.send
+            or self.apply_before_persist
             or self.apply
             or self.notices
             or self.timers

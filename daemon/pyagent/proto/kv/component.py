@@ -8,7 +8,7 @@ burst of events (``NodeCore.flush``), calls ``_drain``, which turns the driver's
 - every group's log appends and hard states, plus the state machines' applied writes, go into ONE
   write batch (one fsync for the whole node: group commit);
 - a leader's appends are sent at once (``send_before_persist``); votes and acknowledgements wait for the
-  batch (``send``), as do client replies;
+  batch (``send``); answers with a result leave at once, since what they report is committed;
 - snapshots stream as transfers.
 
 Requests reach the leader of their shard: a node that is not the leader forwards the request to the
@@ -512,16 +512,20 @@ class RaftKv(Component):
             self._own_in_flight.discard(session.seq)
 
     def _answer(self, waiting: Waiting, value: Any, out: Ready) -> None:
+        """Answer with a result, at once: every result comes from applied state, which Raft committed
+        (it is on a quorum's disks, whatever this node's own batch still holds), or from the peer that
+        served the request. Waiting for this node's batch would make each answer wait for the next
+        fsync of unrelated new entries."""
         command = waiting.command
         self._finished(command)
         if isinstance(command, Cas) and isinstance(value, list):
             value = tuple(value)
         match waiting.origin:
             case Local(request_id=rid):
-                out.apply.append(Reply(rid, value))
+                out.apply_before_persist.append(Reply(rid, value))
             case Remote(peer=peer, forward_id=fid):
                 reply = messages.ForwardReply(fid, value=value)
-                out.send.append(self._send(peer, messages.encode_forward_reply(reply)))
+                out.send_before_persist.append(self._send(peer, messages.encode_forward_reply(reply)))
 
     def _fail(self, waiting: Waiting, code: str, text: str, out: Ready) -> None:
         self._finished(waiting.command)
