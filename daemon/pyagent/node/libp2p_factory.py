@@ -9,11 +9,10 @@
 - Upgrade and negotiation deadlines from our config (the defaults are 10 s, and the outbound
   security handshake has none at all; `Host.connect` adds its own deadline around the dial).
 - Every stream handler runs inside a guard: an exception escaping one tears down the whole host.
-- Yamux window updates only once half a stream's window is read (go-yamux's rule), never after each
-  read: py-libp2p 0.8.1 answers most small frames with a WINDOW_UPDATE frame of its own (its
-  ``PY_YAMUX_RELEASE_ON_READ=0`` still credits any slack below the window's target), a second encrypted
-  TCP segment and a second trip through yamux and Noise for each message. On 3 daemons under KV load
-  that was 62 % of the reads and about 45 % of all socket sends.
+- Yamux window updates only once half a stream's window is used (go-yamux's rule), not after every
+  read: py-libp2p's default answers each small frame with a WINDOW_UPDATE frame of its own, a second
+  encrypted TCP segment per membership message (bench/membership_daemons.py: 701 -> 475 B/s per
+  idle member on the wire).
 - Yamux measures RTT once when a connection starts, then every 10 minutes rather than every 30 s. The
   RTT only tunes stream windows, and membership measures RTT itself; py-libp2p's 30 s ping-pong costs four
   TCP segments per connection side, about 36 B/s per idle member of five (bench/membership_wire.py).
@@ -24,6 +23,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
 
 from libp2p import new_host
@@ -40,7 +40,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux import yamux as yamux_module
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
-from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
+from libp2p.stream_muxer.yamux.yamux import Yamux
 from multiaddr import Multiaddr
 
 from pyagent.node.host_config import HostConfig, is_allowed
@@ -71,7 +71,7 @@ def build_libp2p_host(
 ) -> BasicHost:
     """``addrs_factory`` makes what identify tells peers from the bound addresses; py-libp2p's own
     observed-address discovery is off, as the host confirms observations itself."""
-    _credit_windows_by_halves()
+    _defer_window_updates()
     _slow_yamux_rtt_pings()
     upgrade_timeout_s = config.upgrade_timeout_ms / 1000
     open_stream_timeout_s = config.open_stream_timeout_ms / 1000
@@ -110,25 +110,13 @@ def build_libp2p_host(
     return host
 
 
-async def _credit_read_bytes_by_halves(stream: YamuxStream, *, bytes_read: int = 0) -> None:
-    """Replaces ``YamuxStream._auto_tune_and_send_window_update``, which py-libp2p calls after each read:
-    give the peer its credit back once half the stream's window has been read, in one update."""
-    if bytes_read <= 0:
-        return
-    async with stream.window_lock:
-        stream._pending_recv_release += bytes_read
-        credit = stream._pending_recv_release
-        if credit < stream.target_recv_window // 2:
-            return
-        stream.recv_window += credit
-        stream._pending_recv_release = 0
-    # Outside the lock, as py-libp2p's own caller does: an inbound WINDOW_UPDATE needs that lock too.
-    await stream.send_window_update(credit, skip_lock=True)
+# py-libp2p's yamux reads its PY_YAMUX_* tuning from the environment at each use; an operator who
+# sets this one keeps their value.
+YAMUX_RELEASE_ON_READ_ENV = "PY_YAMUX_RELEASE_ON_READ"
 
 
-def _credit_windows_by_halves() -> None:
-    assert hasattr(YamuxStream, "_auto_tune_and_send_window_update"), "py-libp2p renamed its window update"
-    YamuxStream._auto_tune_and_send_window_update = _credit_read_bytes_by_halves  # type: ignore[method-assign,assignment]
+def _defer_window_updates() -> None:
+    os.environ.setdefault(YAMUX_RELEASE_ON_READ_ENV, "0")
 
 
 # Read by py-libp2p's RTT loop at each turn, so setting it before any connection applies to all of them.
