@@ -13,9 +13,11 @@ from libp2p import generate_new_ed25519_identity
 from libp2p.abc import INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
+from libp2p.stream_muxer.yamux import yamux as yamux_module
 
 from pyagent.node.host import DialError, Host, HostConfig, RequestError
 from pyagent.node.host_config import FloodLimits
+from pyagent.node.libp2p_factory import CREDIT_BATCH_BYTES
 from pyagent.node.multistream_limit import MULTISTREAM_MESSAGE_BYTES_MAX
 from pyagent.proto.events import Event, MessageReceived, PeerConnected, PeerDisconnected
 from pyagent.proto.wire import Limits, Message, encode_varint
@@ -337,15 +339,14 @@ async def test_libp2p_logs_reach_the_applications_handlers() -> None:
 
 
 async def test_small_frames_cost_no_window_update_each() -> None:
-    """Yamux credit comes back once half a window is used, not after each read: py-libp2p's default
-    answered every membership frame with a WINDOW_UPDATE segment, about a third of idle membership's
-    bytes on the wire (bench/membership_daemons.py)."""
+    """Yamux credit comes back in batches of CREDIT_BATCH_BYTES read, not after each read: py-libp2p's
+    default answered most small frames with a WINDOW_UPDATE segment of its own (libp2p_factory)."""
     async with running_nodes(2) as (a, b):
         await a.host.connect(b.addr)
 
-        async def send_window_after(frames: int) -> int:
+        async def send_window_after(frames: int, padding: str = "") -> int:
             for index in range(frames):
-                a.host.send(b.host.peer_id, GOSSIP, {"v": 1, "t": "small", "i": index})
+                a.host.send(b.host.peer_id, GOSSIP, {"v": 1, "t": "small", "i": index, "pad": padding})
             for index in range(frames):
                 got = await b.next_event(MessageReceived)
                 assert isinstance(got, MessageReceived) and got.message["i"] == index
@@ -357,6 +358,15 @@ async def test_small_frames_cost_no_window_update_each() -> None:
             window: int = gossip.muxed_stream.send_window
             return window
 
-        # The first reads grow the window (yamux's auto-tuning); after that, small frames spend it.
-        before = await send_window_after(50)
-        assert await send_window_after(50) < before
+        def gossip_bytes_sent() -> int:
+            return a.host._counters.labelled()["bytes_out"][GOSSIP]
+
+        # 100 small frames, under one batch: not one byte of credit comes back. (The stream also carried
+        # its protocol negotiation, which our frame counter does not count.)
+        window = await send_window_after(100)
+        assert gossip_bytes_sent() < CREDIT_BATCH_BYTES
+        assert window <= yamux_module.DEFAULT_WINDOW_SIZE - gossip_bytes_sent()
+        # Past a batch, the credit for what was read comes back.
+        window = await send_window_after(20, padding="x" * 1024)
+        assert gossip_bytes_sent() > CREDIT_BATCH_BYTES
+        assert window > yamux_module.DEFAULT_WINDOW_SIZE - gossip_bytes_sent()

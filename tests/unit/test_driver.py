@@ -12,7 +12,7 @@ from typing import ClassVar
 import pytest
 import trio
 
-from pyagent.node.driver import BURST_EVENTS_MAX, Driver, RequestFailed
+from pyagent.node.driver import BURST_EVENTS_MAX, IDLE_CEDES_PER_EVENT, Driver, RequestFailed
 from pyagent.proto.component import Component
 from pyagent.proto.events import LocalRequest, MessageReceived, RequestCancelled, Started
 from pyagent.proto.memstore import MemoryStore
@@ -265,3 +265,39 @@ async def test_the_owner_flushes_at_most_burst_events_max_at_a_time(autojump_clo
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
     assert batcher.flushed_sizes == [BURST_EVENTS_MAX, BURST_EVENTS_MAX, 1]
+
+
+async def flushed_sizes_of_straggling_pair(queued_before: int, checkpoints_between: int) -> list[int]:
+    """Flush sizes when ``queued_before`` notes are queued at once, and then, once they are flushed, one
+    task sends a note and another after ``checkpoints_between`` turns of the scheduler."""
+    batcher = Batcher()
+    storage = SlowStorage()
+    driver = Driver(NodeCore("me", [batcher]), CheckingSender(storage), storage)
+    async with trio.open_nursery() as nursery:
+        for request_id in range(1, queued_before + 1):
+            driver.inbox.send_feedback(LocalRequest(request_id, Note("n")))
+        nursery.start_soon(driver.run)
+        with trio.fail_after(5):
+            while sum(batcher.flushed_sizes) < queued_before:
+                await trio.sleep(0.01)
+        driver.inbox.send_feedback(LocalRequest(queued_before + 1, Note("n")))
+        for _ in range(checkpoints_between):
+            await trio.sleep(0)
+        driver.inbox.send_feedback(LocalRequest(queued_before + 2, Note("n")))
+        with trio.fail_after(5):
+            while sum(batcher.flushed_sizes) < queued_before + 2:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    return batcher.flushed_sizes
+
+
+async def test_after_a_burst_the_owner_waits_a_few_turns_for_stragglers(autojump_clock: object) -> None:
+    # The burst of 5 lets the next one cede up to 8 times: a note 3 turns behind joins its flush.
+    assert 3 < IDLE_CEDES_PER_EVENT * 4
+    assert await flushed_sizes_of_straggling_pair(5, checkpoints_between=3) == [5, 2]
+
+
+async def test_after_a_lone_event_the_owner_flushes_at_once(autojump_clock: object) -> None:
+    # A lone event (one client, an idle mesh) is flushed without waiting: the note 3 turns behind gets
+    # its own flush.
+    assert await flushed_sizes_of_straggling_pair(1, checkpoints_between=3) == [1, 1, 1]
