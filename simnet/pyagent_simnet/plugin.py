@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 
 from pyagent.hookspecs import hookimpl
-from pyagent_simnet import cli
 
 
 @hookimpl
 def pyagent_add_cli_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # Imported here, not at the top: every daemon loads this plugin, and the simulator's CLI pulls in
+    # matplotlib and the simulator (about a second of each daemon's start), which only `pyagent simnet` uses.
+    from pyagent_simnet import cli
+
     simnet = subparsers.add_parser("simnet", help="run deterministic network simulations (pyagent-simnet)")
     cli.add_commands(simnet.add_subparsers(dest="simnet_command", required=True), cli.DAEMON_PROG)

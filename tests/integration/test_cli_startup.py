@@ -58,3 +58,20 @@ def test_id_with_no_daemon_reads_the_identity_without_libp2p(tmp_path: Path) -> 
     assert "pyagent.identity" in modules, "the offline path was not taken"
     heavy = sorted(m for m in modules if m.split(".")[0] in HEAVY)
     assert not heavy, f"`pyagent id` imported {', '.join(heavy[:5])}"
+
+
+def test_the_plugins_a_daemon_loads_import_no_matplotlib() -> None:
+    """Every daemon loads every installed plugin when it starts; simnet's command line (matplotlib and the
+    simulator) serves only `pyagent simnet`, and importing it with the plugin made each start ~1 s longer."""
+    probe = (
+        "import sys\n"
+        "from pyagent import pluginhost\n"
+        "plugins = pluginhost.load_plugins()\n"
+        "assert 'simnet' in pluginhost.plugin_names(plugins), pluginhost.plugin_names(plugins)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", f"loading the plugins imported {result.stdout.strip()[:200]}"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from pyagent.localmesh import LocalPeer, connect_all, init_home
+from pyagent.localmesh import LocalPeer, connect_all, converged, init_home, member_states, wait_until
 from pyagent.testing.cli import run_cli
 
 
@@ -50,6 +51,7 @@ def test_identity_persists_across_restart(mesh: Callable[..., list[LocalPeer]]) 
 def test_clean_shutdown_leaves_no_listener(mesh: Callable[..., list[LocalPeer]]) -> None:
     first, second = mesh(2)
     connect_all([first, second])
+    wait_until(lambda: converged([first, second]), 30, "the two daemons see each other alive")
     port = tcp_port(first.addr)
     assert first.stop() == 0
     assert "daemon stopped" in first.log_text()
@@ -58,6 +60,12 @@ def test_clean_shutdown_leaves_no_listener(mesh: Callable[..., list[LocalPeer]])
     assert not (first.home / "control.sock").exists()
     offline = run_cli(first.home, "id")
     assert offline.returncode == 0 and "not running" in offline.stdout
+    # The first lingered so that its leave would spread; the second, alone once it has heard, has no one
+    # left to tell and stops at once.
+    assert re.search(r"left the mesh told=1 linger_s=1\.0\b", first.log_text()), first.log_text()
+    wait_until(lambda: member_states(second).get(first.peer_id) == "left", 10, "the first's leave heard")
+    assert second.stop() == 0
+    assert re.search(r"left the mesh told=0 linger_s=0\.0\b", second.log_text()), second.log_text()
 
 
 def test_id_without_a_daemon_shows_the_identity_and_what_the_config_announces(tmp_path: Path) -> None:

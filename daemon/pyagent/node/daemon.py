@@ -164,7 +164,12 @@ class Node:
         self._left = True
         told = await self.request(membership.Leave())
         self.dialer.stop_dialing()
-        linger_s = LEAVE_LINGER_GOSSIP_INTERVALS * self.members.config.gossip_interval_ms / 1000
+        # Once left, this node no longer counts itself live: with no live member left there is no one
+        # to spread the news to, and lingering would only delay every lone daemon's stop by a second.
+        others = self.members.live_count()
+        linger_s = (
+            LEAVE_LINGER_GOSSIP_INTERVALS * self.members.config.gossip_interval_ms / 1000 if others else 0.0
+        )
         log.info("left the mesh", extra={"told": told, "linger_s": linger_s})
         await trio.sleep(linger_s)
 
