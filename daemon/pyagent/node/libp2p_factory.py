@@ -128,6 +128,8 @@ async def _credit_read_bytes_in_batches(stream: YamuxStream, *, bytes_read: int 
             return
         stream.recv_window += credit
         stream._pending_recv_release = 0
+        # py-libp2p's own auto-tuning: a stream whose credit comes back fast gets its window doubled, up
+        # to 16 MiB, so a bulk transfer is not held to 256 KiB in flight.
         buffered = len(stream.conn.stream_buffers.get(stream.stream_id, b""))
         credit += stream._apply_autotune_epoch(buffered)
     # Outside the lock, as py-libp2p's own caller does: an inbound WINDOW_UPDATE needs that lock too.
@@ -135,7 +137,8 @@ async def _credit_read_bytes_in_batches(stream: YamuxStream, *, bytes_read: int 
 
 
 def _credit_windows_in_batches() -> None:
-    assert hasattr(YamuxStream, "_auto_tune_and_send_window_update"), "py-libp2p renamed its window update"
+    for name in ("_auto_tune_and_send_window_update", "_apply_autotune_epoch"):
+        assert hasattr(YamuxStream, name), f"py-libp2p renamed YamuxStream.{name}"
     YamuxStream._auto_tune_and_send_window_update = _credit_read_bytes_in_batches  # type: ignore[method-assign,assignment]
 
 
